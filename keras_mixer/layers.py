@@ -1,0 +1,242 @@
+"""MLP-Mixer building blocks as backend-agnostic Keras 3 layers.
+
+Every layer uses only ``keras.ops`` and computes exactly the official
+(``vit_jax/models_mixer.py``) forward pass: LayerNorm with epsilon 1e-6 and the
+tanh form of GELU unless told otherwise.
+"""
+
+import keras
+from keras import ops
+
+PACKAGE = "keras_mixer"
+LAYER_NORM_EPSILON = 1e-6
+
+
+def layer_norm(name, epsilon=LAYER_NORM_EPSILON, dtype=None):
+    """LayerNormalization over channels with the paper's epsilon (Keras' default is 1e-3)."""
+    return keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PatchEmbedding(keras.layers.Layer):
+    """The Mixer stem: a P x P, stride P convolution, flattened to tokens.
+
+    Maps images ``(batch, H, W, channels)`` to tokens ``(batch, S, hidden_dim)``
+    with ``S = (H / P) * (W / P)`` in row-major grid order. ``H`` and ``W`` must
+    be known and divisible by ``P``.
+    """
+
+    def __init__(self, patch_size, hidden_dim, **kwargs):
+        super().__init__(**kwargs)
+        if int(patch_size) < 1 or int(hidden_dim) < 1:
+            raise ValueError(
+                f"patch_size and hidden_dim must be positive integers, got "
+                f"patch_size={patch_size}, hidden_dim={hidden_dim}."
+            )
+        self.patch_size = int(patch_size)
+        self.hidden_dim = int(hidden_dim)
+        self.proj = keras.layers.Conv2D(
+            self.hidden_dim,
+            self.patch_size,
+            strides=self.patch_size,
+            padding="valid",
+            kernel_initializer="lecun_normal",
+            name="proj",
+            dtype=self.dtype_policy,
+        )
+
+    def build(self, input_shape):
+        check_image_shape(input_shape[1:], self.patch_size)
+        self.proj.build(input_shape)
+
+    def call(self, images):
+        x = self.proj(images)
+        return ops.reshape(x, (-1, x.shape[1] * x.shape[2], self.hidden_dim))
+
+    def compute_output_shape(self, input_shape):
+        grid_h, grid_w = check_image_shape(input_shape[1:], self.patch_size)
+        return (input_shape[0], grid_h * grid_w, self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(patch_size=self.patch_size, hidden_dim=self.hidden_dim)
+        return config
+
+
+def check_image_shape(image_shape, patch_size):
+    """Validate an ``(H, W, channels)`` shape; return the token grid ``(H/P, W/P)``."""
+    image_shape = tuple(image_shape)
+    if len(image_shape) != 3:
+        raise ValueError(
+            f"Mixer expects images of shape (height, width, channels); got a "
+            f"shape of rank {len(image_shape)}: {image_shape}."
+        )
+    height, width, _ = image_shape
+    if height is None or width is None:
+        raise ValueError(
+            "Mixer needs a fixed image height and width (the token-mixing MLP "
+            f"depends on the number of patches); got {image_shape}."
+        )
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"Image size {height}x{width} is not divisible by the patch size "
+            f"{patch_size}: both height and width must be multiples of it."
+        )
+    return height // patch_size, width // patch_size
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MlpBlock(keras.layers.Layer):
+    """Dense -> GELU -> Dense along one axis of a ``(batch, tokens, channels)`` tensor.
+
+    ``axis=-1`` mixes channels (the channel-mixing MLP); ``axis=1`` mixes tokens
+    (the token-mixing MLP, shared by all channels). Token mixing contracts the
+    token axis directly with a matrix product, so the ``(batch, S, C)`` layout
+    is never transposed. Kernels are ``(in, out)`` as in Flax and Keras Dense.
+
+    Args:
+        hidden_dim: width of the hidden layer (``D_S`` or ``D_C``).
+        axis: ``1`` (tokens) or ``-1`` (channels).
+        approximate_gelu: tanh GELU as in the official code (default), or the
+            exact erf form when ``False``.
+    """
+
+    def __init__(self, hidden_dim, axis=-1, approximate_gelu=True, **kwargs):
+        super().__init__(**kwargs)
+        if axis not in (1, -1, 2):
+            raise ValueError(f"MlpBlock mixes axis 1 (tokens) or -1 (channels), got axis={axis}.")
+        self.hidden_dim = int(hidden_dim)
+        self.axis = -1 if axis == 2 else axis
+        self.approximate_gelu = bool(approximate_gelu)
+
+    def build(self, input_shape):
+        width = input_shape[self.axis]
+        if width is None:
+            raise ValueError(f"MlpBlock needs a known size on axis {self.axis}; got {input_shape}.")
+        dense_init = keras.initializers.GlorotUniform()
+        self.kernel_0 = self.add_weight(
+            name="kernel_0", shape=(width, self.hidden_dim), initializer=dense_init
+        )
+        self.bias_0 = self.add_weight(name="bias_0", shape=(self.hidden_dim,), initializer="zeros")
+        self.kernel_1 = self.add_weight(
+            name="kernel_1", shape=(self.hidden_dim, width), initializer=dense_init
+        )
+        self.bias_1 = self.add_weight(name="bias_1", shape=(width,), initializer="zeros")
+
+    def call(self, x):
+        if self.axis == -1:
+            h = ops.matmul(x, self.kernel_0) + self.bias_0
+            h = ops.gelu(h, approximate=self.approximate_gelu)
+            return ops.matmul(h, self.kernel_1) + self.bias_1
+        # Token mixing: (D_S, S) @ (batch, S, C) -> (batch, D_S, C), and back.
+        h = ops.matmul(ops.transpose(self.kernel_0), x) + self.bias_0[:, None]
+        h = ops.gelu(h, approximate=self.approximate_gelu)
+        return ops.matmul(ops.transpose(self.kernel_1), h) + self.bias_1[:, None]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_dim=self.hidden_dim, axis=self.axis, approximate_gelu=self.approximate_gelu
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops the whole residual branch per sample while training."""
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"Drop-path rate must be in [0, 1), got {rate}.")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if self.rate > 0 else None
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask_shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = keras.random.uniform(mask_shape, seed=self.seed_generator, dtype=x.dtype) < keep
+        return ops.where(mask, x / keep, ops.zeros_like(x))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MixerBlock(keras.layers.Layer):
+    """One Mixer layer: token mixing then channel mixing, each pre-LayerNorm with a residual.
+
+    ``x = x + DropPath(TokenMlp(LN(x)))``; ``x = x + DropPath(ChannelMlp(LN(x)))``.
+
+    Args:
+        tokens_mlp_dim: ``D_S``, hidden width of the token-mixing MLP.
+        channels_mlp_dim: ``D_C``, hidden width of the channel-mixing MLP.
+        drop_path_rate: stochastic-depth rate of this block.
+        approximate_gelu: tanh GELU (official) or exact erf GELU.
+        layer_norm_epsilon: LayerNorm epsilon (official: 1e-6).
+    """
+
+    def __init__(
+        self,
+        tokens_mlp_dim,
+        channels_mlp_dim,
+        drop_path_rate=0.0,
+        approximate_gelu=True,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.tokens_mlp_dim = int(tokens_mlp_dim)
+        self.channels_mlp_dim = int(channels_mlp_dim)
+        self.drop_path_rate = float(drop_path_rate)
+        self.approximate_gelu = bool(approximate_gelu)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        policy = self.dtype_policy
+        self.norm_0 = layer_norm("norm_0", self.layer_norm_epsilon, dtype=policy)
+        self.token_mixing = MlpBlock(
+            self.tokens_mlp_dim, axis=1, approximate_gelu=approximate_gelu,
+            name="token_mixing", dtype=policy,
+        )
+        self.norm_1 = layer_norm("norm_1", self.layer_norm_epsilon, dtype=policy)
+        self.channel_mixing = MlpBlock(
+            self.channels_mlp_dim, axis=-1, approximate_gelu=approximate_gelu,
+            name="channel_mixing", dtype=policy,
+        )
+        self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=policy)
+
+    def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"MixerBlock expects tokens of shape (batch, tokens, channels); got {input_shape}."
+            )
+        for sublayer in (self.norm_0, self.token_mixing, self.norm_1, self.channel_mixing):
+            sublayer.build(input_shape)
+
+    def call(self, x, training=False):
+        x = x + self.drop_path(self.token_mixing(self.norm_0(x)), training=training)
+        return x + self.drop_path(self.channel_mixing(self.norm_1(x)), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            tokens_mlp_dim=self.tokens_mlp_dim,
+            channels_mlp_dim=self.channels_mlp_dim,
+            drop_path_rate=self.drop_path_rate,
+            approximate_gelu=self.approximate_gelu,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+        )
+        return config
