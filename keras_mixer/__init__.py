@@ -20,3 +20,9 @@ from keras_mixer.models import (
 from keras_mixer.weights import load_weights
 
 __version__ = "0.1.0"
+
+# Pretrained weights, resolution transfer, ImageNet pre/post-processing, visualization (issue 3)
+from keras_mixer.imagenet import decode_predictions, preprocess_input
+from keras_mixer.presets import available_presets
+from keras_mixer.resolution import convert_resolution
+from keras_mixer.weights import CheckpointError, load_params, model_from_checkpoint, save_weights

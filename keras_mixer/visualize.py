@@ -1,0 +1,137 @@
+"""Pictures of a Mixer: token-mixing weights on the patch grid (paper Fig. 5) and predictions."""
+
+import math
+import os
+
+import numpy as np
+
+from keras_mixer.files import atomic_output
+from keras_mixer.imagenet import decode_predictions, preprocess_input
+from keras_mixer.layers import check_image_shape
+from keras_mixer.models import mixer_blocks
+
+
+def token_mixing_units(model, block=0, sort_by_frequency=True):
+    """The first token-mixing Dense of ``block`` as pictures ``(D_S, H/P, W/P)``.
+
+    Hidden unit ``u`` reads token ``t`` with weight ``kernel_0[t, u]``; tokens are the
+    patch grid in row-major order, so each unit's weights form an ``H/P x W/P`` image.
+    With ``sort_by_frequency`` units go from smooth to high-frequency patterns
+    (mean spatial frequency of their 2-D spectrum), as in the paper's figure.
+    """
+    blocks = mixer_blocks(model)
+    if not -len(blocks) <= block < len(blocks):
+        raise ValueError(f"Block {block} out of range: the model has {len(blocks)} blocks.")
+    import keras
+
+    kernel = keras.ops.convert_to_numpy(blocks[block].token_mixing.kernel_0.value)
+    grid = check_image_shape(model.input.shape[1:], model.get_layer("stem").patch_size)
+    units = np.asarray(kernel, np.float64).T.reshape(-1, *grid)
+    if sort_by_frequency:
+        units = units[np.argsort(_mean_frequency(units), kind="stable")]
+    return units
+
+
+def _mean_frequency(units):
+    spectrum = np.abs(np.fft.fft2(units - units.mean(axis=(1, 2), keepdims=True)))
+    fy = np.abs(np.fft.fftfreq(units.shape[1]))[:, None]
+    fx = np.abs(np.fft.fftfreq(units.shape[2]))[None, :]
+    radius = np.sqrt(fy**2 + fx**2)
+    return (spectrum * radius).sum(axis=(1, 2)) / np.maximum(spectrum.sum(axis=(1, 2)), 1e-12)
+
+
+def plot_token_mixing(model, path, blocks=(0,), num_units=64, columns=16, sort_by_frequency=True):
+    """Save a PNG of token-mixing hidden units, one row group per block (paper Fig. 5).
+
+    Each small picture is one hidden unit of the first token-mixing Dense drawn on
+    the patch grid, red positive and blue negative, scaled per unit.
+
+    Args:
+        model: a Mixer built by this package.
+        path: output ``.png`` (written atomically).
+        blocks: block indices to draw (negative counts from the end).
+        num_units: units per block (the first ones after sorting); ``None`` for all.
+        columns: pictures per row.
+    """
+    from matplotlib.figure import Figure
+
+    all_units = [token_mixing_units(model, b, sort_by_frequency) for b in blocks]
+    totals = [len(u) for u in all_units]
+    all_units = [u if num_units is None else u[:num_units] for u in all_units]
+    rows_per_block = [math.ceil(len(u) / columns) for u in all_units]
+    grid_h, grid_w = all_units[0].shape[1:]
+    cell = 0.6 * max(1.0, grid_w / grid_h)
+    fig = Figure(figsize=(columns * cell, sum(rows_per_block) * cell * grid_h / grid_w
+                          + 0.35 * len(blocks)))
+    subfigs = fig.subfigures(len(blocks), 1, height_ratios=rows_per_block, squeeze=False)[:, 0]
+    for subfig, block, units, total, rows in zip(subfigs, blocks, all_units, totals,
+                                                 rows_per_block):
+        subfig.suptitle(f"block {block}: token-mixing units ({len(units)} of {total})", fontsize=9)
+        axes = subfig.subplots(rows, columns, squeeze=False, gridspec_kw=dict(wspace=0.05, hspace=0.05))
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for ax, unit in zip(axes.flat, units):
+            limit = max(np.abs(unit).max(), 1e-12)
+            ax.imshow(unit, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    return _save(fig, path)
+
+
+def _save(fig, path):
+    with atomic_output(path) as temp_path:
+        fig.savefig(temp_path, format="png", dpi=100)
+    return os.fspath(path)
+
+
+def load_images(paths, size):
+    """Image files as a float32 array ``(n, height, width, 3)`` of 0-255 pixels, resized."""
+    import keras
+
+    arrays = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Image not found: {path}")
+        image = keras.utils.load_img(path, target_size=tuple(size), interpolation="bicubic")
+        arrays.append(keras.utils.img_to_array(image, dtype="float32"))
+    return np.stack(arrays)
+
+
+def predict_images(model, paths, top=5, mode="mixer", batch_size=16):
+    """Top-``top`` ``(class_id, name, score)`` per image file, and the images (0-255)."""
+    if not any(layer.name == "head" for layer in model.layers):
+        raise ValueError("Predictions need a model with its classification head (include_top=True).")
+    images = load_images(paths, model.input.shape[1:3])
+    inputs = images
+    if not any(layer.name == "preprocessing" for layer in model.layers):
+        inputs = preprocess_input(images, mode=mode)
+    scores = model.predict(inputs, batch_size=batch_size, verbose=0)
+    return decode_predictions(scores, top=top), images
+
+
+def plot_predictions(model, image_paths, path, top=3, columns=4, mode="mixer"):
+    """Save a PNG gallery: each image with its top-``top`` classes and scores.
+
+    Args:
+        model: a Mixer with its head.
+        image_paths: image files (any format Pillow reads); resized to the model's input.
+        path: output ``.png`` (written atomically).
+        top: classes shown per image.
+        columns: images per row.
+        mode: input scaling for models without built-in preprocessing
+            (see :func:`keras_mixer.preprocess_input`).
+    """
+    from matplotlib.figure import Figure
+
+    predictions, images = predict_images(model, image_paths, top=top, mode=mode)
+    columns = min(columns, len(images))
+    rows = math.ceil(len(images) / columns)
+    fig = Figure(figsize=(3.2 * columns, (3.2 + 0.22 * top) * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image, preds, image_path in zip(axes.flat, images, predictions, image_paths):
+        ax.imshow(image.astype("uint8"))
+        lines = [os.path.basename(image_path)]
+        lines += [f"{name.split(',')[0][:28]}: {score:.3f}" for _, name, score in preds]
+        ax.set_title("\n".join(lines), fontsize=8, loc="left")
+    fig.tight_layout()
+    return _save(fig, path)

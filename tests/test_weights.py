@@ -1,0 +1,343 @@
+"""Loading and saving checkpoints: official .npz (Linen and legacy), timm, Keras, and the loading rules."""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import reference
+
+import keras_mixer
+from keras_mixer import MlpMixer, weights
+
+RTOL = 1e-5
+# B/16-shaped blocks (224 px, patch 16: 196 tokens, C=768, D_S=384, D_C=3072) at reduced depth.
+B16_SHAPED = dict(size=224, patch=16, hidden=768, tokens_mlp=384, channels_mlp=3072, depth=1)
+TINY = dict(size=32, patch=8, hidden=32, tokens_mlp=16, channels_mlp=64, depth=2)
+
+def run(model, inputs):
+    """Inference outputs as NumPy (a direct call: no per-shape compilation as in predict)."""
+    return keras.ops.convert_to_numpy(model(inputs, training=False))
+
+
+
+def official_params(cfg, num_classes=7, seed=0):
+    tokens = (cfg["size"] // cfg["patch"]) ** 2
+    return reference.random_params(cfg["patch"], 3, cfg["hidden"], tokens, cfg["tokens_mlp"],
+                                   cfg["channels_mlp"], cfg["depth"], num_classes, seed=seed)
+
+
+def build(cfg, **kwargs):
+    kwargs.setdefault("num_classes", 7)
+    kwargs.setdefault("classifier_activation", None)
+    kwargs.setdefault("include_preprocessing", False)
+    return MlpMixer(cfg["patch"], cfg["depth"], cfg["hidden"], cfg["tokens_mlp"],
+                    cfg["channels_mlp"], input_shape=(cfg["size"], cfg["size"], 3), **kwargs)
+
+
+def save_npz(path, params):
+    with open(path, "wb") as f:
+        np.savez(f, **params)
+    return str(path)
+
+
+def images_for(cfg, n=2, seed=1):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, cfg["size"], cfg["size"], 3)).astype("float32")
+
+
+def assert_params_equal(actual, expected):
+    assert sorted(actual) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+
+
+def to_legacy(params):
+    """The pre-Linen layout as big_vision describes it, with squeezable unit axes on the MLPs."""
+    legacy = {}
+    for key, value in params.items():
+        parts = key.split("/")
+        if parts[0] == "stem":
+            legacy["embedding/" + parts[1]] = value
+        elif parts[0] == "pre_head_layer_norm":
+            legacy["Mixer/encoder_norm/" + parts[1]] = value
+        elif parts[0].startswith("MixerBlock_"):
+            block = "Mixer/encoderblock_" + parts[0].split("_")[1]
+            if parts[1] in ("token_mixing", "channel_mixing"):
+                index = int(parts[2].split("_")[1]) + 1
+                legacy[f"{block}/{parts[1]}_phase_0/{parts[3]}{index}"] = value[None]
+            else:
+                legacy[f"{block}/{'/'.join(parts[1:])}"] = value
+        else:
+            legacy[key] = value
+    return legacy
+
+
+@pytest.mark.parametrize("cfg", [TINY, B16_SHAPED], ids=["tiny", "b16_shaped"])
+def test_official_npz_matches_numpy_reference(tmp_path, cfg):
+    params = official_params(cfg)
+    model = build(cfg)
+    summary = keras_mixer.load_weights(model, save_npz(tmp_path / "ckpt.npz", params))
+    assert len(summary.loaded) == len(params)
+    images = images_for(cfg)
+    expected = reference.forward(params, images)
+    assert reference.rel_error(run(model, images), expected) <= RTOL
+
+
+def test_weights_argument_of_the_constructor_loads_npz(tmp_path):
+    params = official_params(TINY)
+    path = save_npz(tmp_path / "ckpt.npz", params)
+    model = build(TINY, weights=path)
+    assert_params_equal(weights.get_params(model), params)
+
+
+def test_legacy_layout_loads_like_linen(tmp_path):
+    params = official_params(TINY)
+    legacy = to_legacy(params)
+    assert any(k.startswith("Mixer/encoderblock_1/token_mixing_phase_0/kernel1") for k in legacy)
+    linen_model, legacy_model = build(TINY), build(TINY)
+    keras_mixer.load_weights(linen_model, save_npz(tmp_path / "linen.npz", params))
+    keras_mixer.load_weights(legacy_model, save_npz(tmp_path / "legacy.npz", legacy))
+    assert_params_equal(weights.get_params(legacy_model), weights.get_params(linen_model))
+    images = images_for(TINY)
+    np.testing.assert_array_equal(run(legacy_model, images),
+                                  run(linen_model, images))
+
+
+def test_write_official_npz_round_trip(tmp_path):
+    params = official_params(TINY)
+    model = build(TINY)
+    weights.load_params(model, params)
+    out = weights.save_weights(model, tmp_path / "out.npz")
+    with np.load(out, allow_pickle=False) as data:
+        written = {k: data[k] for k in data.files}
+    assert_params_equal(written, params)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.npz"]  # no temp file left behind
+
+
+def test_keras_weights_h5_still_load(tmp_path):
+    model = build(TINY)
+    weights.load_params(model, official_params(TINY))
+    path = weights.save_weights(model, tmp_path / "m.weights.h5")
+    other = build(TINY, weights=path)
+    assert_params_equal(weights.get_params(other), weights.get_params(model))
+
+
+# ------------------------------------------------------------------ timm layout
+
+
+def test_timm_layout_transposes():
+    params = official_params(TINY)
+    state = weights.to_timm(params)
+    np.testing.assert_array_equal(state["stem.proj.weight"],
+                                  params["stem/kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
+    np.testing.assert_array_equal(state["blocks.1.mlp_tokens.fc1.weight"],
+                                  params["MixerBlock_1/token_mixing/Dense_0/kernel"].T)
+    np.testing.assert_array_equal(state["blocks.0.mlp_channels.fc2.weight"],
+                                  params["MixerBlock_0/channel_mixing/Dense_1/kernel"].T)
+    np.testing.assert_array_equal(state["blocks.0.norm2.weight"],
+                                  params["MixerBlock_0/LayerNorm_1/scale"])
+    np.testing.assert_array_equal(state["head.weight"], params["head/kernel"].T)
+    assert state["norm.bias"] is not None and len(state) == len(params)
+
+
+def torch_timm_forward(state, images):
+    """timm's MlpMixer forward written with torch.nn.functional on a timm state dict."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    s = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.items()}
+    x = torch.as_tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)  # NCHW
+    patch = s["stem.proj.weight"].shape[-1]
+    x = F.conv2d(x, s["stem.proj.weight"], s["stem.proj.bias"], stride=patch)
+    x = x.flatten(2).transpose(1, 2)  # (batch, tokens, channels)
+
+    def norm(t, name):
+        return F.layer_norm(t, t.shape[-1:], s[name + ".weight"], s[name + ".bias"], eps=1e-6)
+
+    def mlp(t, name):
+        t = F.gelu(F.linear(t, s[name + ".fc1.weight"], s[name + ".fc1.bias"]), approximate="tanh")
+        return F.linear(t, s[name + ".fc2.weight"], s[name + ".fc2.bias"])
+
+    i = 0
+    while f"blocks.{i}.norm1.weight" in s:
+        b = f"blocks.{i}"
+        x = x + mlp(norm(x, b + ".norm1").transpose(1, 2), b + ".mlp_tokens").transpose(1, 2)
+        x = x + mlp(norm(x, b + ".norm2"), b + ".mlp_channels")
+        i += 1
+    x = norm(x, "norm").mean(dim=1)
+    return F.linear(x, s["head.weight"], s["head.bias"]).numpy()
+
+
+def test_timm_layout_is_what_pytorch_computes():
+    """A PyTorch forward on the timm-layout dict equals the official reference (checks the transposes)."""
+    cfg = dict(TINY, size=24)  # 3x3 tokens, non-square weight matrices everywhere
+    params = official_params(cfg)
+    images = images_for(cfg)
+    np.testing.assert_allclose(torch_timm_forward(weights.to_timm(params), images),
+                               reference.forward(params, images), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_timm_round_trip(tmp_path, suffix):
+    """official npz -> Keras -> timm file -> Keras: identical weights and outputs."""
+    if suffix == ".pth":
+        pytest.importorskip("torch")
+    params = official_params(TINY)
+    first = build(TINY, weights=save_npz(tmp_path / "official.npz", params))
+    path = weights.save_weights(first, tmp_path / f"timm{suffix}")
+    second = build(TINY, weights=path)
+    assert_params_equal(weights.get_params(second), params)
+    images = images_for(TINY)
+    np.testing.assert_array_equal(run(second, images), run(first, images))
+
+
+def test_torch_state_dict_file_written_by_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    params = official_params(TINY)
+    state = {k: torch.from_numpy(v) for k, v in weights.to_timm(params).items()}
+    torch.save({"state_dict": state}, tmp_path / "wrapped.pth")
+    model = build(TINY, weights=str(tmp_path / "wrapped.pth"))
+    assert_params_equal(weights.get_params(model), params)
+
+
+# ------------------------------------------------------------------ head rules
+
+
+def test_head_of_other_size_is_skipped_with_message(tmp_path):
+    params = official_params(TINY, num_classes=21843 // 100)
+    path = save_npz(tmp_path / "ckpt.npz", params)
+    model = build(TINY, num_classes=10)
+    with pytest.warns(UserWarning, match="Skipped the checkpoint's head: 218 classes"):
+        summary = keras_mixer.load_weights(model, path)
+    assert summary.skipped == list(weights.HEAD_KEYS)
+    loaded = weights.get_params(model)
+    assert not loaded["head/kernel"].any() and not loaded["head/bias"].any()  # zero init kept
+    body = {k: v for k, v in params.items() if not k.startswith("head/")}
+    assert_params_equal({k: v for k, v in loaded.items() if not k.startswith("head/")}, body)
+
+
+def test_include_top_false_ignores_head(tmp_path):
+    params = official_params(TINY)
+    model = build(TINY, include_top=False, pooling="avg")
+    keras_mixer.load_weights(model, save_npz(tmp_path / "ckpt.npz", params))
+    images = images_for(TINY)
+    expected = reference.forward(params, images, pre_logits=True)
+    assert reference.rel_error(run(model, images), expected) <= RTOL
+
+
+def test_headless_checkpoint_into_model_with_head(tmp_path):
+    params = {k: v for k, v in official_params(TINY).items() if not k.startswith("head/")}
+    model = build(TINY)
+    with pytest.warns(UserWarning, match="no head"):
+        keras_mixer.load_weights(model, save_npz(tmp_path / "ckpt.npz", params))
+    assert not weights.get_params(model)["head/kernel"].any()
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _load_fails(model, path, match):
+    before = weights.get_params(model)
+    with pytest.raises(ValueError, match=match):
+        keras_mixer.load_weights(model, path)
+    assert_params_equal(weights.get_params(model), before)  # nothing partially loaded
+
+
+def test_missing_key_is_an_error(tmp_path):
+    params = official_params(TINY)
+    del params["MixerBlock_1/channel_mixing/Dense_1/bias"]
+    _load_fails(build(TINY), save_npz(tmp_path / "c.npz", params),
+                r"missing key 'MixerBlock_1/channel_mixing/Dense_1/bias' \(model shape \(32,\)\)")
+
+
+def test_extra_key_is_an_error(tmp_path):
+    params = official_params(TINY)
+    params["MixerBlock_2/LayerNorm_0/scale"] = np.ones(32, np.float32)
+    _load_fails(build(TINY), save_npz(tmp_path / "c.npz", params),
+                r"unexpected key 'MixerBlock_2/LayerNorm_0/scale' \(checkpoint shape \(32,\)\)")
+
+
+def test_extra_timm_key_is_named(tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.numpy import save_file
+
+    state = weights.to_timm(official_params(TINY))
+    state["blocks.0.gamma"] = np.ones(32, np.float32)
+    save_file(state, str(tmp_path / "c.safetensors"))
+    _load_fails(build(TINY), str(tmp_path / "c.safetensors"), "unexpected key 'blocks.0.gamma'")
+
+
+def test_wrong_shape_names_key_and_both_shapes(tmp_path):
+    params = official_params(TINY)
+    params["MixerBlock_0/channel_mixing/Dense_0/kernel"] = np.zeros((32, 48), np.float32)
+    params["MixerBlock_0/channel_mixing/Dense_0/bias"] = np.zeros(48, np.float32)
+    _load_fails(build(TINY), save_npz(tmp_path / "c.npz", params),
+                r"wrong shape for 'MixerBlock_0/channel_mixing/Dense_0/kernel': "
+                r"checkpoint \(32, 48\), model \(32, 64\)")
+
+
+def test_head_of_wrong_width_is_an_error(tmp_path):
+    params = official_params(TINY)
+    params["head/kernel"] = np.zeros((16, 7), np.float32)
+    _load_fails(build(TINY), save_npz(tmp_path / "c.npz", params),
+                r"wrong shape for 'head/kernel': checkpoint \(16, 7\), model \(32, 7\)")
+
+
+def test_pickled_object_array_is_refused(tmp_path):
+    params = official_params(TINY)
+    params["stem/bias"] = np.array([{"not": "weights"}], dtype=object)
+    path = str(tmp_path / "c.npz")
+    with open(path, "wb") as f:
+        np.savez(f, **params)  # savez pickles object arrays
+    _load_fails(build(TINY), path, "pickled")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".pth"])
+def test_truncated_file_is_an_error(tmp_path, suffix):
+    if suffix == ".pth":
+        pytest.importorskip("torch")
+    model = build(TINY)
+    weights.load_params(model, official_params(TINY))
+    full = weights.save_weights(model, tmp_path / f"full{suffix}")
+    data = open(full, "rb").read()
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(data[: len(data) // 2])
+    _load_fails(build(TINY), str(truncated), "truncated or corrupt")
+
+
+def test_pth_with_arbitrary_objects_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save({"stem.proj.bias": torch.zeros(3), "evil": warnings.WarningMessage}, tmp_path / "x.pth")
+    _load_fails(build(TINY), str(tmp_path / "x.pth"), "weights_only=True")
+
+
+def test_unknown_file_type_and_missing_file(tmp_path):
+    model = build(TINY)
+    (tmp_path / "w.ckpt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="Unsupported checkpoint"):
+        keras_mixer.load_weights(model, str(tmp_path / "w.ckpt"))
+    with pytest.raises(FileNotFoundError):
+        keras_mixer.load_weights(model, str(tmp_path / "nope.npz"))
+    with pytest.raises(ValueError, match="not a preset"):
+        keras_mixer.load_weights(model, "imagenet22k")
+
+
+def test_config_from_params_and_model_from_checkpoint(tmp_path):
+    params = official_params(TINY)
+    config = weights.config_from_params(params)
+    assert config == dict(patch_size=8, num_blocks=2, hidden_dim=32, tokens_mlp_dim=16,
+                          channels_mlp_dim=64, input_shape=(32, 32, 3), num_classes=7)
+    model, summary = keras_mixer.model_from_checkpoint(
+        save_npz(tmp_path / "c.npz", params), include_preprocessing=False,
+        classifier_activation=None)
+    images = images_for(TINY)
+    assert reference.rel_error(run(model, images), reference.forward(params, images)) <= RTOL
+    assert len(summary.loaded) == len(params)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX rename semantics")
+def test_failed_save_leaves_no_file(tmp_path):
+    model = build(TINY)
+    with pytest.raises(ValueError, match="Unsupported output"):
+        weights.save_weights(model, tmp_path / "w.ckpt")
+    assert list(tmp_path.iterdir()) == []
