@@ -36,7 +36,7 @@ from keras_mixer.models import VARIANTS, mixer_blocks
 
 HEAD_KEYS = ("head/kernel", "head/bias")
 NPZ_SUFFIXES = (".npz",)
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+TORCH_SUFFIXES = (".pth", ".pt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 KERAS_SUFFIXES = (".weights.h5",)
 
@@ -205,12 +205,10 @@ def _suffix(path, suffixes):
 def read_npz(path):
     """An official ``.npz`` checkpoint as a dict (Linen layout), without unpickling anything."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"{path} is a single array, not an .npz archive of weights.")
-            params = {key: data[key] for key in data.files}
-    except AttributeError:  # np.load returned a plain array: no context manager
-        raise CheckpointError(f"{path} is a single .npy array, not an .npz archive of weights.")
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                params = {key: data[key] for key in data.files}
     except ValueError as error:
         if "pickle" in str(error):
             raise CheckpointError(
@@ -222,6 +220,8 @@ def read_npz(path):
         raise CheckpointError(
             f"Cannot read {path} as an .npz archive (truncated or corrupt?): {error}"
         ) from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"{path} holds a single array, not an .npz archive of weights.")
     return from_legacy(params) if is_legacy(params) else params
 
 
@@ -253,7 +253,10 @@ def read_torch(path):
 
 def read_safetensors(path):
     """A timm ``.safetensors`` state dict (no PyTorch needed)."""
-    from safetensors.numpy import load_file
+    try:
+        from safetensors.numpy import load_file
+    except ImportError as error:
+        raise ImportError(f"Reading {path} needs `pip install safetensors`.") from error
 
     try:
         return load_file(path)
@@ -266,17 +269,16 @@ def read_safetensors(path):
 def read_checkpoint(path):
     """Any supported checkpoint file as an official-layout dict of NumPy arrays."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    if _suffix(path, NPZ_SUFFIXES):
-        return read_npz(path)
-    if _suffix(path, TORCH_SUFFIXES):
-        return from_timm(read_torch(path))
-    if _suffix(path, SAFETENSORS_SUFFIXES):
-        return from_timm(read_safetensors(path))
+    readers = ((NPZ_SUFFIXES, read_npz), (TORCH_SUFFIXES, lambda p: from_timm(read_torch(p))),
+               (SAFETENSORS_SUFFIXES, lambda p: from_timm(read_safetensors(p))))
+    for suffixes, reader in readers:
+        if _suffix(path, suffixes):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"Checkpoint file not found: {path}")
+            return reader(path)
     raise ValueError(
-        f"Unsupported checkpoint {path!r}: expected .npz (official), .pth or .safetensors "
-        "(timm) or .weights.h5 (Keras)."
+        f"Unsupported weights {path!r}: expected a preset name, or a .npz (official), "
+        ".pth or .safetensors (timm) or .weights.h5 (Keras) file."
     )
 
 

@@ -314,7 +314,7 @@ def test_pth_with_arbitrary_objects_is_refused(tmp_path):
 def test_unknown_file_type_and_missing_file(tmp_path):
     model = build(TINY)
     (tmp_path / "w.ckpt").write_bytes(b"x")
-    with pytest.raises(ValueError, match="Unsupported checkpoint"):
+    with pytest.raises(ValueError, match="Unsupported weights"):
         keras_mixer.load_weights(model, str(tmp_path / "w.ckpt"))
     with pytest.raises(FileNotFoundError):
         keras_mixer.load_weights(model, str(tmp_path / "nope.npz"))
@@ -341,3 +341,10 @@ def test_failed_save_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="Unsupported output"):
         weights.save_weights(model, tmp_path / "w.ckpt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_single_array_file_named_npz_is_an_error(tmp_path):
+    path = tmp_path / "array.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros(3, np.float32))
+    _load_fails(build(TINY), str(path), "single array, not an .npz archive")

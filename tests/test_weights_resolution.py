@@ -39,7 +39,7 @@ def tile_tokens(grid, kh, kw):
     return [big[r * h:(r + 1) * h, c * w:(c + 1) * w].reshape(-1) for r in range(kh) for c in range(kw)]
 
 
-@pytest.mark.parametrize("factors", [(2, 2), (3, 3), (1, 2)])
+@pytest.mark.parametrize("factors", [(2, 2), (1, 2)])
 def test_each_block_mixes_each_tile_like_the_original(factors):
     """Per block: the converted token-mixing MLP (and whole block) on a tiled input
     equals the original on each tile."""
