@@ -79,8 +79,9 @@ def export_tflite(model_path, export_dir="saved_models", name="mixer", modes=TFL
             (int8 weights, float activations) and ``"int8"`` (full integer:
             int8 weights and activations, uint8 input, float32 output).
         representative_images: ``(n, H, W, 3)`` 0-255 images for calibrating
-            ``"int8"`` (needed for that mode); e.g. training images.
-        eval_images: held-out ``(n, H, W, 3)`` 0-255 images on which every
+            ``"int8"`` (needed for that mode), e.g. training images; or a
+            ``.npy`` file / image folder (see :func:`load_images`).
+        eval_images: held-out ``(n, H, W, 3)`` 0-255 images (or file / folder) on which every
             file is compared with the Keras model (default: the first 16
             representative images, else random pixels).
         num_threads: interpreter threads for the latency figure.
@@ -162,7 +163,9 @@ def _run_under_tensorflow(command, model, options):
         for key, value in options.items():
             if value is None:
                 continue
-            if key.endswith("_images"):
+            if key.endswith("_images") and isinstance(value, (str, os.PathLike)):
+                value = os.path.abspath(value)
+            elif key.endswith("_images"):
                 value = os.path.join(work, f"{key}.npy")
                 np.save(value, np.asarray(options[key], dtype="float32"))
             elif key == "labels" and not isinstance(value, (str, os.PathLike)):
@@ -370,13 +373,14 @@ def _export_tflite_tf(model, export_dir, name, modes=TFLITE_MODES, representativ
 
     facts = _model_facts(model)
     height, width = facts["size"]
-    representative_images = _as_images(representative_images)
-    eval_images = _as_images(eval_images)
+    representative_images = _as_images(representative_images, (height, width))
+    eval_images = _as_images(eval_images, (height, width))
     if eval_images is None:
         eval_images = (representative_images[:16] if representative_images is not None else
                        np.random.default_rng(0).integers(0, 256, (16, height, width, 3)).astype("float32"))
-    if eval_images.shape[1:] != (height, width, 3):
-        raise ValueError(f"eval_images must be (n, {height}, {width}, 3), got {eval_images.shape}.")
+    for what, images in (("representative_images", representative_images), ("eval_images", eval_images)):
+        if images is not None and images.shape[1:] != (height, width, 3):
+            raise ValueError(f"{what} must be (n, {height}, {width}, 3) for this model, got {images.shape}.")
     expected = _keras_probabilities(model, eval_images)
     os.makedirs(export_dir, exist_ok=True)
     rows = []
@@ -410,11 +414,34 @@ def _export_tflite_tf(model, export_dir, name, modes=TFLITE_MODES, representativ
     return dict(tflite=rows)
 
 
-def _as_images(images):
+def load_images(path, size, max_images=256, seed=0):
+    """0-255 float32 images ``(n, H, W, 3)`` from a ``.npy`` file or a folder of image files.
+
+    From a folder (searched recursively for JPEG/PNG/BMP/GIF), ``max_images``
+    files are drawn at random (fixed ``seed``), decoded and resized to ``size``.
+    """
+    import tensorflow as tf
+
+    path = os.fspath(path)
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False).astype("float32")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Expected a .npy file or a folder of images, got {path!r}.")
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                   if name.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".gif")))
+    if not files:
+        raise ValueError(f"No image files under {path!r}.")
+    files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))[:max_images]]
+    return np.stack([
+        tf.image.resize(tf.io.decode_image(tf.io.read_file(f), channels=3, expand_animations=False),
+                        size, antialias=True).numpy() for f in files]).astype("float32")
+
+
+def _as_images(images, size):
     if images is None:
         return None
     if isinstance(images, (str, os.PathLike)):
-        images = np.load(images, allow_pickle=False)
+        images = load_images(images, size)
     images = np.asarray(images, dtype="float32")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"Expected images of shape (n, H, W, 3), got {images.shape}.")
@@ -475,8 +502,9 @@ def build_parser(description=None):
     parser.add_argument("--modes", nargs="+", default=list(TFLITE_MODES), choices=TFLITE_MODES,
                         help="TFLite modes")
     parser.add_argument("--representative-images",
-                        help=".npy (n, H, W, 3) 0-255 images for int8 calibration")
-    parser.add_argument("--eval-images", help=".npy held-out images for the TFLite check")
+                        help="int8 calibration images: a folder of image files or a .npy "
+                             "(n, H, W, 3) 0-255 array (e.g. training images)")
+    parser.add_argument("--eval-images", help="held-out images (folder or .npy) for the TFLite check")
     parser.add_argument("--num-threads", type=int, default=1, help="TFLite latency threads")
     parser.add_argument("--result-json", help=argparse.SUPPRESS)
     return parser

@@ -55,16 +55,18 @@ def tiny_classifier(seed=1, **kwargs):
 
 @pytest.fixture(scope="session")
 def exported_mixer(tmp_path_factory):
-    """A tiny Mixer saved as .keras on this backend and exported (with labels) as version 1."""
+    """A tiny Mixer trained one step on this backend, saved as .keras, exported (with labels) as version 1."""
     import types
 
     from keras_mixer.export import export_saved_model
 
     root = tmp_path_factory.mktemp("export")
     model = tiny_classifier()
+    images = np.random.default_rng(2).integers(0, 256, (24, 32, 32, 3)).astype("uint8")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(images[:8].astype("float32"), np.arange(8), batch_size=8, verbose=0)  # "trained" here
     keras_path = str(root / "tiny.keras")
     model.save(keras_path)
-    images = np.random.default_rng(2).integers(0, 256, (24, 32, 32, 3)).astype("uint8")
     expected = np.asarray(model.predict(images.astype("float32"), verbose=0))
     version_dir = export_saved_model(keras_path, str(root / "models"), name="mixer", labels=LABELS)
     return types.SimpleNamespace(keras_path=keras_path, export_dir=str(root / "models"),
