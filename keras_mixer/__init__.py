@@ -20,3 +20,7 @@ from keras_mixer.models import (
 from keras_mixer.weights import load_weights
 
 __version__ = "0.1.0"
+
+# Export and serving (issue 5): SavedModel / TFLite / ONNX export and TF Serving clients.
+from keras_mixer.export import export_onnx, export_saved_model, export_tflite  # noqa: E402
+from keras_mixer.serving import GrpcClient, Prediction, RestClient, ServingError, make_client  # noqa: E402

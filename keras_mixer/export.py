@@ -1,4 +1,4 @@
-"""Export Mixer models for deployment: TF Serving SavedModels and TFLite files.
+"""Export Mixer models for deployment: TF Serving SavedModels, TFLite and ONNX files.
 
 Works from any Keras backend: the export itself runs under the TensorFlow
 backend, in a subprocess (``python -m keras_mixer.export``) when the caller
@@ -100,6 +100,21 @@ def export_tflite(model_path, export_dir="saved_models", name="mixer", modes=TFL
                    representative_images=representative_images, eval_images=eval_images,
                    num_threads=num_threads)
     return _run_under_tensorflow("tflite", model_path, options)["tflite"]
+
+
+def export_onnx(model_path, export_dir="saved_models", name="mixer", tolerance=1e-4):
+    """Export a Mixer to ``<export_dir>/<name>.onnx`` (Keras' exporter via ``tf2onnx``).
+
+    The graph takes ``images`` ``(batch, H, W, 3)`` float32 at the model size and
+    returns the model's outputs. Checked with ``onnxruntime`` against Keras when
+    it is installed. Needs the ``onnx`` extra (``onnx``, ``tf2onnx``; ``onnxruntime``).
+
+    Returns:
+        ``{"path", "size_bytes", "max_abs_diff"}`` (``max_abs_diff`` is ``None``
+        without onnxruntime).
+    """
+    options = dict(export_dir=export_dir, name=name, tolerance=tolerance)
+    return _run_under_tensorflow("onnx", model_path, options)["onnx"]
 
 
 def load_model(model_path=None, variant=None, weights=None, num_classes=1000,
@@ -475,7 +490,46 @@ def _run_tflite(path, images, num_threads=1):
     return np.stack(outputs), 1e3 * float(np.median(times[1:] or times))
 
 
-_COMMANDS = {"saved-model": _export_saved_model_tf, "tflite": _export_tflite_tf}
+# ----------------------------------------------------------------------------- ONNX (TF backend)
+
+
+def _export_onnx_tf(model, export_dir, name, tolerance=1e-4):
+    import importlib.util
+
+    import tensorflow as tf
+
+    if importlib.util.find_spec("tf2onnx") is None:
+        raise ImportError("ONNX export needs tf2onnx and onnx: pip install 'keras-mixer[onnx]'.")
+    height, width = _model_facts(model)["size"]
+    os.makedirs(export_dir, exist_ok=True)
+    final = os.path.join(export_dir, f"{name}.onnx")
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".onnx", dir=export_dir)
+    os.close(fd)
+    try:
+        model.export(tmp, format="onnx", verbose=False, input_signature=[
+            tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
+        max_diff = None
+        if importlib.util.find_spec("onnxruntime") is not None:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+            images = np.random.default_rng(0).integers(0, 256, (4, height, width, 3)).astype("float32")
+            got = session.run(None, {session.get_inputs()[0].name: images})[0]
+            max_diff = float(np.max(np.abs(got - model.predict(images, verbose=0))))
+            if max_diff > tolerance:
+                raise RuntimeError(f"ONNX model differs from Keras by {max_diff:.3g} (> {tolerance}).")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    print(f"Exported ONNX {final}; max |ONNX - Keras| = "
+          + ("not checked (no onnxruntime)" if max_diff is None else f"{max_diff:.2e}"))
+    return dict(onnx=dict(path=final, size_bytes=os.path.getsize(final), max_abs_diff=max_diff))
+
+
+_COMMANDS = {"saved-model": _export_saved_model_tf, "tflite": _export_tflite_tf, "onnx": _export_onnx_tf}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -486,8 +540,8 @@ def build_parser(description=None):
         prog="export.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=description or "Export a Mixer to a TF Serving SavedModel "
                     "(saved_models/NAME/VERSION/) and/or TFLite files (saved_models/NAME.MODE.tflite).")
-    parser.add_argument("command", choices=["saved-model", "tflite", "all"],
-                        help="what to export")
+    parser.add_argument("command", choices=["saved-model", "tflite", "onnx", "all"],
+                        help="what to export ('all': SavedModel and TFLite)")
     parser.add_argument("model_path", nargs="?", help="a .keras model file (any backend)")
     parser.add_argument("--variant", help="paper variant instead of a .keras file, e.g. B/16")
     parser.add_argument("--weights", help="with --variant: a .weights.h5 file")
@@ -530,6 +584,8 @@ def main(argv=None, description=None):
         result.update(_export_tflite_tf(model, args.export_dir, args.name, modes,
                                         args.representative_images, args.eval_images,
                                         args.num_threads))
+    if args.command == "onnx":
+        result.update(_export_onnx_tf(model, args.export_dir, args.name, args.tolerance))
     if args.result_json:
         with open(args.result_json, "w") as f:
             json.dump(result, f)
