@@ -26,3 +26,6 @@ from keras_mixer.imagenet import decode_predictions, preprocess_input
 from keras_mixer.presets import available_presets
 from keras_mixer.resolution import convert_resolution
 from keras_mixer.weights import CheckpointError, load_params, model_from_checkpoint, save_weights
+# Export and serving (issue 5): SavedModel / TFLite / ONNX export and TF Serving clients.
+from keras_mixer.export import export_onnx, export_saved_model, export_tflite  # noqa: E402
+from keras_mixer.serving import GrpcClient, Prediction, RestClient, ServingError, make_client  # noqa: E402

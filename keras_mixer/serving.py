@@ -1,0 +1,301 @@
+"""Clients for a Mixer served by TF Serving: gRPC (``PredictionService``) and REST.
+
+Both clients take images as arrays (``(H, W, 3)`` or ``(batch, H, W, 3)``,
+uint8 or float pixels in 0-255; sent to the ``serving_default`` signature) or
+as image files / encoded bytes (sent to the ``serving_bytes`` signature, which
+decodes and resizes in the graph), and return one :class:`Prediction` per image.
+
+>>> client = GrpcClient("localhost:8500", model="mixer")
+>>> client.predict(["cat.jpg"])[0].labels
+['cat', 'dog', ...]
+"""
+
+import base64
+import dataclasses
+import os
+
+import numpy as np
+
+SERVING_DEFAULT = "serving_default"
+SERVING_BYTES = "serving_bytes"
+
+
+class ServingError(RuntimeError):
+    """A request to the model server failed."""
+
+
+class ServerUnavailableError(ServingError):
+    """The server cannot be reached or did not answer in time."""
+
+
+class ModelNotFoundError(ServingError):
+    """The server does not serve this model / version / label."""
+
+
+class InvalidInputError(ServingError, ValueError):
+    """The request's inputs were rejected (by the client's checks or the server)."""
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Top-k result for one image: class indices, their scores and (when known) names."""
+
+    classes: list
+    scores: list
+    labels: list = None
+
+    def top(self):
+        """``(label or class index, score)`` of the best class."""
+        return (self.labels[0] if self.labels else self.classes[0]), self.scores[0]
+
+
+def prepare_inputs(images):
+    """Map images to ``(signature_name, {input_name: array})``.
+
+    ``images``: an array ``(H, W, 3)`` / ``(batch, H, W, 3)`` of 0-255 pixels, or
+    a path / bytes / list of paths or bytes of encoded images.
+    """
+    if isinstance(images, (str, bytes, os.PathLike)):
+        images = [images]
+    if isinstance(images, (list, tuple)) and images and all(
+            isinstance(item, (str, bytes, os.PathLike)) for item in images):
+        return SERVING_BYTES, {"image_bytes": np.array([_read_bytes(item) for item in images],
+                                                       dtype=object)}
+    try:
+        array = np.asarray(images)
+    except ValueError as error:
+        raise InvalidInputError(f"Images must be a regular array: {error}") from None
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise InvalidInputError(
+            f"Images must have shape (H, W, 3) or (batch, H, W, 3), got {array.shape}.")
+    if array.shape[0] == 0:
+        raise InvalidInputError("Empty batch: give at least one image.")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise InvalidInputError(f"Images must be numeric pixels in 0-255, got dtype {array.dtype}.")
+    return SERVING_DEFAULT, {"images": array.astype("float32")}
+
+
+def _read_bytes(item):
+    if isinstance(item, bytes):
+        return item
+    try:
+        with open(item, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise InvalidInputError(f"Cannot read image file {item!r}: {error}") from None
+
+
+def to_predictions(outputs):
+    """Turn a signature's output dict (arrays) into a list of :class:`Prediction`."""
+    for key in ("top_k_classes", "top_k_scores"):
+        if key not in outputs:
+            raise ServingError(f"The served model returned no {key!r}; is it a keras_mixer export?")
+    labels = outputs.get("top_k_labels")
+    predictions = []
+    for i, (classes, scores) in enumerate(zip(outputs["top_k_classes"], outputs["top_k_scores"])):
+        names = None
+        if labels is not None:
+            names = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in labels[i]]
+        predictions.append(Prediction([int(c) for c in classes], [float(s) for s in scores], names))
+    return predictions
+
+
+class _Client:
+    def __init__(self, address, model="mixer", version=None, version_label=None, timeout=10.0):
+        if version is not None and version_label is not None:
+            raise ValueError("Give version or version_label, not both.")
+        self.address = address
+        self.model = model
+        self.version = None if version is None else int(version)
+        self.version_label = version_label
+        self.timeout = timeout
+
+    def predict(self, images):
+        """Top-k predictions, one :class:`Prediction` per image."""
+        signature, inputs = prepare_inputs(images)
+        return to_predictions(self.predict_raw(inputs, signature))
+
+    def predict_raw(self, inputs, signature=SERVING_DEFAULT):
+        """Send ``inputs`` (``{name: array}``) as they are; return ``{output: array}``."""
+        raise NotImplementedError
+
+    def metadata(self):
+        """``{signature: {"inputs": {name: (dtype, shape)}, "outputs": {...}}}``."""
+        raise NotImplementedError
+
+
+class GrpcClient(_Client):
+    """TF Serving gRPC client (default port 8500)."""
+
+    def __init__(self, address="localhost:8500", model="mixer", version=None, version_label=None,
+                 timeout=10.0):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        super().__init__(address, model, version, version_label, timeout)
+        self._channel = grpc.insecure_channel(address)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _model_spec(self, spec, signature=None):
+        spec.name = self.model
+        if self.version is not None:
+            spec.version.value = self.version
+        if self.version_label is not None:
+            spec.version_label = self.version_label
+        if signature is not None:
+            spec.signature_name = signature
+
+    def predict_raw(self, inputs, signature=SERVING_DEFAULT):
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._model_spec(request.model_spec, signature)
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = self._call(self._stub.Predict, request)
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def metadata(self):
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._model_spec(request.model_spec)
+        response = self._call(self._stub.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return _describe_signatures(signature_map.signature_def)
+
+    def _call(self, method, request):
+        import grpc
+
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            code, details = error.code(), error.details()
+            where = f"gRPC server {self.address}"
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ServerUnavailableError(f"{where} unreachable ({code.name}): {details}") from None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise ModelNotFoundError(f"{where}: model {self._describe()} not found: {details}") from None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidInputError(f"{where} rejected the input: {details}") from None
+            raise ServingError(f"{where} failed ({code.name}): {details}") from None
+
+    def _describe(self):
+        suffix = (f" version {self.version}" if self.version is not None else
+                  f" label {self.version_label!r}" if self.version_label else "")
+        return repr(self.model) + suffix
+
+
+class RestClient(_Client):
+    """TF Serving REST client (default port 8501): ``POST /v1/models/NAME:predict``."""
+
+    def __init__(self, address="http://localhost:8501", model="mixer", version=None,
+                 version_label=None, timeout=10.0):
+        if "://" not in address:
+            address = "http://" + address
+        super().__init__(address.rstrip("/"), model, version, version_label, timeout)
+
+    def model_url(self):
+        url = f"{self.address}/v1/models/{self.model}"
+        if self.version is not None:
+            url += f"/versions/{self.version}"
+        elif self.version_label is not None:
+            url += f"/labels/{self.version_label}"
+        return url
+
+    def predict_raw(self, inputs, signature=SERVING_DEFAULT):
+        instances = _to_instances(inputs)
+        body = self._request("post", self.model_url() + ":predict",
+                             json={"signature_name": signature, "instances": instances})
+        predictions = body.get("predictions")
+        if predictions is None:
+            raise ServingError(f"REST server {self.address} answered without 'predictions': {body}")
+        if predictions and not isinstance(predictions[0], dict):
+            raise ServingError("The served model has a single output; expected a keras_mixer export.")
+        keys = predictions[0].keys() if predictions else []
+        return {key: np.array([row[key] for row in predictions]) for key in keys}
+
+    def metadata(self):
+        body = self._request("get", self.model_url() + "/metadata")
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        try:
+            signature_map = json_format.ParseDict(body["metadata"]["signature_def"],
+                                                  get_model_metadata_pb2.SignatureDefMap(),
+                                                  ignore_unknown_fields=True)
+        except (KeyError, TypeError, json_format.ParseError):
+            raise ServingError(f"Unexpected metadata answer from {self.address}: {body}") from None
+        return _describe_signatures(signature_map.signature_def)
+
+    def _request(self, method, url, **kwargs):
+        import requests
+
+        try:
+            response = getattr(requests, method)(url, timeout=self.timeout, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise ServerUnavailableError(f"REST server {self.address} unreachable: {error}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text[:500]}
+        if response.status_code == 404:
+            raise ModelNotFoundError(f"REST server {self.address}: {body.get('error', 'not found')}")
+        if response.status_code == 400:
+            raise InvalidInputError(f"REST server {self.address} rejected the input: {body.get('error')}")
+        if response.status_code != 200:
+            raise ServingError(f"REST server {self.address} answered {response.status_code}: "
+                               f"{body.get('error', body)}")
+        return body
+
+
+def _to_instances(inputs):
+    """Row-format JSON instances, named by input; bytes become ``{"b64": ...}``."""
+    def jsonable(value):
+        if isinstance(value, bytes):
+            return {"b64": base64.b64encode(value).decode("ascii")}
+        if isinstance(value, np.ndarray) and value.dtype == object:
+            return [jsonable(v) for v in value]
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        return value
+
+    arrays = {name: np.asarray(value) for name, value in inputs.items()}
+    sizes = {len(a) if a.ndim else 0 for a in arrays.values()}
+    if len(sizes) != 1:
+        raise InvalidInputError("All inputs need the same batch size for REST row format.")
+    rows = range(sizes.pop())
+    return [{name: jsonable(a[i]) for name, a in arrays.items()} for i in rows]
+
+
+def _describe_signatures(signature_defs):
+    import tensorflow as tf
+
+    def describe(infos):
+        return {key: (tf.as_dtype(info.dtype).name,
+                      [d.size for d in info.tensor_shape.dim]) for key, info in infos.items()}
+
+    return {name: {"inputs": describe(sig.inputs), "outputs": describe(sig.outputs)}
+            for name, sig in signature_defs.items() if not name.startswith("__")}
+
+
+def make_client(address, protocol="grpc", **kwargs):
+    """A :class:`GrpcClient` or :class:`RestClient` for ``address``."""
+    if protocol == "grpc":
+        return GrpcClient(address, **kwargs)
+    if protocol == "rest":
+        return RestClient(address, **kwargs)
+    raise ValueError(f"protocol must be 'grpc' or 'rest', got {protocol!r}.")

@@ -1,0 +1,171 @@
+"""SavedModel and TFLite export: signatures, numerics vs Keras, atomic versions, any source backend."""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from keras_mixer import export
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_saved_model_layout_and_signatures(exported_mixer):
+    version_dir = exported_mixer.version_dir
+    assert os.path.basename(version_dir) == "1"
+    assert sorted(os.listdir(os.path.dirname(version_dir))) == ["1"]  # no temp dir left
+    with open(os.path.join(version_dir, "assets", "labels.txt")) as f:
+        assert f.read().splitlines() == exported_mixer.labels
+    with open(os.path.join(version_dir, export.REPORT_FILE)) as f:
+        report = json.load(f)
+    assert report["max_abs_diff"] <= 1e-4
+    assert report["signatures"] == ["serving_bytes", "serving_default"]
+
+    loaded = tf.saved_model.load(version_dir, tags=["serve"])
+    assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+    images = exported_mixer.images
+    out = loaded.signatures["serving_default"](images=tf.constant(images, tf.float32))
+    np.testing.assert_allclose(out["probabilities"].numpy(), exported_mixer.expected, atol=1e-5)
+    order = np.argsort(-exported_mixer.expected, axis=-1)[:, :5]
+    np.testing.assert_array_equal(out["top_k_classes"].numpy(), order)
+    np.testing.assert_allclose(out["top_k_scores"].numpy(),
+                               np.take_along_axis(exported_mixer.expected, order, -1), atol=1e-5)
+    labels = np.array(exported_mixer.labels)[order]
+    np.testing.assert_array_equal(out["top_k_labels"].numpy().astype(str), labels)
+
+    # Encoded images: PNG is lossless, so the bytes signature computes the same numbers.
+    png = tf.stack([tf.io.encode_png(image) for image in images[:4]])
+    out = loaded.signatures["serving_bytes"](image_bytes=png)
+    np.testing.assert_allclose(out["probabilities"].numpy(), exported_mixer.expected[:4], atol=1e-5)
+
+    # Other sizes are resized in the graph to 32x32.
+    big = np.repeat(np.repeat(images[:2], 3, axis=1), 2, axis=2).astype("float32")  # 96x64
+    out = loaded.signatures["serving_default"](images=tf.constant(big))
+    resized = tf.image.resize(big, (32, 32), antialias=True).numpy()
+    model = keras.saving.load_model(exported_mixer.keras_path)
+    np.testing.assert_allclose(out["probabilities"].numpy(), model.predict(resized, verbose=0), atol=1e-5)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
+        loaded.signatures["serving_default"](images=tf.zeros((0, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("source_backend", ["jax", "torch"])
+def test_export_of_model_trained_on_other_backends(source_backend, tmp_path):
+    """A .keras trained under jax / torch exports, and TF Serving's graph reproduces it."""
+    backend = keras.backend.backend()
+    if source_backend == backend:
+        pytest.skip("the exported_mixer fixture covers a model trained on this backend")
+    if backend == "tensorflow" and source_backend == "jax":
+        pytest.skip("a jax-trained model is exported in the torch suite (saves CI time)")
+    plain = source_backend == "torch"  # also covers models without preprocessing, with logits
+    env = dict(os.environ, KERAS_BACKEND=source_backend, PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, os.path.join(TESTS, "export_worker.py"), str(tmp_path)]
+                   + (["--no-preprocessing"] if plain else []), env=env, check=True)
+    version_dir = export.export_saved_model(str(tmp_path / "model.keras"), str(tmp_path / "models"),
+                                            name="trained", version=7)
+    assert version_dir == str(tmp_path / "models" / "trained" / "7")
+    expected = np.load(tmp_path / "expected.npy")
+    if plain:
+        expected = softmax(expected)
+    loaded = tf.saved_model.load(version_dir, tags=["serve"])
+    images = np.load(tmp_path / "images.npy").astype("float32")  # 0-255 for both models
+    out = loaded.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    assert "top_k_labels" not in out
+    assert out["top_k_classes"].shape == (16, 5)
+
+
+def test_sigkill_during_export_leaves_no_version(exported_mixer, tmp_path):
+    base = tmp_path / "models" / "mixer"
+    shutil.copytree(exported_mixer.version_dir, base / "1")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keras_mixer.export", "saved-model", exported_mixer.keras_path,
+         "--export-dir", str(tmp_path / "models")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(name.startswith(".tmp-") for name in os.listdir(base)):
+            assert proc.poll() is None, "export finished before it could be killed"
+            assert time.monotonic() < deadline, "export never started writing"
+            time.sleep(0.005)
+        time.sleep(0.3)  # let it write part of the SavedModel
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert [name for name in os.listdir(base) if not name.startswith(".")] == ["1"]
+    assert export.next_version(str(base)) == 2
+    with pytest.raises(FileExistsError, match="already exists"):
+        export.export_saved_model(exported_mixer.keras_path, str(tmp_path / "models"), version=1)
+
+
+def test_tflite_modes_match_keras(exported_mixer, tmp_path):
+    images = exported_mixer.images.astype("float32")
+    rows = export.export_tflite(exported_mixer.keras_path, str(tmp_path), name="tiny",
+                                representative_images=images[:16], eval_images=images)
+    by_mode = {row["mode"]: row for row in rows}
+    assert list(by_mode) == list(export.TFLITE_MODES)
+    assert sorted(os.listdir(tmp_path)) == sorted(f"tiny.{m}.tflite" for m in export.TFLITE_MODES)
+    print("\nmode          size_kB  max_abs_err  top1_agree  latency_ms")
+    for row in rows:
+        assert os.path.getsize(row["path"]) == row["size_bytes"]
+        print(f"{row['mode']:<12} {row['size_bytes'] / 1e3:8.1f}  {row['max_abs_error']:.2e}  "
+              f"{row['top1_agreement']:10.3f}  {row['latency_ms']:.3f}")
+    assert by_mode["float32"]["max_abs_error"] < 1e-4
+    assert by_mode["float32"]["top1_agreement"] == 1.0
+    assert by_mode["float16"]["max_abs_error"] < 1e-2
+    # Quantized modes: a loose floor (this tiny random model is a hard case for int8).
+    assert by_mode["dynamic_int8"]["top1_agreement"] >= 0.5
+    assert by_mode["int8"]["top1_agreement"] >= 0.1
+    assert by_mode["int8"]["size_bytes"] < by_mode["float32"]["size_bytes"]
+
+    # The float32 file, run by hand, reproduces the Keras model's probabilities.
+    interpreter = tf.lite.Interpreter(model_path=by_mode["float32"]["path"])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images[:1])
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, exported_mixer.expected[:1], atol=1e-4)
+
+
+def test_bad_arguments(exported_mixer, tmp_path):
+    with pytest.raises(ValueError, match="Unknown TFLite modes"):
+        export.export_tflite(exported_mixer.keras_path, str(tmp_path), modes=["int4"])
+    with pytest.raises(ValueError, match="representative_images"):
+        export.export_tflite(exported_mixer.keras_path, str(tmp_path), modes=["int8"])
+    with pytest.raises(ValueError, match="line breaks"):
+        export.read_labels(["a\nb"])
+    with pytest.raises(ValueError, match=".keras"):
+        export.load_model("model.h5")
+    with pytest.raises(ValueError, match="either"):
+        export.load_model()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tf2onnx") is None, reason="needs the onnx extra (tf2onnx)")
+def test_onnx_export(exported_mixer, tmp_path):
+    result = export.export_onnx(exported_mixer.keras_path, str(tmp_path), name="tiny")
+    assert result["path"] == str(tmp_path / "tiny.onnx") and os.listdir(tmp_path) == ["tiny.onnx"]
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime not installed: exported but not run")
+    import onnxruntime
+
+    assert result["max_abs_diff"] <= 1e-4
+    session = onnxruntime.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
+    images = exported_mixer.images.astype("float32")
+    got = session.run(None, {session.get_inputs()[0].name: images})[0]
+    np.testing.assert_allclose(got, exported_mixer.expected, atol=1e-5)

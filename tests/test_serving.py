@@ -1,0 +1,214 @@
+"""gRPC and REST clients against an in-test TF Serving stand-in backed by the exported SavedModel."""
+
+import concurrent.futures
+import os
+import runpy
+import socket
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_mixer import serving
+from serving_stub import ModelRepository, start_grpc, start_rest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def server(exported_mixer):
+    repository = ModelRepository(exported_mixer.export_dir, version_labels={"mixer": {"stable": 1}})
+    grpc_server, grpc_address = start_grpc(repository)
+    rest_server, rest_address = start_rest(repository)
+    yield {"grpc": grpc_address, "rest": rest_address}
+    grpc_server.stop(None)
+    rest_server.shutdown()
+    rest_server.server_close()
+
+
+@pytest.fixture(params=["grpc", "rest"])
+def client(request, server):
+    client = serving.make_client(server[request.param], request.param, model="mixer", timeout=30)
+    yield client
+    if request.param == "grpc":
+        client.close()
+
+
+def check(predictions, expected, labels):
+    order = np.argsort(-expected, axis=-1)[:, :5]
+    assert len(predictions) == len(expected)
+    for prediction, classes, probabilities in zip(predictions, order, expected):
+        assert prediction.classes == classes.tolist()
+        np.testing.assert_allclose(prediction.scores, probabilities[classes], atol=1e-5)
+        assert prediction.labels == [labels[c] for c in classes]
+
+
+def png_files(images, directory):
+    paths = []
+    for i, image in enumerate(images):
+        path = os.path.join(directory, f"{i}.png")
+        tf.io.write_file(path, tf.io.encode_png(image))
+        paths.append(path)
+    return paths
+
+
+def test_predict_arrays_matches_keras(client, exported_mixer):
+    images, expected = exported_mixer.images, exported_mixer.expected
+    check(client.predict(images[:8]), expected[:8], exported_mixer.labels)  # uint8 batch
+    check(client.predict(images[3].astype("float64")), expected[3:4], exported_mixer.labels)
+    outputs = client.predict_raw({"images": images[:2].astype("float32")})
+    np.testing.assert_allclose(outputs["probabilities"], expected[:2], atol=1e-5)
+
+
+def test_predict_files_and_bytes_matches_keras(client, exported_mixer, tmp_path):
+    images, expected = exported_mixer.images[:3], exported_mixer.expected[:3]
+    check(client.predict(png_files(images, tmp_path)), expected, exported_mixer.labels)
+    data = tf.io.encode_png(images[0]).numpy()
+    check(client.predict(data), expected[:1], exported_mixer.labels)
+    jpeg = tf.io.encode_jpeg(images[0], quality=95).numpy()
+    prediction, = client.predict([jpeg])
+    assert len(prediction.classes) == 5 and prediction.labels[0] in exported_mixer.labels
+
+
+def test_version_and_label(server, exported_mixer):
+    for protocol in ("grpc", "rest"):
+        for kwargs in ({"version": 1}, {"version_label": "stable"}):
+            client = serving.make_client(server[protocol], protocol, **kwargs)
+            check(client.predict(exported_mixer.images[:1]), exported_mixer.expected[:1],
+                  exported_mixer.labels)
+
+
+def test_metadata_lists_both_signatures(client):
+    metadata = client.metadata()
+    assert set(metadata) == {"serving_default", "serving_bytes"}
+    assert metadata["serving_default"]["inputs"] == {"images": ("float32", [-1, -1, -1, 3])}
+    assert metadata["serving_bytes"]["inputs"] == {"image_bytes": ("string", [-1])}
+    assert set(metadata["serving_default"]["outputs"]) == {
+        "probabilities", "top_k_classes", "top_k_scores", "top_k_labels"}
+    assert metadata["serving_bytes"]["outputs"]["probabilities"] == ("float32", [-1, 10])
+
+
+BAD_REQUESTS = {
+    "wrong dtype": ("serving_default", {"images": np.full((1, 32, 32, 3), "x", object)}),
+    "uint8 tensor": ("serving_default", {"images": np.zeros((1, 32, 32, 3), "uint8")}),
+    "wrong rank": ("serving_default", {"images": np.zeros((32, 32, 3), "float32")}),
+    "wrong channels": ("serving_default", {"images": np.zeros((1, 32, 32, 4), "float32")}),
+    "wrong input name": ("serving_default", {"pixels": np.zeros((1, 32, 32, 3), "float32")}),
+    "corrupt jpeg": ("serving_bytes", {"image_bytes": np.array([b"\xff\xd8\xff\xe0 not a jpeg"], object)}),
+    "empty batch": ("serving_default", {"images": np.zeros((0, 32, 32, 3), "float32")}),
+    "empty bytes batch": ("serving_bytes", {"image_bytes": np.array([], object)}),
+    "unknown signature": ("serving_nope", {"images": np.zeros((1, 32, 32, 3), "float32")}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_are_invalid_argument(client, exported_mixer, case):
+    signature, inputs = BAD_REQUESTS[case]
+    if case == "uint8 tensor" and isinstance(client, serving.RestClient):
+        pytest.skip("JSON numbers carry no dtype: REST converts them to the signature's float32")
+    with pytest.raises(serving.InvalidInputError):
+        client.predict_raw(inputs, signature)
+    # ... and the server keeps answering.
+    check(client.predict(exported_mixer.images[:1]), exported_mixer.expected[:1], exported_mixer.labels)
+
+
+def test_grpc_status_codes(server):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server["grpc"]))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "mixer"
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 32, 32), "float32")))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    request.model_spec.name = "nope"
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_rest_status_codes(server):
+    import requests
+
+    url = server["rest"] + "/v1/models/mixer:predict"
+    assert requests.post(url, data=b"{not json", timeout=30).status_code == 400
+    assert requests.post(url, json={"instances": [[[1, 2]], [[1]]]}, timeout=30).status_code == 400
+    assert requests.post(url, json={"instances": [[["a"] * 3] * 32] * 32}, timeout=30).status_code == 400
+    b64 = {"signature_name": "serving_bytes", "instances": [{"b64": "bm90IGFuIGltYWdl"}]}
+    assert requests.post(url, json=b64, timeout=30).status_code == 400
+    columnar = {"inputs": np.zeros((2, 32, 32, 3)).tolist()}
+    response = requests.post(url, json=columnar, timeout=30)
+    assert response.status_code == 200 and len(response.json()["outputs"]["probabilities"]) == 2
+    assert requests.post(server["rest"] + "/v1/models/nope:predict", json=columnar,
+                         timeout=30).status_code == 404
+
+
+def test_unknown_model_and_version(server, exported_mixer):
+    for protocol in ("grpc", "rest"):
+        for kwargs in ({"model": "nope"}, {"version": 99}, {"version_label": "canary"}):
+            client = serving.make_client(server[protocol], protocol, **kwargs)
+            with pytest.raises(serving.ModelNotFoundError):
+                client.predict(exported_mixer.images[:1])
+
+
+def test_unreachable_server(exported_mixer):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for protocol, address in (("grpc", f"127.0.0.1:{port}"), ("rest", f"127.0.0.1:{port}")):
+        client = serving.make_client(address, protocol, timeout=2)
+        with pytest.raises(serving.ServerUnavailableError, match="unreachable"):
+            client.predict(exported_mixer.images[:1])
+
+
+def test_client_side_input_checks():
+    with pytest.raises(serving.InvalidInputError, match="shape"):
+        serving.prepare_inputs(np.zeros((2, 32, 32)))
+    with pytest.raises(serving.InvalidInputError, match="Empty batch"):
+        serving.prepare_inputs(np.zeros((0, 32, 32, 3)))
+    with pytest.raises(serving.InvalidInputError, match="numeric"):
+        serving.prepare_inputs(np.full((1, 2, 2, 3), "x"))
+    with pytest.raises(serving.InvalidInputError, match="Cannot read"):
+        serving.prepare_inputs(["/no/such/image.jpg"])
+    signature, inputs = serving.prepare_inputs(np.zeros((4, 4, 3), "uint8"))
+    assert signature == "serving_default" and inputs["images"].dtype == np.float32
+    with pytest.raises(ValueError, match="protocol"):
+        serving.make_client("x", "carrier-pigeon")
+
+
+def test_concurrent_clients(server, exported_mixer):
+    """8 clients (4 gRPC, 4 REST) x 50 single-image requests, all answered correctly."""
+    images, expected = exported_mixer.images, exported_mixer.expected
+
+    def run(worker):
+        protocol = ("grpc", "rest")[worker % 2]
+        client = serving.make_client(server[protocol], protocol, timeout=60)
+        wrong = 0
+        for i in range(50):
+            index = (worker * 50 + i) % len(images)
+            prediction, = client.predict(images[index])
+            wrong += prediction.classes[0] != int(np.argmax(expected[index]))
+            wrong += abs(prediction.scores[0] - float(np.max(expected[index]))) > 1e-5
+        return wrong
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(run, range(8))) == [0] * 8
+
+
+def test_predict_script(server, exported_mixer, tmp_path, capsys, monkeypatch):
+    paths = png_files(exported_mixer.images[:2], tmp_path)
+    script = os.path.join(ROOT, "scripts", "predict.py")
+    for protocol in ("grpc", "rest"):
+        monkeypatch.setattr(sys, "argv", ["predict.py", *paths, "--server", server[protocol],
+                                          "--protocol", protocol, "--top-k", "2"])
+        runpy.run_path(script, run_name="__main__")
+        out = capsys.readouterr().out
+        top = exported_mixer.labels[int(np.argmax(exported_mixer.expected[0]))]
+        assert paths[0] in out and top in out
+    monkeypatch.setattr(sys, "argv", ["predict.py", paths[0], "--server", server["grpc"], "--model", "nope"])
+    with pytest.raises(SystemExit) as error:
+        runpy.run_path(script, run_name="__main__")
+    assert "not found" in str(error.value)
