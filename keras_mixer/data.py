@@ -180,15 +180,19 @@ def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
                 f"--data-dir DIR; or use an image folder or the offline 'digits' data."
             ) from error
     splits = builder.info.splits
-    if split == "test" and "test" not in splits:
+    if split == "test" and splits and "test" not in splits:
         split = "validation"
     dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    try:
+        num_examples = splits[split].num_examples
+    except KeyError:  # no split metadata (e.g. mocked data): count
+        num_examples = int(dataset.reduce(0, lambda count, _: count + 1))
     dataset = _shard(dataset, shard)
     image_feature = builder.info.features["image"]
     if image_feature.shape[-1] == 1:
         dataset = dataset.map(lambda x, y: (tf.image.grayscale_to_rgb(x), y))
     class_names = list(builder.info.features["label"].names)
-    return Source(dataset, _shard_count(splits[split].num_examples, shard), class_names)
+    return Source(dataset, _shard_count(num_examples, shard), class_names)
 
 
 # --- augmentation ---------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class TrainConfig:
     # data
     data: str = _field("digits", "\"digits\", an image folder, or a TFDS name")
     data_dir: str = _field(None, "TFDS data directory")
-    image_size: int = _field(32, "input side in pixels (multiple of the patch size)")
+    image_size: int = _field(16, "input side in pixels (multiple of the patch size)")
     crop_fraction: float = _field(1.0, "eval center crop (1.0: resize only)")
     # model: a paper variant ("B/16") or "custom" with the sizes below
     variant: str = _field("custom", "paper variant (S/32, B/16, ...) or \"custom\" (the sizes below)")
@@ -54,7 +54,7 @@ class TrainConfig:
     init: str = _field(None, "start from a .keras model or weights file (matching layers)")
     # recipe
     recipe: str = _field("pretrain", "pretrain: AdamW + linear warmup/decay; finetune: SGD + cosine")
-    epochs: int = _field(20, "training epochs")
+    epochs: int = _field(25, "training epochs")
     batch_size: int = _field(64, "global batch size")
     learning_rate: float = _field(3e-3, "peak learning rate (after warmup)")
     weight_decay: float = _field(0.05, "pretrain only (AdamW); never on LayerNorm or biases")
