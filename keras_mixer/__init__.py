@@ -20,3 +20,6 @@ from keras_mixer.models import (
 from keras_mixer.weights import load_weights
 
 __version__ = "0.1.0"
+
+# Training (issue 4): tf.data pipelines, distribution per backend, model.fit recipes.
+from keras_mixer.training import TrainConfig, WarmupLinearDecay, train  # noqa: E402

@@ -346,3 +346,28 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def pipeline_throughput(dataset, batches=20, warmup=2):
+    """Images per second that a pipeline delivers (after ``warmup`` batches)."""
+    import time
+
+    iterator = iter(dataset)
+    for _ in range(warmup):
+        next(iterator)
+    count, start = 0, time.perf_counter()
+    for _ in range(batches):
+        count += int(next(iterator)[0].shape[0])
+    return count / (time.perf_counter() - start)
+
+
+def extract_image_tar(tar_path, directory):
+    """Extract an image-folder tarball (e.g. ``cifar10-jpg.tar.gz``) once; returns ``directory``."""
+    import tarfile
+
+    marker = os.path.join(directory, ".extracted")
+    if not os.path.exists(marker):
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(directory, filter="data")
+        open(marker, "w").close()
+    return directory

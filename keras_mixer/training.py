@@ -351,7 +351,7 @@ def train(config, callbacks=(), distribution=None):
     batch_size = dist.pipeline_batch_size(config.batch_size)
     train_data = data.make_dataset(
         train_source, batch_size, config.image_size, training=True,
-        augment=config.augmentation(), seed=config.seed + dist.process_index, repeat=True,
+        augment=config.augmentation(), seed=config.seed, repeat=True,  # same order everywhere
     )
     test_data = data.make_dataset(test_source, batch_size, config.image_size, training=False,
                                   crop_fraction=config.crop_fraction)
@@ -395,6 +395,11 @@ def train(config, callbacks=(), distribution=None):
     model_path = os.path.join(run_dir, "model.keras")
     if chief:
         save_atomically(model, model_path)
+    elif dist.name == "multi_worker":  # every TF worker takes part in saving
+        scratch = os.path.join(run_dir, f".worker-{os.getpid()}-model.keras")
+        save_atomically(model, scratch)
+        os.remove(scratch)
+    if chief:
         write_json(os.path.join(run_dir, "results.json"), results)
         plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
         print(f"final eval on {test_source.num_examples} test images: top-1 {results['top1']:.4f}, "
@@ -407,3 +412,21 @@ def train(config, callbacks=(), distribution=None):
                 print(f"exported: {results['export']}")
     results["model"] = model
     return results
+
+
+def training_throughput(model, batch_size, steps=10, warmup=2):
+    """Training images per second of a compiled ``model`` on fixed in-memory batches."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    size = model.input_shape[1:]
+    images = rng.uniform(0, 255, (batch_size, *size)).astype("float32")
+    labels = np.eye(model.output_shape[-1], dtype="float32")[rng.integers(0, model.output_shape[-1],
+                                                                          batch_size)]
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
+    start = time.perf_counter()
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+    return steps * batch_size / (time.perf_counter() - start)
