@@ -287,7 +287,7 @@ def rand_augment(ops=2, magnitude=10.0, seed=None):
 
 def make_dataset(source, batch_size, image_size, training, augment=Augmentation(), seed=0,
                  crop_fraction=1.0, shuffle_buffer=10_000, repeat=False, drop_remainder=None,
-                 cache=None):
+                 cache=None, pad_to_batch=False):
     """Batches of ``(float32 images in [0, 255] (B, size, size, 3), one-hot labels (B, K))``.
 
     Args:
@@ -302,6 +302,9 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         repeat: repeat forever (for a fixed number of steps).
         drop_remainder: default: ``training``.
         cache: cache decoded images in memory; default when the split is small (< 60k).
+        pad_to_batch: (eval) add a third element, sample weights, and pad the last batch
+            to full size with weight-0 blanks, so that every batch splits evenly over
+            data-parallel devices while metrics count each real example once.
     """
     num_classes = source.num_classes
     dataset = source.dataset
@@ -330,6 +333,11 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
 
     dataset = tf.data.Dataset.zip((dataset, _seeds(seed)))
     dataset = dataset.map(preprocess, num_parallel_calls=AUTOTUNE)
+    if pad_to_batch:
+        blanks = -source.num_examples % batch_size
+        blank = (tf.zeros((image_size, image_size, 3)), tf.one_hot(0, num_classes), 0.0)
+        dataset = dataset.map(lambda x, y: (x, y, 1.0)).concatenate(
+            tf.data.Dataset.from_tensors(blank).repeat(blanks))
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None
                             else drop_remainder, num_parallel_calls=AUTOTUNE)
     if training and augment.randaug_magnitude > 0 and augment.randaug_ops > 0:

@@ -201,8 +201,9 @@ def compile_model(model, config, total_steps, warmup_steps):
     model.compile(
         optimizer=build_optimizer(config, total_steps, warmup_steps),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                 keras.metrics.TopKCategoricalAccuracy(k=top_k, name="top5")],
+        # Weighted: padded eval batches carry weight-0 blanks (see make_dataset).
+        weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                          keras.metrics.TopKCategoricalAccuracy(k=top_k, name="top5")],
     )
 
 
@@ -353,8 +354,10 @@ def train(config, callbacks=(), distribution=None):
         train_source, batch_size, config.image_size, training=True,
         augment=config.augmentation(), seed=config.seed, repeat=True,  # same order everywhere
     )
+    # Data parallel: pad the last eval batch with weight-0 blanks so it splits evenly.
+    pad = dist.replicas > 1
     test_data = data.make_dataset(test_source, batch_size, config.image_size, training=False,
-                                  crop_fraction=config.crop_fraction)
+                                  crop_fraction=config.crop_fraction, pad_to_batch=pad)
     total_steps = steps * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps))
 
@@ -387,8 +390,11 @@ def train(config, callbacks=(), distribution=None):
 
     # fit() has swapped in the EMA weights (if any): save and evaluate those.
     results = model.evaluate(test_data, return_dict=True, verbose=0)
+    # The loss averages over padded batches: rescale to the real examples (exact).
+    padded = -(-test_source.num_examples // batch_size) * batch_size if pad else 0
+    loss_scale = padded / test_source.num_examples if pad else 1.0
     results = {"top1": float(results["accuracy"]), "top5": float(results["top5"]),
-               "loss": float(results["loss"]), "test_examples": test_source.num_examples,
+               "loss": float(results["loss"]) * loss_scale, "test_examples": test_source.num_examples,
                "epochs": config.epochs, "backend": keras.backend.backend(),
                "strategy": dist.name, "replicas": dist.replicas,
                "seconds": round(time.time() - start, 1)}

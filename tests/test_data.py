@@ -185,3 +185,11 @@ def test_cifar10_jpeg_folder(tmp_path):
     images, labels = first_batch(data.make_dataset(source, 40, 32, training=False))
     assert images.shape == (40, 32, 32, 3) and 0 <= images.min() and images.max() <= 255
     assert labels.sum(0).tolist() == [20.0, 20.0]
+
+
+def test_eval_padding_fills_batches_with_zero_weight_blanks():
+    source = data.load_source("digits", "test")
+    batches = list(data.make_dataset(source, 64, 8, training=False, pad_to_batch=True))
+    assert all(len(x) == 64 for x, _, _ in batches) and len(batches) == 6  # 359 -> 384
+    weights = np.concatenate([w.numpy() for _, _, w in batches])
+    assert weights.sum() == 359 and (weights[:359] == 1).all()

@@ -106,7 +106,7 @@ def test_main_job_smoke(tmp_path):
     """scripts/train.py with its defaults, cut to 2 short epochs."""
     run_dir = str(tmp_path / "main")
     result = run([os.path.join(ROOT, "scripts", "train.py"), "--epochs", "2",
-                  "--steps-per-epoch", "5", "--run-dir", run_dir, "--no-export"])
+                  "--steps-per-epoch", "5", "--num-blocks", "1", "--run-dir", run_dir, "--no-export"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "final eval on 359 test images: top-1" in result.stdout
     for name in ("model.keras", "last.keras", "best.keras", "history.csv", "curves.png",
@@ -116,6 +116,30 @@ def test_main_job_smoke(tmp_path):
     assert results["backend"] == keras.backend.backend() and 0 <= results["top1"] <= 1
     model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
     assert model.output_shape == (None, 10)
+
+
+def test_main_job_on_two_replicas(tmp_path):
+    """train.py data-parallel on 2 CPU devices (jax, tensorflow) or 2 torchrun processes."""
+    import socket
+
+    run_dir = str(tmp_path / "dp")
+    args = [os.path.join(ROOT, "scripts", "train.py"), "--epochs", "1", "--steps-per-epoch", "3",
+            "--batch-size", "16", "--num-blocks", "1", "--run-dir", run_dir, "--no-export"]
+    if keras.backend.backend() == "torch":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        result = run(["-m", "torch.distributed.run", "--nproc-per-node", "2",
+                      "--master-port", str(port), *args])
+    else:
+        result = run([*args, "--cpu-devices", "2"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    assert results["replicas"] == 2, results
+    assert results["strategy"] in ("mirrored", "data_parallel", "torch_ddp")
+    assert 0 <= results["top1"] <= 1 and results["test_examples"] == 359
+    assert [row["epoch"] for row in training.read_history(f"{run_dir}/history.csv")] == [0]
+    assert not leftovers(run_dir)
 
 
 def test_train_cli_help():
