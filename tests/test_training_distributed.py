@@ -90,6 +90,10 @@ def test_tf_mirrored_two_cpus(tmp_path, single_device, recipe="finetune"):
 
 
 @only("tensorflow")
+@pytest.mark.xfail(strict=True, reason=(
+    "Keras 3.15 model.fit does not run under MultiWorkerMirroredStrategy: its symbolic build "
+    "reduces a PerReplica batch eagerly and the metric reduction sums a scalar over axis 0 "
+    "(keras-team/keras#20585, tensorflow/tensorflow#72388). Strict: passes once fixed upstream."))
 def test_tf_multi_worker_two_processes(tmp_path, single_device):
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
