@@ -328,7 +328,7 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         if training and augment.flip:
             flip_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-        image = tf.clip_by_value(image, 0.0, 255.0)
+        image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (image_size, image_size, 3))
         return image, tf.one_hot(label, num_classes, dtype=tf.float32)
 
     dataset = tf.data.Dataset.zip((dataset, _seeds(seed)))
