@@ -146,6 +146,9 @@ def folder_source(root, split="train", shard=(1, 0)):
         keep = [(i % 10 == 9) == (split != "train") for i in range(len(paths))]
         paths = [p for p, k in zip(paths, keep) if k]
         labels = [label for label, k in zip(labels, keep) if k]
+    if split == "train":  # class-sorted files: mix them once, so a shuffle buffer sees every class
+        order = np.random.default_rng(0).permutation(len(paths))
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
     files = _shard(tf.data.Dataset.from_tensor_slices((paths, labels)), shard)
 
     def decode(path, label):
