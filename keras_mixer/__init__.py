@@ -29,3 +29,5 @@ from keras_mixer.weights import CheckpointError, load_params, model_from_checkpo
 # Export and serving (issue 5): SavedModel / TFLite / ONNX export and TF Serving clients.
 from keras_mixer.export import export_onnx, export_saved_model, export_tflite  # noqa: E402
 from keras_mixer.serving import GrpcClient, Prediction, RestClient, ServingError, make_client  # noqa: E402
+# Training (issue 4): tf.data pipelines, distribution per backend, model.fit recipes.
+from keras_mixer.training import TrainConfig, WarmupLinearDecay, train  # noqa: E402

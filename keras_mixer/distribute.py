@@ -1,0 +1,239 @@
+"""Data-parallel (and optional model-parallel) training on every Keras backend.
+
+:func:`setup_distribution` picks, per backend:
+
+- tensorflow: ``TPUStrategy`` on a TPU, ``MultiWorkerMirroredStrategy`` when
+  ``TF_CONFIG`` names a cluster, ``MirroredStrategy`` over several GPUs (or
+  logical CPUs, ``cpu_devices``), else the default strategy;
+- jax: ``keras.distribution.DataParallel`` over all devices of all processes
+  (multi-host through ``keras.distribution.initialize``, i.e.
+  ``jax.distributed.initialize``, configured by the ``KERAS_DISTRIBUTION_*``
+  environment variables), or ``ModelParallel`` sharding the wide channel-mixing
+  kernels over a ``model`` mesh axis;
+- torch: one process per device launched by ``torchrun``; gradients are
+  averaged over processes (gloo on CPU, nccl on GPU) by hooks on every
+  trainable parameter while ``model.fit`` runs unchanged, and each process
+  reads its own shard of the data.
+
+Must run before the model is built (and for TF's logical CPUs / JAX's
+``XLA_FLAGS``, before the backend initialises its devices).
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+
+import keras
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "data_parallel",
+              "model_parallel", "torch_ddp")
+
+
+@dataclasses.dataclass
+class Distribution:
+    """How one process takes part in training.
+
+    ``replicas`` counts data-parallel replicas over all processes; ``shard``
+    is ``(num_shards, index)`` of the data this process reads itself (torch:
+    one shard per process; tensorflow/jax: Keras splits the global batch).
+    """
+
+    name: str
+    replicas: int = 1
+    process_index: int = 0
+    process_count: int = 1
+    shard: tuple = (1, 0)
+    strategy: object = None
+
+    @property
+    def is_chief(self):
+        return self.process_index == 0
+
+    def scope(self):
+        """Build and compile the model inside this scope."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def pipeline_batch_size(self, global_batch_size):
+        """Batch size of the tf.data pipeline of this process."""
+        num_shards = self.shard[0]
+        if global_batch_size % max(self.replicas, num_shards):
+            raise ValueError(
+                f"Global batch size {global_batch_size} is not divisible by the "
+                f"{max(self.replicas, num_shards)} data-parallel replicas."
+            )
+        return global_batch_size // num_shards
+
+    def prepare_model(self, model):
+        """Torch: make every process start from rank 0's weights and average gradients."""
+        if self.name == "torch_ddp":
+            _torch_average_gradients(model, self.process_count)
+
+
+def setup_distribution(strategy="auto", cpu_devices=0, model_parallel=0):
+    """Create the distribution for this backend (see the module docstring).
+
+    Args:
+        strategy: one of :data:`STRATEGIES`; ``"auto"`` picks from the hardware
+            and the environment (``TF_CONFIG``, ``KERAS_DISTRIBUTION_*``, torchrun's
+            ``WORLD_SIZE``).
+        cpu_devices: TF: split the CPU into this many logical devices (tests and
+            demos of multi-device training without accelerators).
+        model_parallel: JAX ``model_parallel``: size of the ``model`` mesh axis.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}.")
+    backend = keras.backend.backend()
+    setup = {"tensorflow": _tensorflow, "jax": _jax, "torch": _torch}.get(backend)
+    if setup is None:
+        raise ValueError(f"No distributed training for backend {backend!r}.")
+    return setup(strategy, cpu_devices=cpu_devices, model_parallel=model_parallel)
+
+
+def _unsupported(strategy, backend, supported):
+    return ValueError(
+        f"Strategy {strategy!r} is not available on the {backend} backend; "
+        f"use one of {', '.join(supported)}."
+    )
+
+
+# --- tensorflow -------------------------------------------------------------------------------
+
+
+def _tensorflow(strategy, cpu_devices=0, **_):
+    import tensorflow as tf
+
+    supported = ("auto", "default", "mirrored", "multi_worker", "tpu")
+    if strategy not in supported:
+        raise _unsupported(strategy, "tensorflow", supported)
+    if cpu_devices > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * cpu_devices
+        )
+    if strategy == "auto":
+        if os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR"):
+            strategy = "tpu"
+        elif _tf_config_workers() > 1:
+            strategy = "multi_worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1 or cpu_devices > 1:
+            strategy = "mirrored"
+        else:
+            strategy = "default"
+
+    if strategy == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        tf_strategy = tf.distribute.TPUStrategy(resolver)
+        return Distribution("tpu", tf_strategy.num_replicas_in_sync, strategy=tf_strategy)
+    if strategy == "multi_worker":
+        workers = _tf_config_workers()
+        if workers < 1:
+            raise ValueError("Strategy 'multi_worker' needs TF_CONFIG naming the worker cluster.")
+        tf_strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+        return Distribution("multi_worker", tf_strategy.num_replicas_in_sync,
+                            process_index=int(task.get("index", 0)), process_count=workers,
+                            strategy=tf_strategy)
+    if strategy == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        tf_strategy = tf.distribute.MirroredStrategy(devices)
+        return Distribution("mirrored", tf_strategy.num_replicas_in_sync, strategy=tf_strategy)
+    return Distribution("default", 1, strategy=tf.distribute.get_strategy())
+
+
+def _tf_config_workers():
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    return len(config.get("cluster", {}).get("worker", []))
+
+
+# --- jax --------------------------------------------------------------------------------------
+
+
+def _jax(strategy, model_parallel=0, **_):
+    import jax
+
+    supported = ("auto", "default", "data_parallel", "model_parallel")
+    if strategy not in supported:
+        raise _unsupported(strategy, "jax", supported)
+    if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1:
+        keras.distribution.initialize()  # jax.distributed.initialize from KERAS_DISTRIBUTION_*
+    devices = jax.devices()
+    if strategy == "auto":
+        strategy = "model_parallel" if model_parallel > 1 else (
+            "data_parallel" if len(devices) > 1 else "default")
+    info = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    if strategy == "default":
+        return Distribution("default", 1, **info)
+    if strategy == "data_parallel":
+        distribution = keras.distribution.DataParallel(devices=devices)
+        keras.distribution.set_distribution(distribution)
+        return Distribution("data_parallel", len(devices), **info, strategy=None)
+    model_size = model_parallel or 2
+    if len(devices) % model_size:
+        raise ValueError(
+            f"model_parallel={model_size} does not divide the {len(devices)} JAX devices."
+        )
+    mesh = keras.distribution.DeviceMesh(
+        (len(devices) // model_size, model_size), ("batch", "model"), devices
+    )
+    keras.distribution.set_distribution(
+        keras.distribution.ModelParallel(layout_map=mixer_layout_map(mesh), batch_dim_name="batch")
+    )
+    return Distribution("model_parallel", len(devices) // model_size, **info)
+
+
+def mixer_layout_map(mesh):
+    """Shard the wide channel-mixing MLPs (``D_C = 4C``) over the ``model`` mesh axis.
+
+    ``kernel_0`` ``(C, D_C)`` is split by columns and ``kernel_1`` ``(D_C, C)``
+    by rows (Megatron-style), so the hidden activations stay sharded.
+    """
+    layout_map = keras.distribution.LayoutMap(mesh)
+    layout_map[r"channel_mixing/kernel_0"] = (None, "model")
+    layout_map[r"channel_mixing/bias_0"] = ("model",)
+    layout_map[r"channel_mixing/kernel_1"] = ("model", None)
+    return layout_map
+
+
+# --- torch ------------------------------------------------------------------------------------
+
+
+def _torch(strategy, **_):
+    import torch
+    import torch.distributed as dist
+
+    supported = ("auto", "default", "torch_ddp")
+    if strategy not in supported:
+        raise _unsupported(strategy, "torch", supported)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if strategy == "default" or (strategy == "auto" and world_size == 1):
+        return Distribution("default", 1)
+    if world_size == 1:
+        raise ValueError("Strategy 'torch_ddp' needs processes launched by torchrun (WORLD_SIZE).")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank()
+    return Distribution("torch_ddp", world_size, process_index=rank, process_count=world_size,
+                        shard=(world_size, rank))
+
+
+def _torch_average_gradients(model, world_size):
+    """Broadcast rank 0's weights; average each parameter's gradient over processes in backward."""
+    import torch
+    import torch.distributed as dist
+
+    def average(grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad / world_size
+
+    with torch.no_grad():
+        for variable in model.weights:
+            dist.broadcast(variable.value.data, src=0)
+    for variable in model.trainable_weights:
+        variable.value.register_hook(average)

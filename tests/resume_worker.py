@@ -1,0 +1,34 @@
+"""A tiny training run on the digits; optionally SIGKILLs itself after an epoch.
+
+Usage: KERAS_BACKEND=... python resume_worker.py RUN_DIR KILL_AFTER_EPOCH  (-1: never)
+"""
+
+import os
+import signal
+import sys
+
+import keras
+from keras_mixer.training import TrainConfig, train
+
+EPOCHS = 3
+
+
+class KillAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(run_dir, kill_after):
+    config = TrainConfig(run_dir=run_dir, image_size=8, patch_size=4, num_blocks=1, hidden_dim=16,
+                         tokens_mlp_dim=8, channels_mlp_dim=32, epochs=EPOCHS, steps_per_epoch=4,
+                         batch_size=16, export=False, verbose="2")
+    train(config, callbacks=[KillAfterEpoch(int(kill_after))])
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,201 @@
+"""Input pipelines: shapes, ranges, determinism, MixUp/CutMix, folder and TFDS sources, errors."""
+
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SHARED_DATA
+from keras_mixer import data
+
+CIFAR_TAR = os.path.join(SHARED_DATA, "cifar10-jpg", "cifar10-jpg.tar.gz")
+
+
+def first_batch(dataset):
+    images, labels = next(iter(dataset))
+    return images.numpy(), labels.numpy()
+
+
+def test_digits_source_is_real_and_split():
+    train, test = data.load_source("digits", "train"), data.load_source("digits", "test")
+    assert (train.num_examples, test.num_examples) == (1438, 359)  # sklearn's 1,797 digits
+    assert train.class_names == [str(i) for i in range(10)]
+    image, label = next(iter(train.dataset))
+    assert image.shape == (8, 8, 3) and image.dtype == tf.uint8 and 0 <= int(label) < 10
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batches_shapes_and_ranges(training):
+    source = data.load_source("digits", "test")
+    augment = data.Augmentation(flip=True, mixup_alpha=0.2)
+    images, labels = first_batch(data.make_dataset(source, 16, 24, training, augment, seed=3))
+    assert images.shape == (16, 24, 24, 3) and images.dtype == np.float32
+    assert labels.shape == (16, 10) and labels.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 255 and images.max() > 100
+    np.testing.assert_allclose(labels.sum(-1), 1.0, atol=1e-6)
+
+
+def test_eval_pipeline_keeps_every_example_in_order():
+    source = data.load_source("digits", "test")
+    batches = list(data.make_dataset(source, 100, 8, training=False))
+    assert sum(len(x) for x, _ in batches) == 359
+    raw = np.stack([x.numpy() for x, _ in source.dataset.take(100)]).astype("float32")
+    np.testing.assert_allclose(batches[0][0].numpy(), raw, atol=1e-3)  # 8 -> 8: identity
+
+
+def test_training_pipeline_is_deterministic_per_seed_and_varies_per_epoch():
+    source = data.load_source("digits", "test")
+    augment = data.Augmentation(flip=True, mixup_alpha=0.2, cutmix_alpha=1.0)
+
+    def two_epochs(seed):
+        dataset = data.make_dataset(source, 32, 16, True, augment, seed=seed)
+        return [first_batch(dataset) for _ in range(2)]
+
+    (a0, la0), (a1, _) = two_epochs(7)
+    (b0, lb0), (b1, _) = two_epochs(7)
+    np.testing.assert_array_equal(a0, b0)
+    np.testing.assert_array_equal(la0, lb0)
+    np.testing.assert_array_equal(a1, b1)
+    assert not np.array_equal(a0, a1)  # a new epoch reshuffles and re-augments
+    (c0, _), _ = two_epochs(8)
+    assert not np.array_equal(a0, c0)
+
+
+@pytest.mark.parametrize("mixup_alpha, cutmix_alpha", [(0.4, 0.0), (0.0, 1.0), (0.2, 1.0)])
+def test_mixed_labels_sum_to_one_and_match_the_pair(mixup_alpha, cutmix_alpha):
+    images = tf.random.stateless_uniform((8, 16, 16, 3), (1, 2), maxval=255.0)
+    labels = tf.one_hot(tf.range(8) % 10, 10)
+    for i in range(5):
+        mixed, soft = data.mix_batch(images, labels, tf.constant([i, 9]),
+                                                 mixup_alpha, cutmix_alpha)
+        soft = soft.numpy()
+        np.testing.assert_allclose(soft.sum(-1), 1.0, atol=1e-6)
+        lam = soft[0, 0]  # example 0 (class 0) is mixed with example 7 (class 7)
+        np.testing.assert_allclose(soft[0, 7], 1 - lam, atol=1e-6)
+        if not cutmix_alpha:
+            np.testing.assert_allclose(mixed.numpy()[0], lam * images[0] + (1 - lam) * images[7],
+                                       rtol=1e-5, atol=1e-3)
+        if not mixup_alpha:  # CutMix: the label weight is the pasted area
+            from_self = np.isclose(mixed.numpy()[0], images.numpy()[0]).all(-1).mean()
+            np.testing.assert_allclose(from_self, lam, atol=1e-6)
+
+
+def test_inception_crop_and_randaugment_keep_shape_and_range():
+    source = data.load_source("digits", "test")
+    augment = data.Augmentation(crop_min_area=0.08, flip=True, randaug_magnitude=10)
+    images, _ = first_batch(data.make_dataset(source, 8, 16, True, augment, seed=0))
+    assert images.shape == (8, 16, 16, 3) and images.min() >= 0 and images.max() <= 255
+
+
+def test_shards_partition_the_data():
+    shards = [data.load_source("digits", "test", shard=(2, i)) for i in range(2)]
+    assert sum(s.num_examples for s in shards) == 359
+    labels = [[int(y) for _, y in s.dataset] for s in shards]
+    full = [int(y) for _, y in data.load_source("digits", "test").dataset]
+    assert labels[0] == full[0::2] and labels[1] == full[1::2]
+
+
+def write_folder(root, classes=("cat", "dog"), per_class=3, size=20):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        os.makedirs(os.path.join(root, name))
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size + 4, 3)).astype("uint8")
+            encoded = tf.io.encode_png(pixels) if i % 2 else tf.io.encode_jpeg(pixels)
+            tf.io.write_file(os.path.join(root, name, f"{i}.{'png' if i % 2 else 'jpg'}"), encoded)
+
+
+def test_image_folder_source(tmp_path):
+    root = str(tmp_path / "pets")
+    write_folder(os.path.join(root, "train"))
+    write_folder(os.path.join(root, "test"), per_class=2)
+    train = data.load_source(root, "train")
+    assert train.class_names == ["cat", "dog"] and train.num_examples == 6
+    assert data.load_source(root, "test").num_examples == 4
+    images, labels = first_batch(data.make_dataset(train, 6, 16, training=False))
+    assert images.shape == (6, 16, 16, 3)
+    np.testing.assert_array_equal(np.sort(labels.argmax(-1)), [0, 0, 0, 1, 1, 1])
+    test_images, test_labels = first_batch(
+        data.make_dataset(data.load_source(root, "test"), 4, 16, training=False))
+    np.testing.assert_array_equal(test_labels.argmax(-1), [0, 0, 1, 1])  # eval keeps file order
+    decoded = tf.io.decode_image(tf.io.read_file(os.path.join(root, "test", "cat", "0.jpg")))
+    np.testing.assert_allclose(test_images[0], tf.image.resize(tf.cast(decoded, tf.float32),
+                                                               (16, 16)).numpy(), atol=1e-3)
+
+
+def test_folder_without_splits_holds_out_every_tenth_image(tmp_path):
+    write_folder(str(tmp_path), per_class=10)
+    assert data.load_source(str(tmp_path), "train").num_examples == 18
+    assert data.load_source(str(tmp_path), "test").num_examples == 2
+
+
+def test_empty_folder_error(tmp_path):
+    os.makedirs(tmp_path / "cat")
+    with pytest.raises(ValueError, match="has no images"):
+        data.load_source(str(tmp_path), "train")
+
+
+def test_unreadable_image_error(tmp_path):
+    write_folder(str(tmp_path))
+    bad = tmp_path / "dog" / "broken.jpg"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="Unreadable image.*broken.jpg"):
+        data.load_source(str(tmp_path), "train")
+
+
+def test_missing_folder_and_unknown_dataset_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_source(str(tmp_path / "nope") + os.sep, "train")
+    with pytest.raises(ValueError, match="Unknown dataset 'no_such_dataset_xyz'"):
+        data.load_source("no_such_dataset_xyz", "train")
+
+
+def test_tfds_source_through_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        source = data.load_source("cifar10", "test")
+        assert source.num_examples == 12 and len(source.class_names) == 10
+        images, labels = first_batch(data.make_dataset(source, 4, 16, training=False))
+    assert images.shape == (4, 16, 16, 3) and labels.shape == (4, 10)
+
+
+def test_tfds_download_failure_says_how_to_prepare(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no internet")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(RuntimeError, match="tfds build cifar10 --data_dir"):
+        data.load_source("cifar10", "train", data_dir=str(tmp_path))
+
+
+@pytest.mark.skipif(not os.path.exists(CIFAR_TAR), reason="shared CIFAR-10 tar not present")
+def test_cifar10_jpeg_folder(tmp_path):
+    """Real JPEGs: the first 20 test images of two classes from the shared CIFAR-10 tar."""
+    wanted = {"airplane", "cat"}
+    with tarfile.open(CIFAR_TAR) as tar:
+        members = []
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and "test" in parts and parts[-2] in wanted:
+                if sum(m.name.split("/")[-2] == parts[-2] for m in members) < 20:
+                    members.append(member)
+            if len(members) == 40:
+                break
+        tar.extractall(tmp_path, members=members, filter="data")
+    source = data.load_source(str(tmp_path), "test")  # finds tmp_path/test/<class>/
+    assert source.class_names == ["airplane", "cat"] and source.num_examples == 40
+    images, labels = first_batch(data.make_dataset(source, 40, 32, training=False))
+    assert images.shape == (40, 32, 32, 3) and 0 <= images.min() and images.max() <= 255
+    assert labels.sum(0).tolist() == [20.0, 20.0]
+
+
+def test_eval_padding_fills_batches_with_zero_weight_blanks():
+    source = data.load_source("digits", "test")
+    batches = list(data.make_dataset(source, 64, 8, training=False, pad_to_batch=True))
+    assert all(len(x) == 64 for x, _, _ in batches) and len(batches) == 6  # 359 -> 384
+    weights = np.concatenate([w.numpy() for _, _, w in batches])
+    assert weights.sum() == 359 and (weights[:359] == 1).all()
