@@ -2,8 +2,8 @@
 
 The models scale pixels themselves by default (``include_preprocessing=True``);
 :func:`preprocess_input` is for models built with ``include_preprocessing=False``.
-The 1000 ImageNet-1k class names ship with the package (``data/imagenet1k_classes.tsv``,
-from ``tensorflow-datasets``, see ``data/README.md``); no download happens.
+The 1000 ImageNet-1k class names ship with the package (``resources/imagenet1k_classes.tsv``,
+from ``tensorflow-datasets``, see ``resources/README.md``); no download happens.
 """
 
 import functools
@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+RESOURCES_DIR = os.path.join(os.path.dirname(__file__), "resources")
 SCALINGS = {
     "mixer": (1.0 / 127.5, -1.0),  # official: [-1, 1]
     "miil": (1.0 / 255.0, 0.0),  # timm's Alibaba-MIIL weights: [0, 1]
@@ -41,7 +41,7 @@ def preprocess_input(x, mode="mixer"):
 @functools.lru_cache(maxsize=None)
 def imagenet1k_classes():
     """``(wordnet_ids, names)``: the 1000 ImageNet-1k classes in class-index order."""
-    with open(os.path.join(DATA_DIR, "imagenet1k_classes.tsv"), encoding="utf-8") as f:
+    with open(os.path.join(RESOURCES_DIR, "imagenet1k_classes.tsv"), encoding="utf-8") as f:
         rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     if len(rows) != 1000:
         raise RuntimeError(f"Corrupt package data: {len(rows)} ImageNet-1k classes, expected 1000.")
