@@ -20,3 +20,6 @@ from keras_mixer.models import (
 from keras_mixer.weights import load_weights
 
 __version__ = "0.1.0"
+
+# Performance (issue 6): FLOP count used by scripts/benchmark.py
+from keras_mixer.benchmark import flops  # noqa: E402
