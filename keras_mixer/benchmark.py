@@ -323,8 +323,6 @@ def _policy(mode, dtype):
 
 
 def _build_mixer(spec, mode, dtype):
-    import keras
-
     from keras_mixer.models import MlpMixer
 
     with _dtype_policy(_policy(mode, dtype)):
