@@ -31,3 +31,5 @@ from keras_mixer.export import export_onnx, export_saved_model, export_tflite  #
 from keras_mixer.serving import GrpcClient, Prediction, RestClient, ServingError, make_client  # noqa: E402
 # Training (issue 4): tf.data pipelines, distribution per backend, model.fit recipes.
 from keras_mixer.training import TrainConfig, WarmupLinearDecay, train  # noqa: E402
+# Performance (issue 6): FLOP count used by scripts/benchmark.py
+from keras_mixer.benchmark import flops  # noqa: E402

@@ -129,9 +129,17 @@ class MlpBlock(keras.layers.Layer):
             h = ops.gelu(h, approximate=self.approximate_gelu)
             return ops.matmul(h, self.kernel_1) + self.bias_1
         # Token mixing: (D_S, S) @ (batch, S, C) -> (batch, D_S, C), and back.
-        h = ops.matmul(ops.transpose(self.kernel_0), x) + self.bias_0[:, None]
+        kernel_0, kernel_1 = ops.transpose(self.kernel_0), ops.transpose(self.kernel_1)
+        if keras.backend.backend() == "torch":
+            # torch.matmul runs a 2D @ 3D product as one GEMM after copying the activations
+            # to (batch * C, S) and the result back; a batched product (bmm) reads them in
+            # place. Measured ~4% faster for B/16 on CPU; XLA (JAX, TF) needs no help.
+            batch = ops.shape(x)[0]
+            kernel_0 = ops.broadcast_to(kernel_0, (batch,) + tuple(kernel_0.shape))
+            kernel_1 = ops.broadcast_to(kernel_1, (batch,) + tuple(kernel_1.shape))
+        h = ops.matmul(kernel_0, x) + self.bias_0[:, None]
         h = ops.gelu(h, approximate=self.approximate_gelu)
-        return ops.matmul(ops.transpose(self.kernel_1), h) + self.bias_1[:, None]
+        return ops.matmul(kernel_1, h) + self.bias_1[:, None]
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -307,12 +307,9 @@ def plot_history(csv_path, png_path):
 
 
 def export_model(model_path, config, class_names):
-    """Export to ``saved_models/`` through :mod:`keras_mixer.export` when it is installed."""
-    try:
-        from keras_mixer.export import export_saved_model
-    except ImportError:
-        print("export skipped: keras_mixer.export is not available in this version")
-        return None
+    """Export the saved model to ``<export_dir>/<name>/<version>/`` for TF Serving."""
+    from keras_mixer.export import export_saved_model
+
     name = config.export_name or "mixer_" + os.path.basename(os.path.normpath(config.data))
     return export_saved_model(model_path, export_dir=config.export_dir, name=name,
                               labels=class_names)
