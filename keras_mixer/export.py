@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from keras_mixer.files import atomic_output
+
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
 TFLITE_MODES = ("float32", "float16", "dynamic_int8", "int8")
@@ -401,9 +403,7 @@ def _export_tflite_tf(model, export_dir, name, modes=TFLITE_MODES, representativ
     rows = []
     for mode in modes:
         final = os.path.join(export_dir, f"{name}.{mode}.tflite")
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.{mode}.", suffix=".tflite", dir=export_dir)
-        os.close(fd)
-        try:
+        with atomic_output(final) as tmp:
             model.export(tmp, format="litert", verbose=False,
                          input_signature=[tf.TensorSpec((1, height, width, 3), tf.float32, name="images")],
                          **_converter_options(mode, representative_images))
@@ -417,12 +417,6 @@ def _export_tflite_tf(model, export_dir, name, modes=TFLITE_MODES, representativ
                        latency_ms=latency, num_eval_images=len(eval_images))
             if not np.all(np.isfinite(got)):
                 raise RuntimeError(f"TFLite {mode} model produced non-finite outputs.")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
         rows.append(row)
         print(f"TFLite {mode:>12}: {row['size_bytes'] / 1e6:8.3f} MB  max|err| {row['max_abs_error']:.2e}  "
               f"top-1 agreement {row['top1_agreement']:.3f}  {latency:.3f} ms  -> {final}")
@@ -503,9 +497,7 @@ def _export_onnx_tf(model, export_dir, name, tolerance=1e-4):
     height, width = _model_facts(model)["size"]
     os.makedirs(export_dir, exist_ok=True)
     final = os.path.join(export_dir, f"{name}.onnx")
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".onnx", dir=export_dir)
-    os.close(fd)
-    try:
+    with atomic_output(final) as tmp:
         model.export(tmp, format="onnx", verbose=False, input_signature=[
             tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
         max_diff = None
@@ -518,12 +510,6 @@ def _export_onnx_tf(model, export_dir, name, tolerance=1e-4):
             max_diff = float(np.max(np.abs(got - model.predict(images, verbose=0))))
             if max_diff > tolerance:
                 raise RuntimeError(f"ONNX model differs from Keras by {max_diff:.3g} (> {tolerance}).")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     print(f"Exported ONNX {final}; max |ONNX - Keras| = "
           + ("not checked (no onnxruntime)" if max_diff is None else f"{max_diff:.2e}"))
     return dict(onnx=dict(path=final, size_bytes=os.path.getsize(final), max_abs_diff=max_diff))

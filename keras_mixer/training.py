@@ -20,6 +20,7 @@ import time
 import keras
 from keras import ops
 
+from keras_mixer.files import atomic_output
 from keras_mixer.layers import PACKAGE
 
 RECIPES = ("pretrain", "finetune")
@@ -209,15 +210,8 @@ def compile_model(model, config, total_steps, warmup_steps):
 
 def save_atomically(model, path):
     """Write ``model`` to ``path`` (.keras) via a temporary file and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
+    with atomic_output(path) as temp:
         model.save(temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -263,10 +257,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
 
 
 def write_json(path, obj):
-    temp = f"{path}.tmp-{os.getpid()}"
-    with open(temp, "w") as f:
+    with atomic_output(path) as temp, open(temp, "w") as f:
         json.dump(obj, f, indent=2)
-    os.replace(temp, path)
 
 
 def read_history(csv_path):
@@ -300,10 +292,9 @@ def plot_history(csv_path, png_path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    temp = png_path + ".tmp.png"
-    fig.savefig(temp, dpi=100)
+    with atomic_output(png_path) as temp:
+        fig.savefig(temp, dpi=100)
     plt.close(fig)
-    os.replace(temp, png_path)
 
 
 def export_model(model_path, config, class_names):
