@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 
+from keras_mixer.files import atomic_output
 from keras_mixer.models import VARIANTS, MixerConfig, canonical_variant
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -156,12 +157,8 @@ def _run_worker(backend, spec):
 
 
 def _write_atomic(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
+    with atomic_output(path) as temp, open(temp, "w") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def markdown(report):
@@ -188,10 +185,28 @@ def markdown(report):
             f"| {r['fraction_of_matmul']:.2f} | {r['peak_mib']:.0f} | {peer.get('name', '')} "
             f"| {_fmt(peer.get('img_per_s'))} | {_fmt(peer.get('ratio'))} |"
         )
+    lines += _exports_markdown(report)
     notes = [f"- {b}: {info['error']}" for b, info in report["backends"].items() if "error" in info]
     notes += [f"- {b}: {note}" for b, info in report["backends"].items()
               for note in info.get("notes", [])]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def _exports_markdown(report):
+    rows = [(backend, row) for backend, info in report["backends"].items()
+            if isinstance(info.get("exports"), list) for row in info["exports"]]
+    if not rows:
+        return []
+    lines = ["", "| exported from | artifact | img/s | latency ms (1 thread) | size MB | max abs err |",
+             "|---|---|---|---|---|---|"]
+    for backend, row in rows:
+        size, error = row.get("size_bytes"), row.get("max_abs_error")
+        lines.append(
+            f"| {backend} | {row['artifact']} | {_fmt(row.get('images_per_second'))} "
+            f"| {_fmt(row.get('latency_ms'))} | {_fmt(size and size / 1e6)} "
+            f"| {'' if error is None else f'{error:.1e}'} |"
+        )
+    return lines
 
 
 def _fmt(value):
@@ -437,22 +452,11 @@ def _peer_factory(backend, spec):
 
 
 def export_results(spec, say):
-    """Exported-model measurements (TFLite latency, SavedModel img/s) from keras_mixer.export.
+    """Exported-model measurements (SavedModel img/s, TFLite latency per mode)."""
+    from keras_mixer import export
 
-    Hook for the export module: ``keras_mixer.export.benchmark(config, image_size,
-    batch_size, log)`` returning a list of JSON-serializable dicts.
-    """
-    try:
-        from keras_mixer import export
-    except ImportError:
-        say("exports: keras_mixer.export is not part of this build; skipped")
-        return dict(skipped="keras_mixer.export not present")
-    hook = getattr(export, "benchmark", None)
-    if hook is None:
-        say("exports: keras_mixer.export has no benchmark() hook; skipped")
-        return dict(skipped="keras_mixer.export.benchmark not defined")
-    return hook(config=spec.config, image_size=spec.image_size,
-                batch_size=spec.batch_sizes[0], log=say)
+    return export.benchmark(config=spec.config, image_size=spec.image_size,
+                            batch_size=spec.batch_sizes[0], log=say)
 
 
 def device_name():

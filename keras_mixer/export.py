@@ -119,6 +119,43 @@ def export_onnx(model_path, export_dir="saved_models", name="mixer", tolerance=1
     return _run_under_tensorflow("onnx", model_path, options)["onnx"]
 
 
+def benchmark(config, image_size, batch_size, log=print, modes=("float32", "float16", "dynamic_int8")):
+    """Measure exported artifacts of a random-weight Mixer (the ``--exports`` part of
+    ``scripts/benchmark.py``): SavedModel ``serving_default`` img/s at ``batch_size``
+    and single-thread TFLite latency per mode (int8 needs calibration data: left out).
+
+    Returns a list of JSON-serializable dicts, one per artifact.
+    """
+    import dataclasses
+
+    import tensorflow as tf
+
+    from keras_mixer.models import MlpMixer
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32")
+    with tempfile.TemporaryDirectory() as work:
+        model_path = os.path.join(work, "model.keras")
+        MlpMixer(**dataclasses.asdict(config), input_shape=(image_size, image_size, 3)).save(model_path)
+        log("exports: SavedModel")
+        serve = tf.saved_model.load(export_saved_model(model_path, export_dir=work, name="bench"))
+        serve = serve.signatures[SERVING_DEFAULT]
+        serve(images=tf.constant(images))  # trace and warm up
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            serve(images=tf.constant(images))
+            seconds.append(time.perf_counter() - start)
+        rows = [dict(artifact="saved_model", batch=batch_size,
+                     images_per_second=batch_size / min(seconds))]
+        log(f"exports: SavedModel {rows[0]['images_per_second']:.3g} img/s at batch {batch_size}")
+        for row in export_tflite(model_path, export_dir=work, name="bench", modes=modes,
+                                 eval_images=images):
+            rows.append(dict(artifact=f"tflite_{row['mode']}", latency_ms=row["latency_ms"],
+                             size_bytes=row["size_bytes"], max_abs_error=row["max_abs_error"]))
+    return rows
+
+
 def load_model(model_path=None, variant=None, weights=None, num_classes=1000,
                image_size=224, include_preprocessing=True):
     """Load a ``.keras`` file, or build a paper ``variant`` and load ``weights`` into it."""

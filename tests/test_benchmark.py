@@ -105,3 +105,18 @@ def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark.parse_args(["--help"])
     assert exit_info.value.code == 0 and "--quick" in capsys.readouterr().out
+
+
+def test_exports_hook_measures_saved_model_and_tflite():
+    """`--exports`: SavedModel img/s and TFLite latency per mode, through keras_mixer.export."""
+    from keras_mixer import export
+
+    rows = export.benchmark(TINY_CONFIG, image_size=32, batch_size=2, log=lambda msg: None,
+                            modes=("float32",))
+    assert [row["artifact"] for row in rows] == ["saved_model", "tflite_float32"]
+    assert rows[0]["images_per_second"] > 0
+    assert rows[1]["latency_ms"] > 0 and rows[1]["max_abs_error"] < 1e-4
+    report = dict(spec=benchmark.BenchmarkSpec(TINY_CONFIG, name="tiny", image_size=32).to_json(),
+                  host=benchmark.host_info(), backends={"jax": {"exports": rows}}, results=[])
+    table = benchmark.markdown(report)
+    assert "| jax | saved_model |" in table and "| jax | tflite_float32 |" in table
