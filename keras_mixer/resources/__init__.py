@@ -1,0 +1,1 @@
+"""Data files shipped with keras_mixer (ImageNet class names)."""
