@@ -468,13 +468,15 @@ def load_images(path, size, max_images=256, seed=0):
     """
     import tensorflow as tf
 
+    from keras_mixer.data import IMAGE_EXTENSIONS
+
     path = os.fspath(path)
     if path.endswith(".npy"):
         return np.load(path, allow_pickle=False).astype("float32")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Expected a .npy file or a folder of images, got {path!r}.")
     files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                   if name.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".gif")))
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise ValueError(f"No image files under {path!r}.")
     files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))[:max_images]]
