@@ -25,8 +25,11 @@ import tempfile
 import threading
 import time
 
+import numpy as np
+
 from keras_mixer.files import atomic_output
-from keras_mixer.models import VARIANTS, MixerConfig, canonical_variant
+from keras_mixer import deploy, models
+from keras_mixer.config import VARIANTS, MixerConfig, as_architecture, canonical_variant, flops
 
 BACKENDS = ("jax", "tensorflow", "torch")
 DTYPES = ("float32", "bfloat16")
@@ -34,40 +37,6 @@ MODES = ("inference", "training")
 # Training does the forward matmuls plus two of the same size per matmul in the backward pass.
 TRAINING_FLOPS_FACTOR = 3
 MATMUL_SECONDS = 0.25  # target duration of one timed block of reference matmuls
-
-
-def flops(config, image_size=224, num_classes=1000, channels=3):
-    """Forward-pass FLOPs per image of a Mixer (a multiply-add counts as 2 FLOPs).
-
-    Counts the matrix products, which are all but ~1% of the work: the stem
-    projection, the two token-mixing and two channel-mixing products of every
-    block, and the head (``num_classes=0`` for none). LayerNorm, GELU, biases
-    and residual adds are left out. Mixer-B/16 at 224: ~25.2 GFLOP.
-
-    Args:
-        config: a :class:`MixerConfig` or a variant name such as ``"B/16"``.
-        image_size: ``H`` (square) or ``(H, W)``.
-    """
-    config = _as_config(config)
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    patch = config.patch_size
-    if height % patch or width % patch:
-        raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {patch}.")
-    tokens = (height // patch) * (width // patch)
-    width_c = config.hidden_dim
-    stem = tokens * patch * patch * channels * width_c
-    token_mixing = 2 * width_c * tokens * config.tokens_mlp_dim
-    channel_mixing = 2 * tokens * width_c * config.channels_mlp_dim
-    head = width_c * num_classes
-    return 2 * (stem + config.num_blocks * (token_mixing + channel_mixing) + head)
-
-
-def _as_config(config):
-    if isinstance(config, MixerConfig):
-        return config
-    if isinstance(config, dict):
-        return MixerConfig(**config)
-    return VARIANTS[canonical_variant(config)]
 
 
 @dataclasses.dataclass
@@ -88,7 +57,7 @@ class BenchmarkSpec:
     num_classes: int = 1000
 
     def __post_init__(self):
-        self.config = _as_config(self.config)
+        self.config = as_architecture(self.config)
         self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes must be positive integers, got {self.batch_sizes}.")
@@ -338,10 +307,8 @@ def _policy(mode, dtype):
 
 
 def _build_mixer(spec, mode, dtype):
-    from keras_mixer.models import MlpMixer
-
     with _dtype_policy(_policy(mode, dtype)):
-        return MlpMixer(**dataclasses.asdict(spec.config), num_classes=spec.num_classes,
+        return models.MlpMixer(**dataclasses.asdict(spec.config), num_classes=spec.num_classes,
                         input_shape=(spec.image_size, spec.image_size, 3),
                         classifier_activation=None, name="mixer")
 
@@ -453,10 +420,42 @@ def _peer_factory(backend, spec):
 
 def export_results(spec, say):
     """Exported-model measurements (SavedModel img/s, TFLite latency per mode)."""
-    from keras_mixer import export
-
-    return export.benchmark(config=spec.config, image_size=spec.image_size,
+    return export_benchmark(config=spec.config, image_size=spec.image_size,
                             batch_size=spec.batch_sizes[0], log=say)
+
+
+def export_benchmark(config, image_size, batch_size, log=print,
+                     modes=("float32", "float16", "dynamic_int8")):
+    """Measure exported artifacts of a random-weight Mixer: SavedModel ``serving_default``
+    img/s at ``batch_size`` and single-thread TFLite latency per mode (int8 needs
+    calibration data: left out).
+
+    Returns a list of JSON-serializable dicts, one per artifact.
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32")
+    with tempfile.TemporaryDirectory() as work:
+        model_path = os.path.join(work, "model.keras")
+        models.MlpMixer(**dataclasses.asdict(config), input_shape=(image_size, image_size, 3)).save(model_path)
+        log("exports: SavedModel")
+        serve = tf.saved_model.load(deploy.export_saved_model(model_path, export_dir=work, name="bench"))
+        serve = serve.signatures[deploy.SERVING_DEFAULT]
+        serve(images=tf.constant(images))  # trace and warm up
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            serve(images=tf.constant(images))
+            seconds.append(time.perf_counter() - start)
+        rows = [dict(artifact="saved_model", batch=batch_size,
+                     images_per_second=batch_size / min(seconds))]
+        log(f"exports: SavedModel {rows[0]['images_per_second']:.3g} img/s at batch {batch_size}")
+        for row in deploy.export_tflite(model_path, export_dir=work, name="bench", modes=modes,
+                                        eval_images=images):
+            rows.append(dict(artifact=f"tflite_{row['mode']}", latency_ms=row["latency_ms"],
+                             size_bytes=row["size_bytes"], max_abs_error=row["max_abs_error"]))
+    return rows
 
 
 def device_name():

@@ -23,10 +23,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_mixer import images
+from keras_mixer.images import IMAGE_EXTENSIONS
+
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# Leading bytes of the formats tf.io.decode_image reads.
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8")
 SPLIT_ALIASES = {"train": ("train",), "test": ("test", "val", "validation")}
 
 
@@ -131,10 +131,7 @@ def scan_folder(root):
             f"with extensions {', '.join(IMAGE_EXTENSIONS)}."
         )
     for path in paths:
-        with open(path, "rb") as f:
-            header = f.read(8)
-        if not header.startswith(IMAGE_MAGIC):
-            raise ValueError(f"Unreadable image {path!r}: not a JPEG, PNG, BMP or GIF file.")
+        images.check_header(path)
     return paths, labels, class_names
 
 
@@ -152,8 +149,7 @@ def folder_source(root, split="train", shard=(1, 0)):
     files = _shard(tf.data.Dataset.from_tensor_slices((paths, labels)), shard)
 
     def decode(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return tf.ensure_shape(image, (None, None, 3)), label
+        return images.decode(tf.io.read_file(path)), label
 
     return Source(files.map(decode, num_parallel_calls=AUTOTUNE),
                   _shard_count(len(paths), shard), class_names)
@@ -213,18 +209,7 @@ def inception_crop(image, size, seed, min_area=0.08):
         area_range=(min_area, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
         min_object_covered=0.0, max_attempts=10, use_image_if_no_bounding_boxes=True,
     )
-    image = tf.slice(image, begin, crop_size)
-    return tf.image.resize(image, (size, size), method="bilinear")
-
-
-def eval_resize(image, size, crop_fraction=1.0):
-    """Resize so that a center crop of ``crop_fraction`` of the side is ``size``, then crop."""
-    image = tf.cast(image, tf.float32)
-    if crop_fraction < 1.0:
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        side = tf.cast(tf.round(tf.reduce_min(shape) * crop_fraction), tf.int32)
-        image = tf.image.resize_with_crop_or_pad(image, side, side)
-    return tf.image.resize(image, (size, size), method="bilinear")
+    return images.resize(tf.slice(image, begin, crop_size), (size, size))
 
 
 def _beta(seed, alpha):
@@ -325,9 +310,9 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         if training and augment.inception_crop:
             image = inception_crop(image, image_size, example_seed, augment.crop_min_area)
         elif training:
-            image = tf.image.resize(image, (image_size, image_size), method="bilinear")
-        else:
-            image = eval_resize(image, image_size, crop_fraction)
+            image = images.resize(image, (image_size, image_size))
+        else:  # evaluation: exactly what the serving signatures do (keras_mixer.images)
+            image = images.resize(image, (image_size, image_size), crop_fraction)
         if training and augment.flip:
             flip_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)

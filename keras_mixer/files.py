@@ -4,6 +4,8 @@ import contextlib
 import os
 import tempfile
 
+TEMP_PREFIX = ".tmp-"
+
 
 @contextlib.contextmanager
 def atomic_output(path):
@@ -17,7 +19,7 @@ def atomic_output(path):
     os.makedirs(directory, exist_ok=True)
     base = os.path.basename(path)
     suffix = base[base.index("."):] if "." in base else ""
-    handle, temp_path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    handle, temp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=directory)
     os.close(handle)
     try:
         yield temp_path
@@ -26,6 +28,18 @@ def atomic_output(path):
     finally:
         if os.path.exists(temp_path):
             os.remove(temp_path)
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_output(path) as temp, open(temp, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def write_lines(path, lines):
+    """Write one line per item, atomically."""
+    return write_text(path, "".join(f"{line}\n" for line in lines))
 
 
 def _umask():

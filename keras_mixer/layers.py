@@ -1,15 +1,16 @@
 """MLP-Mixer building blocks as backend-agnostic Keras 3 layers.
 
 Every layer uses only ``keras.ops`` and computes exactly the official
-(``vit_jax/models_mixer.py``) forward pass: LayerNorm with epsilon 1e-6 and the
+(``vit_jax/models_mixer.py`` in google-research/vision_transformer) forward pass: LayerNorm with epsilon 1e-6 and the
 tanh form of GELU unless told otherwise.
 """
 
 import keras
 from keras import ops
 
+from keras_mixer.config import LAYER_NORM_EPSILON, token_grid
+
 PACKAGE = "keras_mixer"
-LAYER_NORM_EPSILON = 1e-6
 
 
 def layer_norm(name, epsilon=LAYER_NORM_EPSILON, dtype=None):
@@ -46,7 +47,7 @@ class PatchEmbedding(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        check_image_shape(input_shape[1:], self.patch_size)
+        token_grid(input_shape[1:], self.patch_size)
         self.proj.build(input_shape)
 
     def call(self, images):
@@ -54,35 +55,13 @@ class PatchEmbedding(keras.layers.Layer):
         return ops.reshape(x, (-1, x.shape[1] * x.shape[2], self.hidden_dim))
 
     def compute_output_shape(self, input_shape):
-        grid_h, grid_w = check_image_shape(input_shape[1:], self.patch_size)
+        grid_h, grid_w = token_grid(input_shape[1:], self.patch_size)
         return (input_shape[0], grid_h * grid_w, self.hidden_dim)
 
     def get_config(self):
         config = super().get_config()
         config.update(patch_size=self.patch_size, hidden_dim=self.hidden_dim)
         return config
-
-
-def check_image_shape(image_shape, patch_size):
-    """Validate an ``(H, W, channels)`` shape; return the token grid ``(H/P, W/P)``."""
-    image_shape = tuple(image_shape)
-    if len(image_shape) != 3:
-        raise ValueError(
-            f"Mixer expects images of shape (height, width, channels); got a "
-            f"shape of rank {len(image_shape)}: {image_shape}."
-        )
-    height, width, _ = image_shape
-    if height is None or width is None:
-        raise ValueError(
-            "Mixer needs a fixed image height and width (the token-mixing MLP "
-            f"depends on the number of patches); got {image_shape}."
-        )
-    if height % patch_size or width % patch_size:
-        raise ValueError(
-            f"Image size {height}x{width} is not divisible by the patch size "
-            f"{patch_size}: both height and width must be multiples of it."
-        )
-    return height // patch_size, width // patch_size
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -1,85 +1,72 @@
-"""MLP-Mixer models: the generic builder and one constructor per paper variant.
+"""MLP-Mixer models: ``MlpMixer`` (a ``keras.Model`` that owns its config), the paper variants,
+and the one way to build a model from a name, a config, a ``.keras`` file or a checkpoint.
 
-Shaped like ``keras.applications``: every constructor returns a functional
-``keras.Model`` and takes ``include_top``, ``weights``, ``input_tensor``,
-``input_shape``, ``pooling``, ``num_classes``, ``classifier_activation`` and
-``include_preprocessing``.
+Shaped like ``keras.applications``: every constructor takes ``include_top``,
+``weights``, ``input_tensor``, ``input_shape``, ``pooling``, ``num_classes``,
+``classifier_activation`` and ``include_preprocessing``. Like keras-hub's
+backbones, ``MlpMixer`` builds a functional graph in ``__init__`` and returns
+its constructor arguments from ``get_config()``; ``model.config`` is the
+:class:`~keras_mixer.config.ModelConfig` that everything downstream reads.
 """
 
-import dataclasses
+import os
 
 import keras
 
-from keras_mixer.layers import LAYER_NORM_EPSILON, MixerBlock, PatchEmbedding, check_image_shape, layer_norm
+from keras_mixer import checkpoints
+from keras_mixer.checkpoints import formats, keys, presets, tiling
+from keras_mixer.config import (
+    LAYER_NORM_EPSILON,
+    VARIANTS,
+    ModelConfig,
+    canonical_variant,
+    model_name,
+    token_grid,
+)
+from keras_mixer.layers import PACKAGE, MixerBlock, PatchEmbedding, layer_norm
 
-DEFAULT_IMAGE_SIZE = 224
-
-
-@dataclasses.dataclass(frozen=True)
-class MixerConfig:
-    """Architecture of one Mixer: patch size, depth and widths (paper Table 1)."""
-
-    patch_size: int
-    num_blocks: int
-    hidden_dim: int
-    tokens_mlp_dim: int
-    channels_mlp_dim: int
-
-    @classmethod
-    def from_width(cls, patch_size, num_blocks, hidden_dim):
-        """The paper's proportions: ``D_S = C / 2`` and ``D_C = 4 C``."""
-        return cls(patch_size, num_blocks, hidden_dim, hidden_dim // 2, 4 * hidden_dim)
+# Layer names: the one place that knows them (the properties below give the layers).
+STEM, PRE_HEAD_NORM, HEAD = "stem", "pre_head_layer_norm", "head"
 
 
-VARIANTS = {
-    "S/32": MixerConfig.from_width(32, 8, 512),
-    "S/16": MixerConfig.from_width(16, 8, 512),
-    "B/32": MixerConfig.from_width(32, 12, 768),
-    "B/16": MixerConfig.from_width(16, 12, 768),
-    "L/32": MixerConfig.from_width(32, 24, 1024),
-    "L/16": MixerConfig.from_width(16, 24, 1024),
-    "H/14": MixerConfig.from_width(14, 32, 1280),
-}
+def block_name(index):
+    return f"mixer_block_{index}"
 
 
-def canonical_variant(variant):
-    """Canonical name of a paper variant: ``"b16"``, ``"Mixer-B/16"``, ``"Mixer-B_16"`` -> ``"B/16"``."""
-    key = str(variant).upper().replace("MIXER", "").strip("-_ ").replace("_", "/")
-    if "/" not in key and len(key) > 1:
-        key = f"{key[0]}/{key[1:]}"
-    if key not in VARIANTS:
-        raise ValueError(
-            f"Unknown Mixer variant {variant!r}; known variants: {', '.join(VARIANTS)}."
-        )
-    return key
+def _mixer_graph(inputs, config):
+    """The Mixer's layers applied to ``inputs`` as ``config`` says."""
+    x = inputs
+    if config.include_preprocessing:
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing")(x)
+    x = PatchEmbedding(config.patch_size, config.hidden_dim, name=STEM)(x)
+    for i in range(config.num_blocks):
+        x = MixerBlock(
+            config.tokens_mlp_dim,
+            config.channels_mlp_dim,
+            drop_path_rate=config.drop_path_rate * i / max(config.num_blocks - 1, 1),
+            approximate_gelu=config.approximate_gelu,
+            layer_norm_epsilon=config.layer_norm_epsilon,
+            name=block_name(i),
+        )(x)
+    x = layer_norm(PRE_HEAD_NORM, config.layer_norm_epsilon)(x)
+    if config.include_top:
+        x = keras.layers.GlobalAveragePooling1D(name="avg_pool")(x)
+        if config.dropout:
+            x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
+        x = keras.layers.Dense(config.num_classes, kernel_initializer="zeros", name=HEAD)(x)
+        # Keep the outputs in float32 under mixed precision.
+        x = keras.layers.Activation(config.classifier_activation, dtype="float32",
+                                    name="predictions")(x)
+    elif config.pooling == "avg":
+        x = keras.layers.GlobalAveragePooling1D(name="avg_pool")(x)
+    elif config.pooling == "max":
+        x = keras.layers.GlobalMaxPooling1D(name="max_pool")(x)
+    return x
 
 
-def model_name(variant):
-    """Default model name of a variant, e.g. ``"mixer_b16"``."""
-    return "mixer_" + str(variant).lower().replace("/", "")
-
-
-def MlpMixer(
-    patch_size,
-    num_blocks,
-    hidden_dim,
-    tokens_mlp_dim,
-    channels_mlp_dim,
-    include_top=True,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    num_classes=1000,
-    classifier_activation="softmax",
-    include_preprocessing=True,
-    drop_path_rate=0.0,
-    dropout=0.0,
-    approximate_gelu=True,
-    layer_norm_epsilon=LAYER_NORM_EPSILON,
-    name="mlp_mixer",
-):
-    """Build an MLP-Mixer of any size (Tolstikhin et al., 2021).
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MlpMixer(keras.Model):
+    """An MLP-Mixer of any size (Tolstikhin et al., 2021).
 
     Args:
         patch_size: side ``P`` of the square patches.
@@ -89,7 +76,7 @@ def MlpMixer(
         channels_mlp_dim: hidden width ``D_C`` of the channel-mixing MLPs.
         include_top: end with the classification head.
         weights: ``None`` (random init), or a weights file / preset accepted
-            by :func:`keras_mixer.weights.load_weights`.
+            by :func:`keras_mixer.load_weights`.
         input_tensor: optional Keras tensor to use as the model input.
         input_shape: ``(height, width, channels)``, default ``(224, 224, 3)``;
             height and width must be multiples of ``patch_size``.
@@ -106,76 +93,97 @@ def MlpMixer(
         dropout: dropout rate before the head.
         approximate_gelu: tanh GELU as the official code (default) or exact erf.
         layer_norm_epsilon: LayerNorm epsilon (official: 1e-6).
+        crop_fraction: evaluation and serving center-crop this fraction of an
+            image's shorter side before resizing (``keras_mixer.images``); kept
+            in the config so that it travels into exports.
         name: model name.
-
-    Returns:
-        A functional ``keras.Model``.
     """
-    for arg, value in (("patch_size", patch_size), ("num_blocks", num_blocks),
-                       ("hidden_dim", hidden_dim), ("tokens_mlp_dim", tokens_mlp_dim),
-                       ("channels_mlp_dim", channels_mlp_dim)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
-    if include_top and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(
-            f"include_top=True needs num_classes >= 1, got num_classes={num_classes!r}."
+
+    def __init__(
+        self,
+        patch_size,
+        num_blocks,
+        hidden_dim,
+        tokens_mlp_dim,
+        channels_mlp_dim,
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        num_classes=1000,
+        classifier_activation="softmax",
+        include_preprocessing=True,
+        drop_path_rate=0.0,
+        dropout=0.0,
+        approximate_gelu=True,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
+        crop_fraction=1.0,
+        name="mlp_mixer",
+        **kwargs,
+    ):
+        # === Config === (validated before anything is built)
+        config = ModelConfig(
+            patch_size=patch_size, num_blocks=num_blocks, hidden_dim=hidden_dim,
+            tokens_mlp_dim=tokens_mlp_dim, channels_mlp_dim=channels_mlp_dim,
+            image_shape=_input_shape(input_tensor, input_shape), include_top=include_top,
+            num_classes=num_classes, classifier_activation=classifier_activation,
+            pooling=pooling, include_preprocessing=include_preprocessing,
+            approximate_gelu=approximate_gelu, layer_norm_epsilon=layer_norm_epsilon,
+            drop_path_rate=drop_path_rate, dropout=dropout, crop_fraction=crop_fraction,
+            name=name,
         )
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}.")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        # === Functional model ===
+        inputs = _model_input(input_tensor, config.image_shape)
+        super().__init__(inputs=inputs, outputs=_mixer_graph(inputs, config), name=name, **kwargs)
+        self._mixer_config = config
+        if weights is not None:
+            checkpoints.load_weights(self, weights)
 
-    inputs = _model_input(input_tensor, input_shape)
-    check_image_shape(inputs.shape[1:], patch_size)
+    @property
+    def config(self):
+        """The :class:`~keras_mixer.config.ModelConfig` of this model."""
+        return self._mixer_config
 
-    x = inputs
-    if include_preprocessing:
-        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing")(x)
-    x = PatchEmbedding(patch_size, hidden_dim, name="stem")(x)
-    for i in range(num_blocks):
-        x = MixerBlock(
-            tokens_mlp_dim,
-            channels_mlp_dim,
-            drop_path_rate=drop_path_rate * i / max(num_blocks - 1, 1),
-            approximate_gelu=approximate_gelu,
-            layer_norm_epsilon=layer_norm_epsilon,
-            name=f"mixer_block_{i}",
-        )(x)
-    x = layer_norm("pre_head_layer_norm", layer_norm_epsilon)(x)
+    @property
+    def stem(self):
+        return self.get_layer(STEM)
 
-    if include_top:
-        x = keras.layers.GlobalAveragePooling1D(name="avg_pool")(x)
-        if dropout:
-            x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-        x = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head")(x)
-        # Keep the outputs in float32 under mixed precision.
-        x = keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling1D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling1D(name="max_pool")(x)
+    @property
+    def blocks(self):
+        """The ``MixerBlock`` layers, in order."""
+        return [self.get_layer(block_name(i)) for i in range(self.config.num_blocks)]
 
-    model = keras.Model(inputs, x, name=name)
-    if weights is not None:
-        from keras_mixer.weights import load_weights
+    @property
+    def pre_head_norm(self):
+        return self.get_layer(PRE_HEAD_NORM)
 
-        load_weights(model, weights)
-    return model
+    @property
+    def head(self):
+        """The classification ``Dense`` (``None`` without ``include_top``)."""
+        return self.get_layer(HEAD) if self.config.include_top else None
+
+    def get_config(self):
+        config = self.config.to_kwargs()
+        config.update(name=self.name, trainable=self.trainable)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _input_shape(input_tensor, input_shape):
+    if input_shape is None:
+        return (tuple(input_tensor.shape[1:]) if input_tensor is not None
+                else (224, 224, 3))
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be 3D (height, width, channels), got {input_shape}.")
+    return input_shape
 
 
 def _model_input(input_tensor, input_shape):
-    if input_shape is None:
-        input_shape = (
-            tuple(input_tensor.shape[1:]) if input_tensor is not None
-            else (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE, 3)
-        )
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"input_shape must be 3D (height, width, channels), got {input_shape}."
-        )
     if input_tensor is None:
         return keras.Input(shape=input_shape, name="images")
     if keras.backend.is_keras_tensor(input_tensor):
@@ -183,26 +191,28 @@ def _model_input(input_tensor, input_shape):
     return keras.Input(tensor=input_tensor, shape=input_shape, name="images")
 
 
+# ----------------------------------------------------------------------------- variants
+
+
 def get_model(variant, **kwargs):
     """Build a paper variant by name, e.g. ``get_model("B/16", num_classes=10)``.
 
-    Takes every keyword argument of :func:`MlpMixer` except the architecture ones.
+    Takes every keyword argument of :class:`MlpMixer` except the architecture ones.
     """
     variant = canonical_variant(variant)
     kwargs.setdefault("name", model_name(variant))
-    return MlpMixer(**dataclasses.asdict(VARIANTS[variant]), **kwargs)
+    architecture = VARIANTS[variant]
+    return MlpMixer(architecture.patch_size, architecture.num_blocks, architecture.hidden_dim,
+                    architecture.tokens_mlp_dim, architecture.channels_mlp_dim, **kwargs)
 
 
 def _variant_constructor(variant):
-    config = VARIANTS[variant]
-
     def constructor(**kwargs):
         return get_model(variant, **kwargs)
 
     constructor.__name__ = constructor.__qualname__ = "Mixer" + variant.replace("/", "")
     constructor.__doc__ = (
-        f"Mixer-{variant}: patch {config.patch_size}, {config.num_blocks} blocks, "
-        f"C={config.hidden_dim}, D_S={config.tokens_mlp_dim}, D_C={config.channels_mlp_dim}.\n\n"
+        f"{VARIANTS[variant].describe()}.\n\n"
         "Takes every keyword argument of `MlpMixer` except the architecture ones."
     )
     return constructor
@@ -219,14 +229,181 @@ MixerH14 = _variant_constructor("H/14")
 
 def mixer_blocks(model):
     """The ``MixerBlock`` layers of a Mixer model, in order."""
-    return [layer for layer in model.layers if isinstance(layer, MixerBlock)]
+    return model.blocks
+
+
+# ----------------------------------------------------------------------------- one way to build
+
+
+def from_config(config, weights=None, **changes):
+    """A new :class:`MlpMixer` from a :class:`~keras_mixer.config.ModelConfig` (plus ``changes``)."""
+    return MlpMixer(**config.replace(**changes).to_kwargs(), weights=weights)
+
+
+def model_from_checkpoint(path, image_size=None, verbose=True, **kwargs):
+    """Build the Mixer a checkpoint file describes and load it.
+
+    Args:
+        path: ``.npz``, ``.pth`` or ``.safetensors`` checkpoint.
+        image_size: build at this size (int or ``(height, width)``) with the
+            paper's resolution transfer; default: the checkpoint's size.
+        verbose: emit the loader's messages as warnings.
+        **kwargs: other :class:`MlpMixer` arguments (``num_classes``,
+            ``include_preprocessing``, ``approximate_gelu``, ...).
+
+    Returns:
+        ``(model, summary)``.
+    """
+    params = formats.read_checkpoint(path)
+    config = checkpoints.config_from_params(params)
+    if image_size is not None:
+        config = _resized_config(config, image_size)
+    model = MlpMixer(**config.replace(**_as_config_fields(kwargs)).to_kwargs())
+    return model, checkpoints.load_params(model, params, verbose=verbose)
+
+
+def _as_config_fields(kwargs):
+    kwargs = dict(kwargs)
+    if "input_shape" in kwargs:
+        kwargs["image_shape"] = tuple(kwargs.pop("input_shape"))
+    return kwargs
+
+
+def _resized_config(config, image_size):
+    """``config`` at ``image_size`` with ``tokens_mlp_dim`` scaled for the block-diagonal init."""
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    target_shape = (int(image_size[0]), int(image_size[1]), config.image_shape[2])
+    kh, kw = tiling.tiling_factors(config.grid, token_grid(target_shape, config.patch_size))
+    return config.replace(image_shape=target_shape, tokens_mlp_dim=config.tokens_mlp_dim * kh * kw)
+
+
+def convert_resolution(model, image_size, name=None):
+    """A new Mixer at ``image_size`` initialised from ``model`` by the paper's scheme.
+
+    Args:
+        model: a :class:`MlpMixer`.
+        image_size: ``int`` or ``(height, width)``; each side an integer multiple
+            of the model's (same patch size).
+        name: name of the new model (default: the old one's).
+
+    Returns:
+        A new model with ``tokens_mlp_dim`` multiplied by the number of tiles and
+        block-diagonal token-mixing weights; every other weight copied. On an
+        image made of independent tiles, each tile's tokens are mixed exactly as
+        the original model mixes that tile on its own.
+    """
+    config = _resized_config(model.config, image_size).replace(name=name or model.name)
+    new_model = from_config(config)
+    target_grid = token_grid(config.image_shape, config.patch_size)
+    params = tiling.expand_token_mixing(keys.get_params(model), model.config.grid, target_grid)
+    checkpoints.load_params(new_model, params, verbose=False)
+    return new_model
+
+
+def load_model(source, variant=None, image_size=None, verbose=True, **kwargs):
+    """The one way to get a Mixer from a name, a file or a preset.
+
+    Args:
+        source: a ``.keras`` model file (also one written by keras-mixer 0.1,
+            converted to :class:`MlpMixer`), a checkpoint (``.npz``, ``.pth``,
+            ``.safetensors``: the architecture is read off its shapes), a paper
+            variant name (``"B/16"``: random weights), or a preset name /
+            ``.weights.h5`` file together with ``variant``.
+        variant: paper variant for presets and ``.weights.h5`` files.
+        image_size: int or ``(height, width)``; resolution transfer when it differs.
+        verbose: emit the loader's messages as warnings.
+        **kwargs: other :class:`MlpMixer` arguments (not for ``.keras`` files,
+            which fix the architecture).
+
+    Returns:
+        An :class:`MlpMixer`.
+    """
+    path = os.fspath(source)
+    if formats.has_suffix(path, formats.KERAS_MODEL_SUFFIXES):
+        if kwargs:
+            raise ValueError(f"A .keras file fixes the architecture; got extra arguments {kwargs}.")
+        model = load_keras_file(path)
+    elif formats.has_suffix(path, formats.CHECKPOINT_SUFFIXES):
+        return model_from_checkpoint(path, image_size=image_size, verbose=verbose, **kwargs)[0]
+    elif presets.is_preset_name(path) or formats.has_suffix(path, formats.KERAS_WEIGHTS_SUFFIXES):
+        if variant is None:
+            raise ValueError(f"Loading {path!r} needs the variant (e.g. variant='B/16').")
+        model = get_model(variant, weights=path, **kwargs)
+    elif variant is None and _is_variant(path):
+        model = get_model(path, **kwargs)
+    else:
+        raise ValueError(
+            f"Cannot build a Mixer from {path!r}: expected a .keras model, a checkpoint "
+            "(.npz, .pth, .safetensors), a paper variant (B/16, ...), or a preset name / "
+            ".weights.h5 file with variant=."
+        )
+    if image_size is not None:
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if size != model.config.image_size:
+            model = convert_resolution(model, size)
+    return model
+
+
+def _is_variant(name):
+    try:
+        canonical_variant(name)
+    except ValueError:
+        return False
+    return True
+
+
+def load_keras_file(path, compile=True):
+    """A ``.keras`` Mixer, loaded with ``safe_mode``; a keras-mixer 0.1 file is converted.
+
+    keras-mixer 0.1 saved plain functional models; their architecture is read
+    off the graph once here and the weights are copied into an :class:`MlpMixer`.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file not found: {path}")
+    model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    if isinstance(model, MlpMixer):
+        return model
+    upgraded = from_config(_functional_config(model))
+    for layer in upgraded.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return upgraded
+
+
+def _functional_config(model):
+    """The :class:`ModelConfig` of a keras-mixer 0.1 functional Mixer, read off its layers."""
+    names = {layer.name for layer in model.layers}
+    blocks = [layer for layer in model.layers if isinstance(layer, MixerBlock)]
+    if STEM not in names or not blocks:
+        raise ValueError(f"Model {model.name!r} in this file is not a Mixer (no stem or MixerBlocks).")
+    stem = model.get_layer(STEM)
+    fields = dict(
+        patch_size=stem.patch_size, num_blocks=len(blocks), hidden_dim=stem.hidden_dim,
+        tokens_mlp_dim=blocks[0].tokens_mlp_dim, channels_mlp_dim=blocks[0].channels_mlp_dim,
+        image_shape=tuple(model.input.shape[1:]), include_top=HEAD in names,
+        include_preprocessing="preprocessing" in names, drop_path_rate=blocks[-1].drop_path_rate,
+        approximate_gelu=blocks[0].approximate_gelu,
+        layer_norm_epsilon=blocks[0].layer_norm_epsilon, name=model.name,
+    )
+    if fields["include_top"]:
+        fields["num_classes"] = model.get_layer(HEAD).units
+        fields["classifier_activation"] = model.get_layer("predictions").get_config()["activation"]
+        if "head_dropout" in names:
+            fields["dropout"] = model.get_layer("head_dropout").rate
+    else:
+        fields["pooling"] = "avg" if "avg_pool" in names else "max" if "max_pool" in names else None
+    return ModelConfig(**fields)
+
+
+# ----------------------------------------------------------------------------- features
 
 
 def feature_extractor(model, blocks=None, as_grid=False, name=None):
     """A model that returns the token features after the chosen Mixer blocks.
 
     Args:
-        model: a Mixer built by this package (with or without its head).
+        model: a :class:`MlpMixer` (with or without its head).
         blocks: block indices (negative counts from the end); default all.
         as_grid: reshape each ``(batch, S, C)`` output to
             ``(batch, H/P, W/P, C)``.
@@ -235,9 +412,7 @@ def feature_extractor(model, blocks=None, as_grid=False, name=None):
     Returns:
         A ``keras.Model`` mapping the Mixer's input to a list of features.
     """
-    all_blocks = mixer_blocks(model)
-    if not all_blocks:
-        raise ValueError(f"Model {model.name!r} has no MixerBlock layers.")
+    all_blocks = model.blocks
     indices = range(len(all_blocks)) if blocks is None else blocks
     outputs = []
     for i in indices:
@@ -245,8 +420,6 @@ def feature_extractor(model, blocks=None, as_grid=False, name=None):
             raise ValueError(f"Block index {i} out of range for {len(all_blocks)} blocks.")
         features = all_blocks[i].output
         if as_grid:
-            stem = model.get_layer("stem")
-            grid = check_image_shape(model.input.shape[1:], stem.patch_size)
-            features = keras.layers.Reshape(grid + (stem.hidden_dim,))(features)
+            features = keras.layers.Reshape(model.config.grid + (model.config.hidden_dim,))(features)
         outputs.append(features)
     return keras.Model(model.input, outputs, name=name or f"{model.name}_features")

@@ -11,15 +11,18 @@ command line. The run directory holds::
     curves.png         loss / accuracy curves     results.json   final evaluation
 """
 
+import csv
 import dataclasses
 import json
-import math
 import os
 import time
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
+from keras_mixer import checkpoints, data, deploy, distribute, models
 from keras_mixer.files import atomic_output
 from keras_mixer.layers import PACKAGE
 
@@ -90,9 +93,7 @@ class TrainConfig:
     export_name: str = _field(None, "export name (default: mixer_<data>)")
 
     def augmentation(self):
-        from keras_mixer.data import Augmentation
-
-        return Augmentation(
+        return data.Augmentation(
             inception_crop=self.inception_crop, crop_min_area=self.crop_min_area,
             flip=self.flip, randaug_ops=self.randaug_ops,
             randaug_magnitude=self.randaug_magnitude, mixup_alpha=self.mixup_alpha,
@@ -156,16 +157,19 @@ def build_optimizer(config, total_steps, warmup_steps):
 
 
 def build_model(config, num_classes):
-    """The Mixer of ``config`` (a paper variant or the custom sizes), optionally initialised."""
-    from keras_mixer.models import MlpMixer, get_model
+    """The Mixer of ``config`` (a paper variant or the custom sizes), optionally initialised.
 
-    common = dict(input_shape=(config.image_size, config.image_size, 3),
-                  num_classes=num_classes, drop_path_rate=config.drop_path_rate)
+    The run's eval ``crop_fraction`` goes into the model's config, so that its
+    exports prepare images exactly as the run's evaluation did.
+    """
+    common = dict(input_shape=(config.image_size, config.image_size, 3), num_classes=num_classes,
+                  drop_path_rate=config.drop_path_rate, crop_fraction=config.crop_fraction)
     if config.variant == "custom":
-        model = MlpMixer(config.patch_size, config.num_blocks, config.hidden_dim,
-                         config.tokens_mlp_dim, config.channels_mlp_dim, name="mixer", **common)
+        model = models.MlpMixer(config.patch_size, config.num_blocks, config.hidden_dim,
+                                config.tokens_mlp_dim, config.channels_mlp_dim, name="mixer",
+                                **common)
     else:
-        model = get_model(config.variant, **common)
+        model = models.get_model(config.variant, **common)
     if config.init:
         initialize_from(model, config.init)
     return model
@@ -177,10 +181,8 @@ def initialize_from(model, path):
     Other files go to :func:`keras_mixer.load_weights`.
     """
     if not str(path).endswith(".keras"):
-        from keras_mixer.weights import load_weights
-
-        return load_weights(model, path)
-    source = keras.saving.load_model(path, compile=False)
+        return checkpoints.load_weights(model, path)
+    source = models.load_keras_file(path, compile=False)
     skipped = []
     for layer in model.layers:
         try:
@@ -214,46 +216,56 @@ def save_atomically(model, path):
         model.save(temp)
 
 
-class AtomicCheckpoint(keras.callbacks.Callback):
-    """Save ``last.keras`` every epoch and ``best.keras`` on a new best ``monitor``, atomically.
+class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras' ``ModelCheckpoint``, writing through a temporary file and ``os.replace``.
 
-    Only the chief writes (``write=False`` elsewhere); with TF multi-worker every
-    worker must still save, so the others write into a scratch file that is removed.
+    A kill at any moment leaves the previous file whole. ``write=False`` (not the
+    chief) saves into a scratch file that is removed: with TF multi-worker every
+    worker must take part in saving.
     """
 
-    def __init__(self, run_dir, model=None, monitor="val_accuracy", write=True,
-                 save_everywhere=False):
-        super().__init__()
-        self.run_dir = run_dir
-        self.model_to_save = model
-        self.monitor = monitor
+    def __init__(self, filepath, write=True, **kwargs):
+        super().__init__(filepath, **kwargs)
         self.write = write
-        self.save_everywhere = save_everywhere
-        self.best = -math.inf
 
-    def _save(self, name):
-        model = self.model_to_save or self.model
-        if self.write:
-            save_atomically(model, os.path.join(self.run_dir, name))
-        elif self.save_everywhere:
-            save_atomically(model, os.path.join(self.run_dir, f".worker-{os.getpid()}-{name}"))
-            os.remove(os.path.join(self.run_dir, f".worker-{os.getpid()}-{name}"))
+    def _save_model(self, epoch, batch, logs):
+        final = self.filepath
+        directory, base = os.path.split(final)
+        self.filepath = os.path.join(directory, f".tmp-{os.getpid()}-{base}")
+        try:
+            super()._save_model(epoch, batch, logs)
+            if os.path.exists(self.filepath):  # saved (save_best_only may decide not to)
+                if self.write:
+                    os.replace(self.filepath, final)
+                else:
+                    os.remove(self.filepath)
+        finally:
+            if os.path.exists(self.filepath):
+                os.remove(self.filepath)
+            self.filepath = final
 
-    def on_train_begin(self, logs=None):
-        best_json = os.path.join(self.run_dir, "best.json")
-        if os.path.exists(best_json):  # resumed run: keep the best so far
-            with open(best_json) as f:
-                self.best = json.load(f)["value"]
 
-    def on_epoch_end(self, epoch, logs=None):
-        self._save("last.keras")
-        value = (logs or {}).get(self.monitor)
-        if value is not None and value > self.best:
-            self.best = float(value)
-            self._save("best.keras")
-            if self.write:
-                write_json(os.path.join(self.run_dir, "best.json"),
-                           {"epoch": epoch, "monitor": self.monitor, "value": self.best})
+def checkpoint_callbacks(run_dir, write=True, monitor="val_accuracy"):
+    """``last.keras`` every epoch and ``best.keras`` on a new best ``monitor``; the best so far
+    survives a resume (``best.json``)."""
+    best_json = os.path.join(run_dir, "best.json")
+    best = None
+    if os.path.exists(best_json):
+        with open(best_json) as f:
+            best = json.load(f)["value"]
+
+    class BestJson(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if write and best_checkpoint.best is not None and np.isfinite(best_checkpoint.best) \
+                    and (logs or {}).get(monitor) == best_checkpoint.best:
+                write_json(best_json, {"epoch": epoch, "monitor": monitor,
+                                       "value": float(best_checkpoint.best)})
+
+    best_checkpoint = AtomicCheckpoint(os.path.join(run_dir, "best.keras"), write=write,
+                                       monitor=monitor, mode="max", save_best_only=True,
+                                       initial_value_threshold=best)
+    return [AtomicCheckpoint(os.path.join(run_dir, "last.keras"), write=write),
+            best_checkpoint, BestJson()]
 
 
 def write_json(path, obj):
@@ -263,8 +275,6 @@ def write_json(path, obj):
 
 def read_history(csv_path):
     """Per-epoch rows of ``history.csv``; a resumed epoch's repeated row replaces the older one."""
-    import csv
-
     rows = {}
     with open(csv_path) as f:
         for row in csv.DictReader(f):
@@ -299,10 +309,8 @@ def plot_history(csv_path, png_path):
 
 def export_model(model_path, config, class_names):
     """Export the saved model to ``<export_dir>/<name>/<version>/`` for TF Serving."""
-    from keras_mixer.export import export_saved_model
-
     name = config.export_name or "mixer_" + os.path.basename(os.path.normpath(config.data))
-    return export_saved_model(model_path, export_dir=config.export_dir, name=name,
+    return deploy.export_saved_model(model_path, export_dir=config.export_dir, name=name,
                               labels=class_names)
 
 
@@ -321,11 +329,8 @@ def train(config, callbacks=(), distribution=None):
         distribution: a :class:`keras_mixer.distribute.Distribution`; default
             :func:`keras_mixer.distribute.setup_distribution` from ``config``.
     """
-    from keras_mixer import data
-    from keras_mixer.distribute import setup_distribution
-
     start = time.time()
-    dist = distribution or setup_distribution(config.strategy, config.cpu_devices,
+    dist = distribution or distribute.setup_distribution(config.strategy, config.cpu_devices,
                                               config.model_parallel)
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
@@ -360,7 +365,7 @@ def train(config, callbacks=(), distribution=None):
     if dist.is_chief:
         write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
     chief = dist.is_chief
-    own = [AtomicCheckpoint(run_dir, write=chief, save_everywhere=dist.name == "multi_worker")]
+    own = checkpoint_callbacks(run_dir, write=chief) if chief or dist.name == "multi_worker" else []
     if chief:
         own.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True))
         if _has_tensorboard():
@@ -410,15 +415,11 @@ def train(config, callbacks=(), distribution=None):
 
 def training_throughput(model, batch_size, steps=10, warmup=2):
     """Training images per second of a compiled ``model`` on fixed in-memory batches."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     size = model.input_shape[1:]
     images = rng.uniform(0, 255, (batch_size, *size)).astype("float32")
     labels = np.eye(model.output_shape[-1], dtype="float32")[rng.integers(0, model.output_shape[-1],
                                                                           batch_size)]
-    import tensorflow as tf
-
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
     model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
     start = time.perf_counter()

@@ -3,12 +3,13 @@
 import math
 import os
 
+import keras
 import numpy as np
 
+from keras_mixer import images as image_policy
+from keras_mixer.deploy import signatures
 from keras_mixer.files import atomic_output
 from keras_mixer.imagenet import decode_predictions, preprocess_input
-from keras_mixer.layers import check_image_shape
-from keras_mixer.models import mixer_blocks
 
 
 def token_mixing_units(model, block=0, sort_by_frequency=True):
@@ -19,14 +20,11 @@ def token_mixing_units(model, block=0, sort_by_frequency=True):
     With ``sort_by_frequency`` units go from smooth to high-frequency patterns
     (mean spatial frequency of their 2-D spectrum), as in the paper's figure.
     """
-    blocks = mixer_blocks(model)
+    blocks = model.blocks
     if not -len(blocks) <= block < len(blocks):
         raise ValueError(f"Block {block} out of range: the model has {len(blocks)} blocks.")
-    import keras
-
     kernel = keras.ops.convert_to_numpy(blocks[block].token_mixing.kernel_0.value)
-    grid = check_image_shape(model.input.shape[1:], model.get_layer("stem").patch_size)
-    units = np.asarray(kernel, np.float64).T.reshape(-1, *grid)
+    units = np.asarray(kernel, np.float64).T.reshape(-1, *model.config.grid)
     if sort_by_frequency:
         units = units[np.argsort(_mean_frequency(units), kind="stable")]
     return units
@@ -82,28 +80,22 @@ def _save(fig, path):
     return os.fspath(path)
 
 
-def load_images(paths, size):
-    """Image files as a float32 array ``(n, height, width, 3)`` of 0-255 pixels, resized."""
-    import keras
-
-    arrays = []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Image not found: {path}")
-        image = keras.utils.load_img(path, target_size=tuple(size), interpolation="bicubic")
-        arrays.append(keras.utils.img_to_array(image, dtype="float32"))
-    return np.stack(arrays)
-
-
 def predict_images(model, paths, top=5, mode="mixer", batch_size=16):
-    """Top-``top`` ``(class_id, name, score)`` per image file, and the images (0-255)."""
-    if not any(layer.name == "head" for layer in model.layers):
+    """Top-``top`` ``(class_id, name, score)`` per image file, and the images (0-255).
+
+    Files are prepared by the image policy (:mod:`keras_mixer.images`), as the
+    serving signatures do. ``mode="miil"`` scales pixels to [0, 1] for models
+    built with ``include_preprocessing=False`` (timm's ``miil`` weights);
+    ``"mixer"`` uses the exported interface (:func:`signatures.probability_model`).
+    """
+    config = model.config
+    if not config.include_top:
         raise ValueError("Predictions need a model with its classification head (include_top=True).")
-    images = load_images(paths, model.input.shape[1:3])
-    inputs = images
-    if not any(layer.name == "preprocessing" for layer in model.layers):
-        inputs = preprocess_input(images, mode=mode)
-    scores = model.predict(inputs, batch_size=batch_size, verbose=0)
+    images = image_policy.load_files(paths, config.image_size, config.crop_fraction)
+    if mode == "miil" and not config.include_preprocessing:
+        scores = model.predict(preprocess_input(images, mode="miil"), batch_size=batch_size, verbose=0)
+    else:
+        scores = signatures.keras_probabilities(model, images, batch_size=batch_size)
     return decode_predictions(scores, top=top), images
 
 
@@ -112,7 +104,7 @@ def plot_predictions(model, image_paths, path, top=3, columns=4, mode="mixer"):
 
     Args:
         model: a Mixer with its head.
-        image_paths: image files (any format Pillow reads); resized to the model's input.
+        image_paths: JPEG, PNG, BMP or GIF files; prepared by the image policy.
         path: output ``.png`` (written atomically).
         top: classes shown per image.
         columns: images per row.

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TINY
+from helpers.tiny import TINY
 
 import keras
 from keras_mixer import MlpMixer, benchmark

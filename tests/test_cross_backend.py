@@ -1,13 +1,10 @@
 """Weights saved under this backend give the same logits under every other backend."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-import reference
-from conftest import TINY, tiny_images
+from helpers import reference
+from helpers.processes import run_worker
+from helpers.tiny import TINY, tiny_images
 
 import keras
 import keras_mixer
@@ -25,24 +22,17 @@ def test_weights_give_same_logits_on_every_backend(tmp_path):
                        for w in model.get_weights()])
     weights = str(tmp_path / "tiny.weights.h5")
     model.save_weights(weights)
-    images = tmp_path / "images.npy"
-    np.save(images, tiny_images(4))
-    expected = model.predict(np.load(images), verbose=0)
+    images = tiny_images(4)
+    expected = model.predict(images, verbose=0)
 
-    tests_dir = os.path.dirname(__file__)
     for other in BACKENDS:
         if other == here:
             continue
-        out = tmp_path / f"{other}.npy"
-        path = os.pathsep.join([tests_dir, os.path.dirname(tests_dir), os.environ.get("PYTHONPATH", "")])
-        env = dict(os.environ, KERAS_BACKEND=other, PYTHONPATH=path)
-        result = subprocess.run(
-            [sys.executable, os.path.join(tests_dir, "backend_worker.py"), weights, str(images),
-             str(out)],
-            env=env, capture_output=True, text=True, timeout=300,
-        )
-        if result.returncode and f"No module named '{BACKEND_MODULES[other]}'" in result.stderr:
-            pytest.skip(f"backend {other} not installed: {result.stderr.splitlines()[-1]}")
-        assert result.returncode == 0, result.stderr[-3000:]
-        logits = np.load(out, allow_pickle=False)
+        try:
+            logits = run_worker(other, "workers.backend_worker:tiny_logits", weights, images,
+                                timeout=300)
+        except keras_mixer.backend.BackendCallError as error:
+            if f"No module named '{BACKEND_MODULES[other]}'" in error.output:
+                pytest.skip(f"backend {other} not installed")
+            raise
         assert reference.rel_error(logits, expected) <= 1e-5, f"{here} -> {other}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SHARED_DATA
+from helpers.tiny import SHARED_DATA
 from keras_mixer import data
 
 CIFAR_TAR = os.path.join(SHARED_DATA, "cifar10-jpg", "cifar10-jpg.tar.gz")

@@ -9,16 +9,15 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
+from helpers.processes import ROOT, run_worker, worker_env
 
-from keras_mixer import export
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
-
+import keras_mixer
+from keras_mixer import deploy
+from keras_mixer.deploy import saved_model
 
 def softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
@@ -31,7 +30,7 @@ def test_saved_model_layout_and_signatures(exported_mixer):
     assert sorted(os.listdir(os.path.dirname(version_dir))) == ["1"]  # no temp dir left
     with open(os.path.join(version_dir, "assets", "labels.txt")) as f:
         assert f.read().splitlines() == exported_mixer.labels
-    with open(os.path.join(version_dir, export.REPORT_FILE)) as f:
+    with open(os.path.join(version_dir, saved_model.REPORT_FILE)) as f:
         report = json.load(f)
     assert report["max_abs_diff"] <= 1e-4
     assert report["signatures"] == ["serving_bytes", "serving_default"]
@@ -73,18 +72,15 @@ def test_export_of_model_trained_on_other_backends(source_backend, tmp_path):
     if backend == "tensorflow" and source_backend == "jax":
         pytest.skip("a jax-trained model is exported in the torch suite (saves CI time)")
     plain = source_backend == "torch"  # also covers models without preprocessing, with logits
-    env = dict(os.environ, KERAS_BACKEND=source_backend, PYTHONPATH=ROOT)
-    subprocess.run([sys.executable, os.path.join(TESTS, "export_worker.py"), str(tmp_path)]
-                   + (["--no-preprocessing"] if plain else []), env=env, check=True)
-    version_dir = export.export_saved_model(str(tmp_path / "model.keras"), str(tmp_path / "models"),
+    images, expected = run_worker(source_backend, "workers.export_worker:train_and_save",
+                                  str(tmp_path), plain)
+    version_dir = deploy.export_saved_model(str(tmp_path / "model.keras"), str(tmp_path / "models"),
                                             name="trained", version=7)
     assert version_dir == str(tmp_path / "models" / "trained" / "7")
-    expected = np.load(tmp_path / "expected.npy")
     if plain:
         expected = softmax(expected)
     loaded = tf.saved_model.load(version_dir, tags=["serve"])
-    images = np.load(tmp_path / "images.npy").astype("float32")  # 0-255 for both models
-    out = loaded.signatures["serving_default"](images=tf.constant(images))
+    out = loaded.signatures["serving_default"](images=tf.constant(images.astype("float32")))
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
     assert "top_k_labels" not in out
     assert out["top_k_classes"].shape == (16, 5)
@@ -93,11 +89,10 @@ def test_export_of_model_trained_on_other_backends(source_backend, tmp_path):
 def test_sigkill_during_export_leaves_no_version(exported_mixer, tmp_path):
     base = tmp_path / "models" / "mixer"
     shutil.copytree(exported_mixer.version_dir, base / "1")
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keras_mixer.export", "saved-model", exported_mixer.keras_path,
-         "--export-dir", str(tmp_path / "models")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [sys.executable, os.path.join(ROOT, "scripts", "export.py"), "saved-model",
+         exported_mixer.keras_path, "--export-dir", str(tmp_path / "models")],
+        env=worker_env("tensorflow"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not any(name.startswith(".tmp-") for name in os.listdir(base)):
@@ -109,18 +104,18 @@ def test_sigkill_during_export_leaves_no_version(exported_mixer, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert [name for name in os.listdir(base) if not name.startswith(".")] == ["1"]
-    assert export.next_version(str(base)) == 2
+    assert deploy.next_version(str(base)) == 2
     with pytest.raises(FileExistsError, match="already exists"):
-        export.export_saved_model(exported_mixer.keras_path, str(tmp_path / "models"), version=1)
+        deploy.export_saved_model(exported_mixer.keras_path, str(tmp_path / "models"), version=1)
 
 
 def test_tflite_modes_match_keras(exported_mixer, tmp_path):
     images = exported_mixer.images.astype("float32")
-    rows = export.export_tflite(exported_mixer.keras_path, str(tmp_path), name="tiny",
+    rows = deploy.export_tflite(exported_mixer.keras_path, str(tmp_path), name="tiny",
                                 representative_images=images[:16], eval_images=images)
     by_mode = {row["mode"]: row for row in rows}
-    assert list(by_mode) == list(export.TFLITE_MODES)
-    assert sorted(os.listdir(tmp_path)) == sorted(f"tiny.{m}.tflite" for m in export.TFLITE_MODES)
+    assert list(by_mode) == list(deploy.TFLITE_MODES)
+    assert sorted(os.listdir(tmp_path)) == sorted(f"tiny.{m}.tflite" for m in deploy.TFLITE_MODES)
     print("\nmode          size_kB  max_abs_err  top1_agree  latency_ms")
     for row in rows:
         assert os.path.getsize(row["path"]) == row["size_bytes"]
@@ -149,20 +144,18 @@ def test_tflite_modes_match_keras(exported_mixer, tmp_path):
 
 def test_bad_arguments(exported_mixer, tmp_path):
     with pytest.raises(ValueError, match="Unknown TFLite modes"):
-        export.export_tflite(exported_mixer.keras_path, str(tmp_path), modes=["int4"])
+        deploy.export_tflite(exported_mixer.keras_path, str(tmp_path), modes=["int4"])
     with pytest.raises(ValueError, match="representative_images"):
-        export.export_tflite(exported_mixer.keras_path, str(tmp_path), modes=["int8"])
+        deploy.export_tflite(exported_mixer.keras_path, str(tmp_path), modes=["int8"])
     with pytest.raises(ValueError, match="line breaks"):
-        export.read_labels(["a\nb"])
-    with pytest.raises(ValueError, match=".keras"):
-        export.load_model("model.h5")
-    with pytest.raises(ValueError, match="either"):
-        export.load_model()
+        deploy.read_labels(["a\nb"])
+    with pytest.raises(ValueError, match="Cannot build a Mixer from 'model.h5'"):
+        keras_mixer.load_model("model.h5")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tf2onnx") is None, reason="needs the onnx extra (tf2onnx)")
 def test_onnx_export(exported_mixer, tmp_path):
-    result = export.export_onnx(exported_mixer.keras_path, str(tmp_path), name="tiny")
+    result = deploy.export_onnx(exported_mixer.keras_path, str(tmp_path), name="tiny")
     assert result["path"] == str(tmp_path / "tiny.onnx") and os.listdir(tmp_path) == ["tiny.onnx"]
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("onnxruntime not installed: exported but not run")

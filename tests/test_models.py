@@ -1,8 +1,9 @@
 """Core model behaviour: shapes, parameter counts, errors, serialization, training."""
 
+import os
 import numpy as np
 import pytest
-from conftest import TINY, tiny_images
+from helpers.tiny import TESTS_DATA, TINY, tiny_images
 
 import keras
 import keras_mixer
@@ -149,11 +150,54 @@ def test_json_and_from_config_round_trip():
     clone = keras.models.model_from_json(model.to_json())
     assert clone.count_params() == model.count_params()
     assert clone.get_layer("mixer_block_0").token_mixing.approximate_gelu is False
-    clone = keras.Model.from_config(model.get_config())
+    clone = keras_mixer.MlpMixer.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     images = tiny_images()
     np.testing.assert_allclose(clone.predict(images, verbose=0), model.predict(images, verbose=0),
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(num_classes=5, approximate_gelu=False, dropout=0.1, drop_path_rate=0.2, crop_fraction=0.875),
+    dict(include_top=False, pooling="max", include_preprocessing=False, layer_norm_epsilon=1e-5),
+    dict(input_shape=(32, 64, 3), classifier_activation=None, name="wide"),
+])
+def test_model_owns_its_config(kwargs, tmp_path):
+    """get_config() holds every constructor argument; from_config and .keras files round-trip it."""
+    model = keras_mixer.MlpMixer(**TINY, **kwargs)
+    config = model.config
+    for key, value in kwargs.items():
+        assert getattr(config, "image_shape" if key == "input_shape" else key) == value, key
+    assert keras_mixer.ModelConfig.from_kwargs(**{k: v for k, v in model.get_config().items()
+                                                  if k != "trainable"}) == config
+    assert keras_mixer.MlpMixer.from_config(model.get_config()).config == config
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded, keras_mixer.MlpMixer) and loaded.config == config
+    assert loaded.blocks[0] is loaded.get_layer("mixer_block_0")
+    assert keras_mixer.flops(config) == keras_mixer.flops(config.architecture, config.image_size,
+                                                          config.num_classes if config.include_top else 0)
+
+
+@pytest.mark.parametrize("name", ["mixer_v0_1_0_tiny.keras", "mixer_v0_1_0_headless.keras"])
+def test_keras_files_of_release_0_1_load_and_convert(name):
+    """Files written by keras-mixer 0.1 (plain functional models) load as MlpMixer, same outputs."""
+    path = os.path.join(TESTS_DATA, name)
+    old = keras.saving.load_model(path)  # still loads with plain Keras, as the functional model it is
+    model = keras_mixer.load_model(path)
+    assert isinstance(model, keras_mixer.MlpMixer) and not isinstance(old, keras_mixer.MlpMixer)
+    images = tiny_images()
+    np.testing.assert_allclose(model.predict(images, verbose=0), old.predict(images, verbose=0),
+                               rtol=1e-6, atol=1e-7)
+    if name == "mixer_v0_1_0_tiny.keras":
+        assert model.config == keras_mixer.ModelConfig(**TINY, image_shape=(32, 32, 3),
+                                                       num_classes=10, name="legacy_tiny")
+        with np.load(os.path.join(TESTS_DATA, "mixer_v0_1_0_tiny_expected.npz")) as expected:
+            np.testing.assert_allclose(model.predict(expected["images"], verbose=0),
+                                       expected["probabilities"], rtol=1e-5, atol=1e-6)
+    else:
+        assert (model.config.include_top, model.config.pooling,
+                model.config.include_preprocessing) == (False, "avg", False)
 
 
 def test_layers_get_config_round_trip():

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-import reference
+from helpers import reference
 
 import keras
 from keras_mixer import MlpMixer

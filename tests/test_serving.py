@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_mixer import serving
-from serving_stub import ModelRepository, start_grpc, start_rest
+from keras_mixer.deploy import client as serving
+from helpers.serving_stub import ModelRepository, start_grpc, start_rest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

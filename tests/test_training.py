@@ -7,19 +7,26 @@ import sys
 
 import numpy as np
 import pytest
+from helpers.processes import ROOT, start_module, worker_env
 
 import keras
 from keras_mixer import training
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
 
 def run(args, timeout=400):
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join([ROOT, HERE]), CUDA_VISIBLE_DEVICES="")
+    """``python ARGS`` under this backend; returns the ``CompletedProcess``."""
+    env = worker_env(keras.backend.backend(), CUDA_VISIBLE_DEVICES="")
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=ROOT)
+
+
+def run_resume_worker(run_dir, kill_after, timeout=400):
+    """``workers.resume_worker`` in a subprocess; returns ``(returncode, output)``."""
+    proc = start_module("workers.resume_worker", [run_dir, kill_after],
+                        worker_env(keras.backend.backend(), CUDA_VISIBLE_DEVICES=""),
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.communicate(timeout=timeout)[0]
+    return proc.returncode, output
 
 
 def leftovers(run_dir):
@@ -28,16 +35,15 @@ def leftovers(run_dir):
 
 def test_resume_after_sigkill_continues_at_next_epoch(tmp_path):
     run_dir = str(tmp_path / "run")
-    worker = os.path.join(HERE, "resume_worker.py")
-    killed = run([worker, run_dir, "1"])  # SIGKILL right after epoch 2 of 3
-    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    returncode, output = run_resume_worker(run_dir, 1)  # SIGKILL right after epoch 2 of 3
+    assert returncode == -9, output[-3000:]
     assert [row["epoch"] for row in training.read_history(f"{run_dir}/history.csv")] == [0, 1]
     assert not leftovers(run_dir)
     keras.saving.load_model(f"{run_dir}/last.keras")  # complete, loadable
 
-    resumed = run([worker, run_dir, "-1"])
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert "Epoch 3/3" in resumed.stdout
+    returncode, output = run_resume_worker(run_dir, -1)
+    assert returncode == 0, output[-3000:]
+    assert "Epoch 3/3" in output
     assert "Epoch 1/3" not in resumed.stdout and "Epoch 2/3" not in resumed.stdout
     assert [row["epoch"] for row in training.read_history(f"{run_dir}/history.csv")] == [0, 1, 2]
     assert json.load(open(f"{run_dir}/results.json"))["epochs"] == 3

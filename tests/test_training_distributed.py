@@ -9,19 +9,16 @@ reduction-order noise on near-zero gradients).
 """
 
 import json
-import os
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import processes
+from helpers.tiny import TINY
 
 import keras
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-WORKER = os.path.join(HERE, "training_worker.py")
 TOLERANCE = {"finetune": 1e-5}
 
 
@@ -32,16 +29,15 @@ def free_port():
 
 
 def worker_env(**extra):
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join([ROOT, HERE]), CUDA_VISIBLE_DEVICES="")
+    env = processes.worker_env(keras.backend.backend(), CUDA_VISIBLE_DEVICES="")
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env
 
 
 def run_workers(args, envs, timeout=300):
-    procs = [subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for env in envs]
+    procs = [processes.start_module("workers.training_worker", args, env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True) for env in envs]
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, output in zip(procs, outputs):
         assert p.returncode == 0, output[-3000:]
@@ -142,7 +138,6 @@ def test_jax_layout_map_targets_channel_mixing_kernels():
     import re
 
     import keras_mixer
-    from conftest import TINY
 
     model = keras_mixer.MlpMixer(**TINY, input_shape=(32, 32, 3), num_classes=10)
     paths = [v.path for v in model.weights]

@@ -6,10 +6,10 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import reference
+from helpers import reference
 
 import keras_mixer
-from keras_mixer import MlpMixer, weights
+from keras_mixer import MlpMixer, checkpoints
 
 RTOL = 1e-5
 # B/16-shaped blocks (224 px, patch 16: 196 tokens, C=768, D_S=384, D_C=3072) at reduced depth.
@@ -88,7 +88,7 @@ def test_weights_argument_of_the_constructor_loads_npz(tmp_path):
     params = official_params(TINY)
     path = save_npz(tmp_path / "ckpt.npz", params)
     model = build(TINY, weights=path)
-    assert_params_equal(weights.get_params(model), params)
+    assert_params_equal(checkpoints.get_params(model), params)
 
 
 def test_legacy_layout_loads_like_linen(tmp_path):
@@ -98,7 +98,7 @@ def test_legacy_layout_loads_like_linen(tmp_path):
     linen_model, legacy_model = build(TINY), build(TINY)
     keras_mixer.load_weights(linen_model, save_npz(tmp_path / "linen.npz", params))
     keras_mixer.load_weights(legacy_model, save_npz(tmp_path / "legacy.npz", legacy))
-    assert_params_equal(weights.get_params(legacy_model), weights.get_params(linen_model))
+    assert_params_equal(checkpoints.get_params(legacy_model), checkpoints.get_params(linen_model))
     images = images_for(TINY)
     np.testing.assert_array_equal(run(legacy_model, images),
                                   run(linen_model, images))
@@ -107,8 +107,8 @@ def test_legacy_layout_loads_like_linen(tmp_path):
 def test_write_official_npz_round_trip(tmp_path):
     params = official_params(TINY)
     model = build(TINY)
-    weights.load_params(model, params)
-    out = weights.save_weights(model, tmp_path / "out.npz")
+    checkpoints.load_params(model, params)
+    out = checkpoints.save_weights(model, tmp_path / "out.npz")
     with np.load(out, allow_pickle=False) as data:
         written = {k: data[k] for k in data.files}
     assert_params_equal(written, params)
@@ -117,10 +117,10 @@ def test_write_official_npz_round_trip(tmp_path):
 
 def test_keras_weights_h5_still_load(tmp_path):
     model = build(TINY)
-    weights.load_params(model, official_params(TINY))
-    path = weights.save_weights(model, tmp_path / "m.weights.h5")
+    checkpoints.load_params(model, official_params(TINY))
+    path = checkpoints.save_weights(model, tmp_path / "m.weights.h5")
     other = build(TINY, weights=path)
-    assert_params_equal(weights.get_params(other), weights.get_params(model))
+    assert_params_equal(checkpoints.get_params(other), checkpoints.get_params(model))
 
 
 # ------------------------------------------------------------------ timm layout
@@ -128,7 +128,7 @@ def test_keras_weights_h5_still_load(tmp_path):
 
 def test_timm_layout_transposes():
     params = official_params(TINY)
-    state = weights.to_timm(params)
+    state = checkpoints.to_timm(params)
     np.testing.assert_array_equal(state["stem.proj.weight"],
                                   params["stem/kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
     np.testing.assert_array_equal(state["blocks.1.mlp_tokens.fc1.weight"],
@@ -173,7 +173,7 @@ def test_timm_layout_is_what_pytorch_computes():
     cfg = dict(TINY, size=24)  # 3x3 tokens, non-square weight matrices everywhere
     params = official_params(cfg)
     images = images_for(cfg)
-    np.testing.assert_allclose(torch_timm_forward(weights.to_timm(params), images),
+    np.testing.assert_allclose(torch_timm_forward(checkpoints.to_timm(params), images),
                                reference.forward(params, images), rtol=1e-10, atol=1e-10)
 
 
@@ -184,9 +184,9 @@ def test_timm_round_trip(tmp_path, suffix):
         pytest.importorskip("torch")
     params = official_params(TINY)
     first = build(TINY, weights=save_npz(tmp_path / "official.npz", params))
-    path = weights.save_weights(first, tmp_path / f"timm{suffix}")
+    path = checkpoints.save_weights(first, tmp_path / f"timm{suffix}")
     second = build(TINY, weights=path)
-    assert_params_equal(weights.get_params(second), params)
+    assert_params_equal(checkpoints.get_params(second), params)
     images = images_for(TINY)
     np.testing.assert_array_equal(run(second, images), run(first, images))
 
@@ -194,10 +194,10 @@ def test_timm_round_trip(tmp_path, suffix):
 def test_torch_state_dict_file_written_by_torch(tmp_path):
     torch = pytest.importorskip("torch")
     params = official_params(TINY)
-    state = {k: torch.from_numpy(v) for k, v in weights.to_timm(params).items()}
+    state = {k: torch.from_numpy(v) for k, v in checkpoints.to_timm(params).items()}
     torch.save({"state_dict": state}, tmp_path / "wrapped.pth")
     model = build(TINY, weights=str(tmp_path / "wrapped.pth"))
-    assert_params_equal(weights.get_params(model), params)
+    assert_params_equal(checkpoints.get_params(model), params)
 
 
 # ------------------------------------------------------------------ head rules
@@ -209,8 +209,8 @@ def test_head_of_other_size_is_skipped_with_message(tmp_path):
     model = build(TINY, num_classes=10)
     with pytest.warns(UserWarning, match="Skipped the checkpoint's head: 218 classes"):
         summary = keras_mixer.load_weights(model, path)
-    assert summary.skipped == list(weights.HEAD_KEYS)
-    loaded = weights.get_params(model)
+    assert summary.skipped == list(checkpoints.HEAD_KEYS)
+    loaded = checkpoints.get_params(model)
     assert not loaded["head/kernel"].any() and not loaded["head/bias"].any()  # zero init kept
     body = {k: v for k, v in params.items() if not k.startswith("head/")}
     assert_params_equal({k: v for k, v in loaded.items() if not k.startswith("head/")}, body)
@@ -230,17 +230,17 @@ def test_headless_checkpoint_into_model_with_head(tmp_path):
     model = build(TINY)
     with pytest.warns(UserWarning, match="no head"):
         keras_mixer.load_weights(model, save_npz(tmp_path / "ckpt.npz", params))
-    assert not weights.get_params(model)["head/kernel"].any()
+    assert not checkpoints.get_params(model)["head/kernel"].any()
 
 
 # ------------------------------------------------------------------ errors
 
 
 def _load_fails(model, path, match):
-    before = weights.get_params(model)
+    before = checkpoints.get_params(model)
     with pytest.raises(ValueError, match=match):
         keras_mixer.load_weights(model, path)
-    assert_params_equal(weights.get_params(model), before)  # nothing partially loaded
+    assert_params_equal(checkpoints.get_params(model), before)  # nothing partially loaded
 
 
 def test_missing_key_is_an_error(tmp_path):
@@ -261,7 +261,7 @@ def test_extra_timm_key_is_named(tmp_path):
     pytest.importorskip("safetensors")
     from safetensors.numpy import save_file
 
-    state = weights.to_timm(official_params(TINY))
+    state = checkpoints.to_timm(official_params(TINY))
     state["blocks.0.gamma"] = np.ones(32, np.float32)
     save_file(state, str(tmp_path / "c.safetensors"))
     _load_fails(build(TINY), str(tmp_path / "c.safetensors"), "unexpected key 'blocks.0.gamma'")
@@ -297,8 +297,8 @@ def test_truncated_file_is_an_error(tmp_path, suffix):
     if suffix == ".pth":
         pytest.importorskip("torch")
     model = build(TINY)
-    weights.load_params(model, official_params(TINY))
-    full = weights.save_weights(model, tmp_path / f"full{suffix}")
+    checkpoints.load_params(model, official_params(TINY))
+    full = checkpoints.save_weights(model, tmp_path / f"full{suffix}")
     data = open(full, "rb").read()
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(data[: len(data) // 2])
@@ -324,9 +324,10 @@ def test_unknown_file_type_and_missing_file(tmp_path):
 
 def test_config_from_params_and_model_from_checkpoint(tmp_path):
     params = official_params(TINY)
-    config = weights.config_from_params(params)
-    assert config == dict(patch_size=8, num_blocks=2, hidden_dim=32, tokens_mlp_dim=16,
-                          channels_mlp_dim=64, input_shape=(32, 32, 3), num_classes=7)
+    config = checkpoints.config_from_params(params)
+    assert config == keras_mixer.ModelConfig(
+        patch_size=8, num_blocks=2, hidden_dim=32, tokens_mlp_dim=16, channels_mlp_dim=64,
+        image_shape=(32, 32, 3), num_classes=7)
     model, summary = keras_mixer.model_from_checkpoint(
         save_npz(tmp_path / "c.npz", params), include_preprocessing=False,
         classifier_activation=None)
@@ -339,7 +340,7 @@ def test_config_from_params_and_model_from_checkpoint(tmp_path):
 def test_failed_save_leaves_no_file(tmp_path):
     model = build(TINY)
     with pytest.raises(ValueError, match="Unsupported output"):
-        weights.save_weights(model, tmp_path / "w.ckpt")
+        checkpoints.save_weights(model, tmp_path / "w.ckpt")
     assert list(tmp_path.iterdir()) == []
 
 

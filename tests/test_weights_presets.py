@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import keras_mixer
-from keras_mixer import MixerS32, presets, weights
+from keras_mixer import MixerS32, checkpoints
+from keras_mixer.checkpoints import presets
 
 GCS = "https://storage.googleapis.com/mixer_models/"
 TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-tresnet/"
@@ -56,10 +57,11 @@ def test_variant_without_that_preset_lists_alternatives():
         presets.get_preset("H/14", "sam")
 
 
-def test_infer_variant_from_structure_and_refuse_non_variants():
+def test_presets_need_a_paper_variant():
     model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+    assert model.config.variant is None and MixerS32(input_shape=(64, 64, 3)).config.variant == "S/32"
     with pytest.raises(ValueError, match="paper variants only"):
-        weights.infer_variant(model)
+        keras_mixer.load_weights(model, "gsam")
 
 
 def test_preset_loads_through_the_keras_cache(tmp_path, monkeypatch):
@@ -67,9 +69,9 @@ def test_preset_loads_through_the_keras_cache(tmp_path, monkeypatch):
     source = MixerS32(input_shape=(32, 32, 3), num_classes=1000)
     rng = np.random.default_rng(0)
     params = {k: rng.standard_normal(v.shape).astype("float32") * 0.01
-              for k, v in weights.get_params(source).items()}
-    weights.load_params(source, params)
-    checkpoint = weights.save_weights(source, tmp_path / "gsam_Mixer-S_32.npz")
+              for k, v in checkpoints.get_params(source).items()}
+    checkpoints.load_params(source, params)
+    checkpoint = checkpoints.save_weights(source, tmp_path / "gsam_Mixer-S_32.npz")
     calls = []
 
     def fake_get_file(fname, origin, cache_subdir):
@@ -79,7 +81,7 @@ def test_preset_loads_through_the_keras_cache(tmp_path, monkeypatch):
     monkeypatch.setattr("keras.utils.get_file", fake_get_file)
     model = MixerS32(input_shape=(32, 32, 3), weights="gsam")
     assert calls == [("gsam_Mixer-S_32.npz", GCS + "gsam/Mixer-S_32.npz", "keras_mixer")]
-    loaded = weights.get_params(model)
+    loaded = checkpoints.get_params(model)
     for key in params:
         np.testing.assert_array_equal(loaded[key], params[key], err_msg=key)
 
@@ -97,4 +99,4 @@ def test_miil_preset_warns_about_input_scaling(monkeypatch):
     model = keras_mixer.MlpMixer(16, 12, 768, 8, 8, input_shape=(16, 16, 3))
     with pytest.warns(UserWarning, match=r"pixels in \[0, 1\].*approximate_gelu=False"):
         with pytest.raises(StopBeforeDownload, match="miil_in21k-2a558a71.pth"):
-            weights.load_weights(model, "miil_in21k")
+            checkpoints.load_weights(model, "miil_in21k")

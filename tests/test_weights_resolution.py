@@ -3,10 +3,11 @@
 import keras
 import numpy as np
 import pytest
-import reference
+from helpers import reference
 
 import keras_mixer
-from keras_mixer import MlpMixer, resolution, weights
+from keras_mixer import MlpMixer, checkpoints
+from keras_mixer.checkpoints import tiling
 
 RTOL = 1e-5
 PATCH, SIZE = 8, 32  # 4x4 tokens
@@ -22,7 +23,7 @@ def trained_model(**kwargs):
     kwargs.setdefault("classifier_activation", None)
     kwargs.setdefault("include_preprocessing", False)
     model = MlpMixer(PATCH, 2, 32, 12, 64, input_shape=(SIZE, SIZE, 3), num_classes=5, **kwargs)
-    weights.load_params(model, reference.random_params(PATCH, 3, 32, 16, 12, 64, 2, num_classes=5))
+    checkpoints.load_params(model, reference.random_params(PATCH, 3, 32, 16, 12, 64, 2, num_classes=5))
     return model
 
 
@@ -83,13 +84,13 @@ def test_converted_model_on_tiled_image(factors):
 def test_convert_keeps_everything_else():
     small = trained_model(drop_path_rate=0.1, dropout=0.2, include_preprocessing=True)
     big = keras_mixer.convert_resolution(small, 64, name="big")
-    small_config = resolution.model_config(small)
-    big_config = resolution.model_config(big)
+    small_config = small.config.to_kwargs()
+    big_config = big.config.to_kwargs()
     assert big_config.pop("input_shape") == (64, 64, 3) and big_config.pop("name") == "big"
     assert big_config.pop("tokens_mlp_dim") == 4 * small_config.pop("tokens_mlp_dim")
     small_config.pop("input_shape"), small_config.pop("name")
     assert big_config == small_config
-    small_params, big_params = weights.get_params(small), weights.get_params(big)
+    small_params, big_params = checkpoints.get_params(small), checkpoints.get_params(big)
     for key, value in small_params.items():
         if "/token_mixing/" not in key:
             np.testing.assert_array_equal(big_params[key], value, err_msg=key)
@@ -105,25 +106,25 @@ def test_non_integer_factor_is_a_clear_error():
 def test_loading_a_checkpoint_into_a_larger_model(tmp_path):
     """weights= with a K-times larger input and K^2 D_S: block-diagonal init from the file."""
     small = trained_model()
-    path = weights.save_weights(small, tmp_path / "small.npz")
+    path = checkpoints.save_weights(small, tmp_path / "small.npz")
     expected = keras_mixer.convert_resolution(small, 64)
     with pytest.warns(UserWarning, match="Resolution transfer: 4x4 -> 8x8 tokens"):
         big = MlpMixer(PATCH, 2, 32, 48, 64, input_shape=(64, 64, 3), num_classes=5,
                        classifier_activation=None, include_preprocessing=False, weights=path)
-    actual = weights.get_params(big)
-    for key, value in weights.get_params(expected).items():
+    actual = checkpoints.get_params(big)
+    for key, value in checkpoints.get_params(expected).items():
         np.testing.assert_array_equal(actual[key], value, err_msg=key)
 
 
 def test_loading_into_larger_model_with_original_mlp_width_explains(tmp_path):
-    path = weights.save_weights(trained_model(), tmp_path / "small.npz")
+    path = checkpoints.save_weights(trained_model(), tmp_path / "small.npz")
     model = MlpMixer(PATCH, 2, 32, 12, 64, input_shape=(64, 64, 3), num_classes=5)
     with pytest.raises(ValueError, match=r"tokens_mlp_dim = 4 x 12 = 48.*convert_resolution"):
         keras_mixer.load_weights(model, path)
 
 
 def test_loading_at_non_integer_factor_explains(tmp_path):
-    path = weights.save_weights(trained_model(), tmp_path / "small.npz")
+    path = checkpoints.save_weights(trained_model(), tmp_path / "small.npz")
     model = MlpMixer(PATCH, 2, 32, 12, 64, input_shape=(40, 40, 3), num_classes=5)
     with pytest.raises(ValueError, match=r"trained on 32x32 images.*not integers"):
         keras_mixer.load_weights(model, path)
@@ -131,7 +132,7 @@ def test_loading_at_non_integer_factor_explains(tmp_path):
 
 def test_model_from_checkpoint_at_new_size(tmp_path):
     small = trained_model()
-    path = weights.save_weights(small, tmp_path / "small.npz")
+    path = checkpoints.save_weights(small, tmp_path / "small.npz")
     big, summary = keras_mixer.model_from_checkpoint(path, image_size=96, include_preprocessing=False,
                                                      classifier_activation=None)
     assert summary.tiling == (3, 3)
@@ -145,7 +146,7 @@ def test_block_diagonal_structure_matches_the_paper():
     rng = np.random.default_rng(0)
     k0, b0 = rng.standard_normal((4, 3)), rng.standard_normal(3)
     k1, b1 = rng.standard_normal((3, 4)), rng.standard_normal(4)
-    big = resolution.block_diagonal_mlp(k0, b0, k1, b1, (2, 2), (4, 4))
+    big = tiling.block_diagonal_mlp(k0, b0, k1, b1, (2, 2), (4, 4))
     order = np.concatenate(tile_tokens((2, 2), 2, 2))
     zeros = np.zeros((4, 3))
     expected_0 = np.block([[k0 if i == j else zeros for j in range(4)] for i in range(4)])

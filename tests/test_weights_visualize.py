@@ -8,18 +8,18 @@ import sys
 import keras
 import numpy as np
 import pytest
-import reference
+from helpers import reference
 from PIL import Image
 
 import keras_mixer
-from keras_mixer import MlpMixer, visualize, weights
+from keras_mixer import MlpMixer, checkpoints, visualize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_model():
     model = MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3), num_classes=1000)
-    weights.load_params(model, reference.random_params(8, 3, 32, 16, 16, 64, 2, num_classes=1000))
+    checkpoints.load_params(model, reference.random_params(8, 3, 32, 16, 16, 64, 2, num_classes=1000))
     return model
 
 
@@ -41,10 +41,10 @@ def write_images(directory, n=3):
 
 def test_token_mixing_units_are_the_kernel_on_the_patch_grid():
     model = MlpMixer(8, 1, 16, 5, 32, input_shape=(16, 32, 3), num_classes=3)  # 2x4 tokens
-    params = weights.get_params(model)
+    params = checkpoints.get_params(model)
     kernel = np.arange(8 * 5, dtype="float32").reshape(8, 5)
     params["MixerBlock_0/token_mixing/Dense_0/kernel"] = kernel
-    weights.load_params(model, params)
+    checkpoints.load_params(model, params)
     units = visualize.token_mixing_units(model, 0, sort_by_frequency=False)
     assert units.shape == (5, 2, 4)
     np.testing.assert_array_equal(units[1], kernel[:, 1].reshape(2, 4))  # row-major tokens
@@ -54,11 +54,11 @@ def test_token_mixing_units_are_the_kernel_on_the_patch_grid():
 
 def test_units_sorted_from_smooth_to_high_frequency():
     model = MlpMixer(8, 1, 16, 3, 32, input_shape=(64, 64, 3), num_classes=3)  # 8x8 tokens
-    params = weights.get_params(model)
+    params = checkpoints.get_params(model)
     x = np.arange(8)
     patterns = [np.cos(np.pi * f * x / 4)[None, :].repeat(8, 0) for f in (3, 1, 2)]
     params["MixerBlock_0/token_mixing/Dense_0/kernel"] = np.stack(patterns, -1).reshape(64, 3).astype("float32")
-    weights.load_params(model, params)
+    checkpoints.load_params(model, params)
     units = visualize.token_mixing_units(model, 0)
     np.testing.assert_allclose(units, np.stack([patterns[1], patterns[2], patterns[0]]), atol=1e-6)
 

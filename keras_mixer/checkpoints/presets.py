@@ -10,7 +10,7 @@ All were trained at 224 x 224.
 import dataclasses
 import posixpath
 
-from keras_mixer.models import canonical_variant
+from keras_mixer.config import canonical_variant
 
 OFFICIAL_URL = "https://storage.googleapis.com/mixer_models/{preset}/Mixer-{size}_{patch}.npz"
 TIMM_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-tresnet/"

@@ -1,4 +1,4 @@
-"""Resolution transfer: the paper's block-diagonal token-mixing initialisation (Appendix C).
+"""Resolution transfer on arrays: the paper's block-diagonal token-mixing initialisation (Appendix C).
 
 A Mixer trained on an ``h x w`` token grid is moved to a ``(kh h) x (kw w)`` grid
 (same patch, image ``kh x kw`` times larger, ``kh = kw = K`` in the paper). The
@@ -8,14 +8,13 @@ original MLP, one per tile: ``W1' = diag(W1, ..., W1)`` of shape
 ``(G S, G D_S)``, ``W2'`` likewise, biases tiled. The model keeps the row-major
 token order, so the block-diagonal matrices are permuted to match it: token
 ``t`` of the big grid gets the weights of its position inside its tile.
+
+Pure NumPy on official-layout params; ``keras_mixer.convert_resolution`` applies it to a model.
 """
 
 import math
 
 import numpy as np
-
-from keras_mixer.layers import check_image_shape
-from keras_mixer.models import MlpMixer, mixer_blocks
 
 RULE = (
     "Resolution transfer keeps the patch size and needs the new token grid to be an "
@@ -93,71 +92,3 @@ def expand_token_mixing(params, source_grid, target_grid):
         arrays = [np.asarray(params[n]) for n in names]
         params.update(zip(names, block_diagonal_mlp(*arrays, source_grid, target_grid)))
     return params
-
-
-def model_config(model):
-    """The :func:`~keras_mixer.MlpMixer` arguments that rebuild ``model`` (without weights)."""
-    stem = model.get_layer("stem")
-    blocks = mixer_blocks(model)
-    if not blocks:
-        raise ValueError(f"Model {model.name!r} has no MixerBlock layers.")
-    names = {layer.name for layer in model.layers}
-    config = dict(
-        patch_size=stem.patch_size,
-        num_blocks=len(blocks),
-        hidden_dim=stem.hidden_dim,
-        tokens_mlp_dim=blocks[0].tokens_mlp_dim,
-        channels_mlp_dim=blocks[0].channels_mlp_dim,
-        input_shape=tuple(model.input.shape[1:]),
-        include_top="head" in names,
-        include_preprocessing="preprocessing" in names,
-        drop_path_rate=blocks[-1].drop_path_rate,
-        approximate_gelu=blocks[0].approximate_gelu,
-        layer_norm_epsilon=blocks[0].layer_norm_epsilon,
-        name=model.name,
-    )
-    if config["include_top"]:
-        config["num_classes"] = model.get_layer("head").units
-        config["classifier_activation"] = model.get_layer("predictions").get_config()["activation"]
-        if "head_dropout" in names:
-            config["dropout"] = model.get_layer("head_dropout").rate
-    else:
-        config["pooling"] = "avg" if "avg_pool" in names else "max" if "max_pool" in names else None
-    return config
-
-
-def convert_resolution(model, image_size, name=None):
-    """A new Mixer at ``image_size`` initialised from ``model`` by the paper's scheme.
-
-    Args:
-        model: a Mixer built by this package.
-        image_size: ``int`` or ``(height, width)``; each side an integer multiple
-            of the model's (same patch size).
-        name: name of the new model (default: the old one's).
-
-    Returns:
-        A new ``keras.Model`` with ``tokens_mlp_dim`` multiplied by the number of
-        tiles and block-diagonal token-mixing weights; every other weight copied.
-        On an image made of independent tiles, each tile's tokens are mixed exactly
-        as the original model mixes that tile on its own.
-    """
-    from keras_mixer.weights import get_params, load_params
-
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    config = model_config(model)
-    patch = config["patch_size"]
-    height, width, channels = config["input_shape"]
-    source_grid = check_image_shape((height, width, channels), patch)
-    target_shape = (int(image_size[0]), int(image_size[1]), channels)
-    target_grid = check_image_shape(target_shape, patch)
-    kh, kw = tiling_factors(source_grid, target_grid)
-    config.update(
-        input_shape=target_shape,
-        tokens_mlp_dim=config["tokens_mlp_dim"] * kh * kw,
-        name=name or config["name"],
-    )
-    new_model = MlpMixer(**config)
-    params = expand_token_mixing(get_params(model), source_grid, target_grid)
-    load_params(new_model, params, verbose=False)
-    return new_model

@@ -1,7 +1,7 @@
 """Train the tiny Mixer for a few steps under a distribution strategy; save the final weights.
 
 Run in a fresh process (device counts are fixed at import):
-  KERAS_BACKEND=... python training_worker.py STRATEGY CPU_DEVICES RECIPE OUT.npz [MODEL_PARALLEL]
+  KERAS_BACKEND=... python -m workers.training_worker STRATEGY CPU_DEVICES RECIPE OUT.npz [MODEL_PARALLEL]
 The data are fixed random images; every process reads the same global batches
 (torch: its own shard of them), with no shuffling or augmentation.
 """
@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import keras
 from keras_mixer import data, distribute, training
-from conftest import TINY
+from helpers.tiny import TINY
 
 GLOBAL_BATCH, STEPS = 8, 3
 

@@ -16,8 +16,7 @@ import os
 
 import numpy as np
 
-SERVING_DEFAULT = "serving_default"
-SERVING_BYTES = "serving_bytes"
+from keras_mixer.deploy.signatures import BYTES_INPUT, IMAGES_INPUT, SERVING_BYTES, SERVING_DEFAULT
 
 
 class ServingError(RuntimeError):
@@ -59,7 +58,7 @@ def prepare_inputs(images):
         images = [images]
     if isinstance(images, (list, tuple)) and images and all(
             isinstance(item, (str, bytes, os.PathLike)) for item in images):
-        return SERVING_BYTES, {"image_bytes": np.array([_read_bytes(item) for item in images],
+        return SERVING_BYTES, {BYTES_INPUT: np.array([_read_bytes(item) for item in images],
                                                        dtype=object)}
     try:
         array = np.asarray(images)
@@ -74,7 +73,7 @@ def prepare_inputs(images):
         raise InvalidInputError("Empty batch: give at least one image.")
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise InvalidInputError(f"Images must be numeric pixels in 0-255, got dtype {array.dtype}.")
-    return SERVING_DEFAULT, {"images": array.astype("float32")}
+    return SERVING_DEFAULT, {IMAGES_INPUT: array.astype("float32")}
 
 
 def _read_bytes(item):

@@ -1,6 +1,6 @@
 """A tiny training run on the digits; optionally SIGKILLs itself after an epoch.
 
-Usage: KERAS_BACKEND=... python resume_worker.py RUN_DIR KILL_AFTER_EPOCH  (-1: never)
+Usage: KERAS_BACKEND=... python -m workers.resume_worker RUN_DIR KILL_AFTER_EPOCH  (-1: never)
 """
 
 import os

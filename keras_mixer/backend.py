@@ -1,0 +1,115 @@
+"""Run a function under another Keras backend, in a subprocess.
+
+Keras fixes its backend when it is imported, so work that needs another one
+(exporting from a JAX or PyTorch session, benchmarking every backend, tests that
+compare backends) calls ``run_under(backend, "module:function", *args)``.
+Arguments and the result travel as JSON; NumPy arrays travel as ``.npy`` files.
+"""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BackendCallError(RuntimeError):
+    """The subprocess failed; ``returncode`` and ``output`` (its last lines, when captured) say how."""
+
+    def __init__(self, message, returncode, output=""):
+        super().__init__(message)
+        self.returncode = returncode
+        self.output = output
+
+
+def _encode(value, work):
+    if isinstance(value, np.ndarray):
+        path = os.path.join(work, f"array_{len(os.listdir(work))}.npy")
+        np.save(path, value, allow_pickle=False)
+        return {"__ndarray__": path}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, work) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v, work) for k, v in value.items()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        if set(value) == {"__ndarray__"}:
+            return np.load(value["__ndarray__"], allow_pickle=False)
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def environment(backend, pythonpath=(), extra=None):
+    """``os.environ`` with ``KERAS_BACKEND`` set, this package importable, TF's C++ logs quiet."""
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [PACKAGE_ROOT, *map(os.fspath, pythonpath)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env.update(extra or {})
+    return env
+
+
+def run_under(backend, function, *args, capture=True, pythonpath=(), env=None, timeout=None,
+              **kwargs):
+    """Call ``function`` (``"package.module:name"``) with ``args``/``kwargs`` under ``backend``.
+
+    Args:
+        capture: keep the subprocess's output (shown in the error if it fails);
+            ``False`` lets it print to this process's terminal.
+        pythonpath: extra import paths for the subprocess.
+        env: extra environment variables.
+        timeout: seconds before the subprocess is killed.
+
+    Returns:
+        The function's return value (JSON types and NumPy arrays).
+    """
+    with tempfile.TemporaryDirectory(prefix="keras_mixer_backend_") as work:
+        request = os.path.join(work, "request.json")
+        result = os.path.join(work, "result.json")
+        with open(request, "w") as f:
+            json.dump({"function": function, "args": _encode(list(args), work),
+                       "kwargs": _encode(kwargs, work), "result": result}, f)
+        proc = subprocess.run(
+            [sys.executable, "-m", "keras_mixer.backend", request],
+            env=environment(backend, pythonpath, env), timeout=timeout, text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.STDOUT if capture else None,
+        )
+        output = proc.stdout or ""
+        if proc.returncode != 0 or not os.path.exists(result):
+            raise BackendCallError(
+                f"{function} under KERAS_BACKEND={backend} failed with exit code "
+                f"{proc.returncode}" + (f":\n{output[-4000:]}" if output else "."),
+                proc.returncode, output)
+        with open(result) as f:
+            return _decode(json.load(f))
+
+
+def _serve_request(request_path):
+    with open(request_path) as f:
+        request = json.load(f)
+    module_name, _, name = request["function"].partition(":")
+    function = getattr(importlib.import_module(module_name), name)
+    value = function(*_decode(request["args"]), **_decode(request["kwargs"]))
+    work = os.path.dirname(request["result"])
+    with open(request["result"] + ".tmp", "w") as f:
+        json.dump(_encode(value, work), f)
+    os.replace(request["result"] + ".tmp", request["result"])
+
+
+if __name__ == "__main__":
+    _serve_request(sys.argv[1])

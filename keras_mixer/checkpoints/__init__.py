@@ -1,0 +1,19 @@
+"""Reading and writing Mixer weights; never imports the model code.
+
+- :mod:`.keys`: official names <-> model variables, legacy and timm layouts;
+- :mod:`.formats`: ``.npz`` / ``.pth`` / ``.safetensors`` files to and from official-layout dicts;
+- :mod:`.tiling`: the block-diagonal resolution transfer on arrays;
+- :mod:`.presets`: the published checkpoints;
+- :mod:`.loading`: the loading rules (check everything, then assign).
+"""
+
+from keras_mixer.checkpoints.formats import CheckpointError, read_checkpoint
+from keras_mixer.checkpoints.keys import HEAD_KEYS, from_timm, get_params, to_timm
+from keras_mixer.checkpoints.loading import (
+    LoadSummary,
+    config_from_params,
+    load_params,
+    load_weights,
+    save_weights,
+)
+from keras_mixer.checkpoints.presets import available_presets

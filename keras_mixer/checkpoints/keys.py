@@ -1,0 +1,142 @@
+"""Checkpoint key maps: official flat names <-> a model's variables, the legacy and timm layouts.
+
+The official layout (``vit_jax``/big_vision Flax params flattened with ``/``) is
+the lingua franca: ``"stem/kernel"``, ``"MixerBlock_0/token_mixing/Dense_0/kernel"``,
+``"pre_head_layer_norm/scale"``, ``"head/kernel"``. Other layouts are converted to
+it by pure functions (as timm's ``checkpoint_filter_fn``).
+"""
+
+import re
+
+import keras
+import numpy as np
+
+HEAD_KEYS = ("head/kernel", "head/bias")
+TOKEN_KERNEL_KEY = "MixerBlock_0/token_mixing/Dense_0/kernel"
+
+
+def model_variables(model):
+    """A Mixer's variables keyed by their official checkpoint names.
+
+    ``model`` is a ``keras_mixer.MlpMixer``: its config says what it has, and its
+    ``stem``, ``blocks``, ``pre_head_norm`` and ``head`` properties give the layers.
+    """
+    if not hasattr(model, "blocks") or not hasattr(model, "config"):
+        raise TypeError(
+            f"Expected a keras_mixer.MlpMixer, got {type(model).__name__} {model.name!r}. "
+            "A .keras file written by keras-mixer 0.1 loads as one with keras_mixer.load_model(path)."
+        )
+    variables = {"stem/kernel": model.stem.proj.kernel, "stem/bias": model.stem.proj.bias}
+    for i, block in enumerate(model.blocks):
+        prefix = f"MixerBlock_{i}"
+        for j, norm in enumerate((block.norm_0, block.norm_1)):
+            variables[f"{prefix}/LayerNorm_{j}/scale"] = norm.gamma
+            variables[f"{prefix}/LayerNorm_{j}/bias"] = norm.beta
+        for name, mlp in (("token_mixing", block.token_mixing),
+                          ("channel_mixing", block.channel_mixing)):
+            for j in (0, 1):
+                variables[f"{prefix}/{name}/Dense_{j}/kernel"] = getattr(mlp, f"kernel_{j}")
+                variables[f"{prefix}/{name}/Dense_{j}/bias"] = getattr(mlp, f"bias_{j}")
+    variables["pre_head_layer_norm/scale"] = model.pre_head_norm.gamma
+    variables["pre_head_layer_norm/bias"] = model.pre_head_norm.beta
+    if model.config.include_top:
+        variables["head/kernel"] = model.head.kernel
+        variables["head/bias"] = model.head.bias
+    return variables
+
+
+def get_params(model):
+    """The model's weights as an official-layout dict of float NumPy arrays."""
+    return {key: np.asarray(keras.ops.convert_to_numpy(var.value))
+            for key, var in model_variables(model).items()}
+
+
+def num_blocks(params, separator="/", prefix="MixerBlock_"):
+    """How many Mixer blocks an official-layout (or timm, with ``"."``/``"blocks."``) dict has."""
+    return len({k.split(separator)[0 if separator == "/" else 1]
+                for k in params if k.startswith(prefix)})
+
+
+# ---------------------------------------------------------------- the legacy layout
+
+_LEGACY_DENSE = {"kernel1": "Dense_0/kernel", "bias1": "Dense_0/bias",
+                 "kernel2": "Dense_1/kernel", "bias2": "Dense_1/bias"}
+
+
+def is_legacy(params):
+    """Whether ``params`` use the pre-Linen ``Mixer/encoderblock_N`` names."""
+    return any(k.startswith(("Mixer/", "embedding/")) for k in params)
+
+
+def from_legacy(params):
+    """The pre-Linen ``Mixer/encoderblock_N`` layout renamed to the Linen one (as big_vision)."""
+    out = {}
+    for key, value in params.items():
+        new = key
+        if key.startswith("embedding/"):
+            new = "stem/" + key[len("embedding/"):]
+        elif key.startswith("Mixer/encoder_norm/"):
+            new = "pre_head_layer_norm/" + key[len("Mixer/encoder_norm/"):]
+        else:
+            match = re.fullmatch(r"Mixer/encoderblock_(\d+)/(.+)", key)
+            if match:
+                block, rest = match.groups()
+                dense = re.fullmatch(r"(token|channel)_mixing_phase_0/(\w+)", rest)
+                if dense and dense.group(2) in _LEGACY_DENSE:
+                    rest = f"{dense.group(1)}_mixing/{_LEGACY_DENSE[dense.group(2)]}"
+                    value = np.squeeze(value)
+                new = f"MixerBlock_{block}/{rest}"
+        out[new] = value
+    return out
+
+
+# ---------------------------------------------------------------- the timm layout
+
+
+def _timm_names(blocks):
+    """``(official key, timm key, kind)`` for every weight; kind says how to transpose."""
+    names = [("stem/kernel", "stem.proj.weight", "conv"), ("stem/bias", "stem.proj.bias", "")]
+    for i in range(blocks):
+        b, t = f"MixerBlock_{i}", f"blocks.{i}"
+        for j in (0, 1):
+            names += [(f"{b}/LayerNorm_{j}/scale", f"{t}.norm{j + 1}.weight", ""),
+                      (f"{b}/LayerNorm_{j}/bias", f"{t}.norm{j + 1}.bias", "")]
+        for ours, theirs in (("token_mixing", "mlp_tokens"), ("channel_mixing", "mlp_channels")):
+            for j in (0, 1):
+                names += [(f"{b}/{ours}/Dense_{j}/kernel", f"{t}.{theirs}.fc{j + 1}.weight", "linear"),
+                          (f"{b}/{ours}/Dense_{j}/bias", f"{t}.{theirs}.fc{j + 1}.bias", "")]
+    names += [("pre_head_layer_norm/scale", "norm.weight", ""),
+              ("pre_head_layer_norm/bias", "norm.bias", ""),
+              ("head/kernel", "head.weight", "linear"), ("head/bias", "head.bias", "")]
+    return names
+
+
+def _transpose(value, kind, to_timm):
+    if kind == "conv" and value.ndim == 4:
+        return value.transpose((3, 2, 0, 1) if to_timm else (2, 3, 1, 0))
+    if kind == "linear" and value.ndim == 2:
+        return value.T
+    return value
+
+
+def _rename(params, blocks, to_timm):
+    out = dict(params)
+    for ours, theirs, kind in _timm_names(blocks):
+        source, target = (ours, theirs) if to_timm else (theirs, ours)
+        if source in out:
+            out[target] = np.ascontiguousarray(_transpose(np.asarray(out.pop(source)), kind, to_timm))
+    return out
+
+
+def from_timm(state):
+    """A timm ``MlpMixer`` state dict (NumPy arrays) in the official layout.
+
+    Keys timm has but the official layout has not are kept under their timm names
+    (they are reported as unexpected when loading).
+    """
+    return _rename(state, num_blocks(state, ".", "blocks."), to_timm=False)
+
+
+def to_timm(params):
+    """Official-layout params as a timm ``MlpMixer`` state dict (NumPy arrays)."""
+    return _rename(params, num_blocks(params), to_timm=True)

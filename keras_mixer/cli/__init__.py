@@ -1,0 +1,104 @@
+"""The command line: ``keras-mixer COMMAND ...`` (also ``python scripts/COMMAND.py ...``).
+
+One module per command, each with a docstring (its ``--help`` text),
+``add_arguments(parser)`` and ``run(args)`` (an exit code, or ``None`` for 0).
+Every option common to all commands is added here: ``--backend`` and
+``--verbose``. A user mistake (a missing file, a bad value, a server that
+rejects the input) prints ``error: ...`` and exits with status 2; ``--verbose``
+shows the traceback and TensorFlow's start-up logs (see :mod:`keras_mixer.startup`).
+"""
+
+import argparse
+import logging
+import sys
+import warnings
+
+from keras_mixer.backend import BackendCallError
+from keras_mixer.checkpoints import CheckpointError
+from keras_mixer.cli import benchmark, convert, evaluate, export, predict, serve, train, visualize
+from keras_mixer.deploy import ServingError
+
+COMMANDS = {
+    "train": train,
+    "evaluate": evaluate,
+    "export": export,
+    "serve": serve,
+    "predict": predict,
+    "convert": convert,
+    "visualize": visualize,
+    "benchmark": benchmark,
+}
+# Errors that say what the user should change; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
+               NotADirectoryError, PermissionError, CheckpointError, ServingError,
+               BackendCallError, ImportError)
+
+
+def _summary(module):
+    return (module.__doc__ or "").strip().splitlines()[0]
+
+
+def add_common_arguments(parser):
+    parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
+                        help="Keras backend (default: $KERAS_BACKEND, else Keras' default)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show tracebacks and TensorFlow's start-up logs")
+
+
+def command_parser(name, prog=None):
+    """The parser of one command (``prog`` names it in usage lines, e.g. ``train.py``)."""
+    module = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=prog or f"keras-mixer {name}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    add_common_arguments(parser)
+    return parser
+
+
+def build_parser():
+    """``keras-mixer`` with one subcommand per module in :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="keras-mixer", description="MLP-Mixer for Keras 3: train, evaluate, export, serve.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        sub = commands.add_parser(name, help=_summary(module), description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        add_common_arguments(sub)
+    return parser
+
+
+def _quiet(verbose):
+    if verbose:
+        return
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv=None, command=None, prog=None):
+    """Run a command; returns its exit status (the console script passes it to ``sys.exit``).
+
+    ``command`` fixes the command (the ``scripts/*.py`` shims); otherwise it is ``argv[0]``.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if command is None:
+        args = build_parser().parse_args(argv)
+    else:
+        args = command_parser(command, prog).parse_args(argv)
+        args.command = command
+    _quiet(args.verbose)
+    try:
+        status = COMMANDS[args.command].run(args)
+    except USER_ERRORS as error:
+        if args.verbose:
+            raise
+        message = str(error).strip() or type(error).__name__
+        print(f"error: {message}\n(run with --verbose for the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if status is None else int(status)

@@ -1,0 +1,233 @@
+"""What a Mixer is, as data: the paper's variants, a model's whole configuration, FLOP counts.
+
+Imports nothing of keras-mixer's (the bottom of the import order), so checkpoint
+code can describe a foreign checkpoint as a :class:`ModelConfig` without building
+a model, and a model (``keras_mixer.MlpMixer``) owns one as ``model.config``.
+"""
+
+import dataclasses
+
+LAYER_NORM_EPSILON = 1e-6  # official; Keras' LayerNormalization default is 1e-3
+DEFAULT_IMAGE_SIZE = 224
+POOLINGS = (None, "avg", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerConfig:
+    """Architecture of one Mixer: patch size, depth and widths (paper Table 1)."""
+
+    patch_size: int
+    num_blocks: int
+    hidden_dim: int
+    tokens_mlp_dim: int
+    channels_mlp_dim: int
+
+    @classmethod
+    def from_width(cls, patch_size, num_blocks, hidden_dim):
+        """The paper's proportions: ``D_S = C / 2`` and ``D_C = 4 C``."""
+        return cls(patch_size, num_blocks, hidden_dim, hidden_dim // 2, 4 * hidden_dim)
+
+    def describe(self):
+        """``"patch 16, 12 blocks, C=768, D_S=384, D_C=3072"`` (with the variant name if any)."""
+        text = (f"patch {self.patch_size}, {self.num_blocks} blocks, C={self.hidden_dim}, "
+                f"D_S={self.tokens_mlp_dim}, D_C={self.channels_mlp_dim}")
+        variant = variant_of(self)
+        return f"Mixer-{variant} ({text})" if variant else text
+
+
+VARIANTS = {
+    "S/32": MixerConfig.from_width(32, 8, 512),
+    "S/16": MixerConfig.from_width(16, 8, 512),
+    "B/32": MixerConfig.from_width(32, 12, 768),
+    "B/16": MixerConfig.from_width(16, 12, 768),
+    "L/32": MixerConfig.from_width(32, 24, 1024),
+    "L/16": MixerConfig.from_width(16, 24, 1024),
+    "H/14": MixerConfig.from_width(14, 32, 1280),
+}
+ARCHITECTURE_FIELDS = tuple(field.name for field in dataclasses.fields(MixerConfig))
+
+
+def canonical_variant(variant):
+    """Canonical name of a paper variant: ``"b16"``, ``"Mixer-B/16"``, ``"Mixer-B_16"`` -> ``"B/16"``."""
+    key = str(variant).upper().replace("MIXER", "").strip("-_ ").replace("_", "/")
+    if "/" not in key and len(key) > 1:
+        key = f"{key[0]}/{key[1:]}"
+    if key not in VARIANTS:
+        raise ValueError(
+            f"Unknown Mixer variant {variant!r}; known variants: {', '.join(VARIANTS)}."
+        )
+    return key
+
+
+def variant_of(architecture):
+    """The paper variant with this patch, depth and width (``"B/16"``), or ``None``."""
+    for name, config in VARIANTS.items():
+        if (config.patch_size, config.num_blocks, config.hidden_dim) == (
+                architecture.patch_size, architecture.num_blocks, architecture.hidden_dim):
+            return name
+    return None
+
+
+def model_name(variant):
+    """Default model name of a variant, e.g. ``"mixer_b16"``."""
+    return "mixer_" + str(variant).lower().replace("/", "")
+
+
+def token_grid(image_shape, patch_size):
+    """Validate an ``(H, W, channels)`` shape; return the token grid ``(H/P, W/P)``."""
+    image_shape = tuple(image_shape)
+    if len(image_shape) != 3:
+        raise ValueError(
+            f"Mixer expects images of shape (height, width, channels); got a "
+            f"shape of rank {len(image_shape)}: {image_shape}."
+        )
+    height, width, _ = image_shape
+    if height is None or width is None:
+        raise ValueError(
+            "Mixer needs a fixed image height and width (the token-mixing MLP "
+            f"depends on the number of patches); got {image_shape}."
+        )
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"Image size {height}x{width} is not divisible by the patch size "
+            f"{patch_size}: both height and width must be multiples of it."
+        )
+    return height // patch_size, width // patch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a Mixer model: architecture, input, head, GELU form, image policy.
+
+    The fields are the constructor arguments of ``keras_mixer.MlpMixer`` (with
+    ``image_shape`` for ``input_shape``); ``MlpMixer.get_config()`` returns them
+    and ``model.config`` is this object. Loading, export, resolution transfer,
+    FLOPs, evaluation and visualization all read it.
+    """
+
+    patch_size: int
+    num_blocks: int
+    hidden_dim: int
+    tokens_mlp_dim: int
+    channels_mlp_dim: int
+    image_shape: tuple = (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE, 3)
+    include_top: bool = True
+    num_classes: int = 1000
+    classifier_activation: str = "softmax"
+    pooling: str = None
+    include_preprocessing: bool = True
+    approximate_gelu: bool = True
+    layer_norm_epsilon: float = LAYER_NORM_EPSILON
+    drop_path_rate: float = 0.0
+    dropout: float = 0.0
+    # Evaluation and serving center-crop this fraction of the shorter side before resizing
+    # (keras_mixer.images); stored here so that it travels with the model into its exports.
+    crop_fraction: float = 1.0
+    name: str = "mlp_mixer"
+
+    def __post_init__(self):
+        for field in ARCHITECTURE_FIELDS:
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}.")
+        object.__setattr__(self, "image_shape", tuple(
+            None if d is None else int(d) for d in self.image_shape))
+        token_grid(self.image_shape, self.patch_size)
+        if self.include_top and (not isinstance(self.num_classes, int) or self.num_classes < 1):
+            raise ValueError(
+                f"include_top=True needs num_classes >= 1, got num_classes={self.num_classes!r}."
+            )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be None, 'avg' or 'max', got {self.pooling!r}.")
+        for field in ("drop_path_rate", "dropout"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise ValueError(f"{field} must be in [0, 1), got {getattr(self, field)}.")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}.")
+
+    @property
+    def architecture(self):
+        """The :class:`MixerConfig` part."""
+        return MixerConfig(**{field: getattr(self, field) for field in ARCHITECTURE_FIELDS})
+
+    @property
+    def variant(self):
+        """The paper variant (``"B/16"``) of this patch, depth and width, or ``None``."""
+        return variant_of(self)
+
+    @property
+    def image_size(self):
+        """``(height, width)``."""
+        return self.image_shape[0], self.image_shape[1]
+
+    @property
+    def grid(self):
+        """The token grid ``(H/P, W/P)``."""
+        return token_grid(self.image_shape, self.patch_size)
+
+    @property
+    def outputs_probabilities(self):
+        """Whether the model ends in a softmax (else logits, or features without a head)."""
+        return self.include_top and self.classifier_activation == "softmax"
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_kwargs(self):
+        """``MlpMixer`` constructor arguments (``input_shape`` for ``image_shape``)."""
+        kwargs = dataclasses.asdict(self)
+        kwargs["input_shape"] = kwargs.pop("image_shape")
+        return kwargs
+
+    @classmethod
+    def from_kwargs(cls, **kwargs):
+        """The inverse of :meth:`to_kwargs`; ``input_shape=None`` means 224x224x3."""
+        kwargs = dict(kwargs)
+        input_shape = kwargs.pop("input_shape", None)
+        if input_shape is not None:
+            kwargs["image_shape"] = tuple(input_shape)
+        return cls(**kwargs)
+
+
+def flops(config, image_size=224, num_classes=1000, channels=3):
+    """Forward-pass FLOPs per image of a Mixer (a multiply-add counts as 2 FLOPs).
+
+    Counts the matrix products, which are all but ~1% of the work: the stem
+    projection, the two token-mixing and two channel-mixing products of every
+    block, and the head (``num_classes=0`` for none). LayerNorm, GELU, biases
+    and residual adds are left out. Mixer-B/16 at 224: ~25.2 GFLOP.
+
+    Args:
+        config: a :class:`MixerConfig`, a :class:`ModelConfig` (its own image
+            size and head are used), a dict of architecture fields, or a
+            variant name such as ``"B/16"``.
+        image_size: ``H`` (square) or ``(H, W)``.
+    """
+    if isinstance(config, ModelConfig):
+        image_size = config.image_size
+        num_classes = config.num_classes if config.include_top else 0
+        channels = config.image_shape[2]
+    config = as_architecture(config)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    patch = config.patch_size
+    if height % patch or width % patch:
+        raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {patch}.")
+    tokens = (height // patch) * (width // patch)
+    width_c = config.hidden_dim
+    stem = tokens * patch * patch * channels * width_c
+    token_mixing = 2 * width_c * tokens * config.tokens_mlp_dim
+    channel_mixing = 2 * tokens * width_c * config.channels_mlp_dim
+    head = width_c * num_classes
+    return 2 * (stem + config.num_blocks * (token_mixing + channel_mixing) + head)
+
+
+def as_architecture(config):
+    """A :class:`MixerConfig` from a MixerConfig, ModelConfig, dict or variant name."""
+    if isinstance(config, MixerConfig):
+        return config
+    if isinstance(config, ModelConfig):
+        return config.architecture
+    if isinstance(config, dict):
+        return MixerConfig(**{k: config[k] for k in ARCHITECTURE_FIELDS})
+    return VARIANTS[canonical_variant(config)]

@@ -1,0 +1,52 @@
+"""ONNX files (Keras' exporter via ``tf2onnx``), checked with ``onnxruntime`` when it is installed."""
+
+import importlib.util
+import os
+
+import numpy as np
+
+from keras_mixer.deploy import runner, signatures
+from keras_mixer.files import atomic_output
+
+
+def export_onnx(model, export_dir="saved_models", name="mixer", tolerance=1e-4):
+    """Export a Mixer to ``<export_dir>/<name>.onnx``.
+
+    The graph has the exported interface: ``images`` ``(batch, H, W, 3)`` float32
+    0-255 at the model size in, probabilities out. Needs the ``onnx`` extra
+    (``onnx``, ``tf2onnx``; ``onnxruntime`` for the check).
+
+    Returns:
+        ``{"path", "size_bytes", "max_abs_diff"}`` (``max_abs_diff`` is ``None``
+        without onnxruntime).
+    """
+    return runner.on_tensorflow("keras_mixer.deploy.onnx:write_onnx", model,
+                                export_dir=export_dir, name=name, tolerance=tolerance)
+
+
+def write_onnx(model, export_dir, name, tolerance=1e-4):
+    """The conversion itself (TensorFlow backend)."""
+    import tensorflow as tf
+
+    if importlib.util.find_spec("tf2onnx") is None:
+        raise ImportError("ONNX export needs tf2onnx and onnx: pip install 'keras-mixer[onnx]'.")
+    height, width = model.config.image_size
+    served = signatures.probability_model(model)
+    os.makedirs(export_dir, exist_ok=True)
+    final = os.path.join(export_dir, f"{name}.onnx")
+    with atomic_output(final) as tmp:
+        served.export(tmp, format="onnx", verbose=False, input_signature=[
+            tf.TensorSpec((None, height, width, 3), tf.float32, name=signatures.IMAGES_INPUT)])
+        max_diff = None
+        if importlib.util.find_spec("onnxruntime") is not None:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+            images = np.random.default_rng(0).integers(0, 256, (4, height, width, 3)).astype("float32")
+            got = session.run(None, {session.get_inputs()[0].name: images})[0]
+            max_diff = float(np.max(np.abs(got - signatures.keras_probabilities(model, images))))
+            if not max_diff <= tolerance:
+                raise RuntimeError(f"ONNX model differs from Keras by {max_diff:.3g} (> {tolerance}).")
+    print(f"Exported ONNX {final}; max |ONNX - Keras| = "
+          + ("not checked (no onnxruntime)" if max_diff is None else f"{max_diff:.2e}"))
+    return dict(path=final, size_bytes=os.path.getsize(final), max_abs_diff=max_diff)

@@ -1,0 +1,146 @@
+"""TF Serving SavedModels: ``<export_dir>/<name>/<version>/``, published atomically, checked first.
+
+A version is written under a dot-name (``.tmp-*``, which TF Serving's poller
+ignores), reloaded with plain TensorFlow and compared with the Keras model
+through both signatures, and only then renamed into place.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from keras_mixer.deploy import runner, signatures
+from keras_mixer.deploy.signatures import SERVING_BYTES, SERVING_DEFAULT
+
+REPORT_FILE = os.path.join("assets.extra", "export_report.json")
+
+
+def export_saved_model(model, export_dir="saved_models", name="mixer", version=None,
+                       labels=None, top_k=5, tolerance=1e-4):
+    """Export a Mixer as a TF Serving SavedModel ``<export_dir>/<name>/<version>/``.
+
+    Args:
+        model: a ``.keras`` file saved on any backend (or, under the
+            TensorFlow backend, an ``MlpMixer``).
+        export_dir: base directory of the served models.
+        name: model name (TF Serving's ``model_name``).
+        version: integer version; default the next free one.
+        labels: class names (list of strings, or a text file with one per
+            line); adds ``top_k_labels`` to the outputs.
+        top_k: number of top classes returned.
+        tolerance: largest accepted difference between the reloaded SavedModel
+            and the Keras model on sample inputs.
+
+    Returns:
+        The path of the new version directory. The check's numbers are in its
+        ``assets.extra/export_report.json`` (ignored by TF Serving).
+    """
+    if version is not None and os.path.exists(os.path.join(export_dir, name, str(int(version)))):
+        raise FileExistsError(
+            f"Version directory already exists: {os.path.join(export_dir, name, str(version))}")
+    report = runner.on_tensorflow(
+        "keras_mixer.deploy.saved_model:write_saved_model", model, export_dir=export_dir,
+        name=name, version=version, labels=read_labels(labels), top_k=top_k, tolerance=tolerance)
+    return report["path"]
+
+
+def read_labels(labels):
+    """Class names from a list or a text file (one per line); ``None`` stays ``None``."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        with open(labels, encoding="utf-8") as f:
+            labels = [line.rstrip("\r\n") for line in f if line.strip()]
+    labels = [str(label) for label in labels]
+    if any("\n" in label or "\r" in label for label in labels):
+        raise ValueError("Labels must not contain line breaks.")
+    return labels
+
+
+def next_version(base_dir):
+    """The next free integer version under ``base_dir`` (1 when empty)."""
+    if not os.path.isdir(base_dir):
+        return 1
+    versions = [int(entry) for entry in os.listdir(base_dir) if entry.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=5,
+                      tolerance=1e-4):
+    """The export itself (TensorFlow backend); returns the check's report with ``path``."""
+    import keras
+    import tensorflow as tf
+
+    base = os.path.join(export_dir, name)
+    os.makedirs(base, exist_ok=True)
+    version = next_version(base) if version is None else int(version)
+    final = os.path.join(base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"Version directory already exists: {final}")
+    classify, decode, table = signatures.serving_functions(model, labels, top_k)
+    # A dot-name is not an integer: TF Serving's poller ignores it until the rename.
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        if table is not None:
+            archive.track(table)
+        archive.add_endpoint(SERVING_DEFAULT, classify, input_signature=[
+            tf.TensorSpec((None, None, None, 3), tf.float32, name=signatures.IMAGES_INPUT)])
+        archive.add_endpoint(SERVING_BYTES, decode, input_signature=[
+            tf.TensorSpec((None,), tf.string, name=signatures.BYTES_INPUT)])
+        archive.write_out(tmp, verbose=False)
+        report = check_saved_model(tmp, model, labels, top_k)
+        if not report["max_abs_diff"] <= tolerance:  # also refuses NaN
+            raise RuntimeError(
+                f"Exported SavedModel differs from the Keras model by {report['max_abs_diff']:.3g} "
+                f"(> tolerance {tolerance}); not publishing it."
+            )
+        report.update(name=name, version=version, keras_version=keras.__version__,
+                      tensorflow_version=tf.__version__, crop_fraction=model.config.crop_fraction,
+                      exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+            json.dump(report, f, indent=2)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"Exported SavedModel {final} (signatures {SERVING_DEFAULT}, {SERVING_BYTES}); "
+          f"max |SavedModel - Keras| = {report['max_abs_diff']:.2e}")
+    report["path"] = final
+    return report
+
+
+def check_saved_model(path, model, labels, top_k, num_images=4, seed=0):
+    """Reload with plain TensorFlow and compare both signatures with the Keras model."""
+    import tensorflow as tf
+
+    height, width = model.config.image_size
+    images = np.random.default_rng(seed).integers(0, 256, (num_images, height, width, 3)).astype("float32")
+    expected = signatures.keras_probabilities(model, images)
+    loaded = tf.saved_model.load(path, tags=["serve"])
+    from_arrays = loaded.signatures[SERVING_DEFAULT](images=tf.constant(images))
+    encoded = tf.stack([tf.io.encode_png(tf.constant(image, tf.uint8)) for image in images])
+    from_bytes = loaded.signatures[SERVING_BYTES](image_bytes=encoded)
+    diffs = [float(np.max(np.abs(out["probabilities"].numpy() - expected)))
+             for out in (from_arrays, from_bytes)]
+    if not np.all(np.isfinite(expected)):
+        raise RuntimeError("The Keras model's outputs are not finite (NaN or Inf weights?); "
+                           "not publishing it.")
+    k = min(top_k, expected.shape[-1])
+    top = np.argsort(-expected, axis=-1)[:, :1]
+    if not np.array_equal(from_arrays["top_k_classes"].numpy()[:, :1], top):
+        raise RuntimeError("Exported SavedModel's top class differs from the Keras model's.")
+    if labels is not None:
+        got = from_arrays["top_k_labels"].numpy()[:, 0].astype(str)
+        if list(got) != [labels[i] for i in top[:, 0]]:
+            raise RuntimeError("Exported SavedModel's top_k_labels do not match the labels.")
+    return dict(max_abs_diff=max(diffs), max_abs_diff_images=diffs[0], max_abs_diff_bytes=diffs[1],
+                top_k=k, num_classes=int(expected.shape[-1]), labels=labels is not None,
+                signatures=sorted(loaded.signatures.keys()))

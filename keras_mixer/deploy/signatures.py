@@ -1,0 +1,101 @@
+"""What an exported Mixer looks like from outside: signature and tensor names, and the
+serving functions that implement them (TensorFlow), shared by the exporters and the clients.
+
+Signatures (TF Serving, tag ``serve``):
+
+* ``serving_default``: ``images`` float32 ``(batch, H, W, 3)`` pixels in 0-255,
+  any ``H, W``;
+* ``serving_bytes``: ``image_bytes`` string ``(batch,)`` of encoded JPEG/PNG/GIF/BMP.
+
+Both prepare pixels by the image policy (:mod:`keras_mixer.images`, with the
+model's ``crop_fraction``) and return ``probabilities`` ``(batch, classes)``,
+``top_k_classes`` (int32) and ``top_k_scores`` ``(batch, k)``, plus
+``top_k_labels`` (string) when labels are known.
+"""
+
+import os
+import tempfile
+
+SERVING_DEFAULT = "serving_default"
+SERVING_BYTES = "serving_bytes"
+IMAGES_INPUT = "images"
+BYTES_INPUT = "image_bytes"
+OUTPUTS = ("probabilities", "top_k_classes", "top_k_scores", "top_k_labels")
+
+
+def probability_model(model):
+    """``model`` with the exported interface: 0-255 pixels in, probabilities out (a ``keras.Model``).
+
+    Adds the 0-255 -> [-1, 1] scaling for models built with
+    ``include_preprocessing=False`` and a softmax for models ending in logits.
+    """
+    import keras
+
+    config = model.config
+    if config.include_preprocessing and config.outputs_probabilities:
+        return model
+    if not config.include_top:
+        raise ValueError(f"Model {model.name!r} has no classification head (include_top=False): "
+                         "nothing to serve.")
+    inputs = keras.Input(config.image_shape, name=IMAGES_INPUT)
+    x = inputs if config.include_preprocessing else keras.layers.Rescaling(1 / 127.5, -1.0)(inputs)
+    x = model(x)
+    if not config.outputs_probabilities:
+        x = keras.layers.Softmax(dtype="float32")(x)
+    return keras.Model(inputs, x, name=f"{model.name}_probabilities")
+
+
+def keras_probabilities(model, images, batch_size=32):
+    """What the serving signatures compute, from the Keras model, for images at its size."""
+    import numpy as np
+
+    return np.asarray(probability_model(model).predict(images, batch_size=batch_size, verbose=0),
+                      dtype="float64")
+
+
+def serving_functions(model, labels=None, top_k=5):
+    """``(classify, decode, table)``: the two signature functions and the labels table (TensorFlow)."""
+    import tensorflow as tf
+
+    from keras_mixer import images as image_policy
+
+    config = model.config
+    size, crop = config.image_size, config.crop_fraction
+    probabilities_of = probability_model(model)
+    num_classes = config.num_classes
+    k = min(top_k, num_classes)
+    table = None
+    if labels is not None:
+        if len(labels) != num_classes:
+            raise ValueError(f"Got {len(labels)} labels for {num_classes} classes.")
+        labels_file = os.path.join(tempfile.mkdtemp(prefix="keras_mixer_labels_"), "labels.txt")
+        with open(labels_file, "w", encoding="utf-8") as f:
+            f.writelines(label + "\n" for label in labels)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                labels_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                tf.string, tf.lookup.TextFileIndex.WHOLE_LINE),
+            default_value="")
+
+    def outputs_for(prepared):
+        probabilities = tf.cast(probabilities_of(prepared, training=False), tf.float32)
+        scores, classes = tf.math.top_k(probabilities, k=k)
+        outputs = {"probabilities": probabilities, "top_k_classes": classes, "top_k_scores": scores}
+        if table is not None:
+            outputs["top_k_labels"] = table.lookup(tf.cast(classes, tf.int64))
+        return outputs
+
+    def classify(images):
+        tf.debugging.assert_positive(tf.shape(images)[0], message="empty batch: send at least one image")
+        images = tf.cast(images, tf.float32)
+        tf.debugging.assert_all_finite(images, "images contain NaN or Inf: send pixels in 0-255")
+        prepared = image_policy.resize(images, size, crop)
+        return outputs_for(tf.ensure_shape(prepared, (None,) + tuple(size) + (3,)))
+
+    def decode(image_bytes):
+        tf.debugging.assert_positive(tf.size(image_bytes), message="empty batch: send at least one image")
+        prepared = tf.map_fn(lambda data: image_policy.prepare(data, size, crop), image_bytes,
+                             fn_output_signature=tf.TensorSpec(tuple(size) + (3,), tf.float32))
+        return outputs_for(prepared)
+
+    return classify, decode, table

@@ -1,0 +1,56 @@
+"""Process start-up settings of the command line, applied before Keras or TensorFlow load.
+
+Keras fixes its backend, and TensorFlow its C++ logging, when they are first
+imported, which ``keras_mixer/__init__`` does. So ``keras_mixer/__init__`` calls
+:func:`apply` first: in a process started as a keras-mixer command (the
+``keras-mixer`` console script, or a ``scripts/*.py`` shim, which sets
+``KERAS_MIXER_COMMAND``) it applies ``--backend`` and ``--cpu-devices`` and
+silences TensorFlow's and absl's start-up logs unless ``--verbose`` is given.
+Imported as a library, keras-mixer changes nothing. Standard library only.
+"""
+
+import os
+import sys
+
+CONSOLE_SCRIPT = "keras-mixer"
+COMMAND_VARIABLE = "KERAS_MIXER_COMMAND"
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+def is_command(argv0=None):
+    """Whether this process was started as a keras-mixer command."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    return bool(os.environ.get(COMMAND_VARIABLE)) or os.path.basename(argv0) == CONSOLE_SCRIPT
+
+
+def _option(argv, name):
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in ``argv`` (last one wins), else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def apply(argv=None):
+    """Apply the command line's start-up settings (see the module docstring); idempotent."""
+    if not is_command():
+        return
+    argv = sys.argv[1:] if argv is None else argv
+    command = os.environ.get(COMMAND_VARIABLE) or (argv[0] if argv else "")
+    backend = _option(argv, "--backend")
+    if backend in BACKENDS:
+        os.environ["KERAS_BACKEND"] = backend
+    elif command == "export":  # exports are built by TensorFlow: no subprocess needed then
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    devices = _option(argv, "--cpu-devices")
+    if devices and devices.isdigit() and int(devices) > 1:
+        flag = f"--xla_force_host_platform_device_count={devices}"
+        if flag not in os.environ.get("XLA_FLAGS", ""):  # JAX fixes its device count at import
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    if "--verbose" not in argv:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR lines
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")

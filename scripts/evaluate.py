@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""`python scripts/evaluate.py ARGS` is `keras-mixer evaluate ARGS`; see `--help`."""
+
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ["KERAS_MIXER_COMMAND"] = "evaluate"  # start-up settings before Keras loads (keras_mixer.startup)
+    from keras_mixer.cli import main
+
+    sys.exit(main(sys.argv[1:], command="evaluate", prog="evaluate.py"))

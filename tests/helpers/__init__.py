@@ -1,0 +1,1 @@
+"""Shared test code: the tiny model, the NumPy reference, the stand-in server, process helpers."""

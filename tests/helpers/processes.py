@@ -1,0 +1,32 @@
+"""Starting test workers (``tests/workers``) under another backend or as parallel processes."""
+
+import os
+import subprocess
+import sys
+
+from keras_mixer import backend
+
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(TESTS)
+
+
+def run_worker(backend_name, function, *args, **kwargs):
+    """``function`` (``"workers.module:name"``) called under ``backend_name`` in a subprocess."""
+    return backend.run_under(backend_name, function, *args, pythonpath=[TESTS], **kwargs)
+
+
+def worker_env(backend_name, **extra):
+    """The environment of a worker process: backend, imports of keras_mixer and ``tests/``."""
+    return backend.environment(backend_name, pythonpath=[TESTS], extra=extra)
+
+
+def start_module(module, args, env, **popen_kwargs):
+    """``python -m module args`` (a worker, or a keras-mixer module) as a ``Popen``."""
+    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], env=env, cwd=ROOT,
+                            **popen_kwargs)
+
+
+def run_script(name, args, env=None, **kwargs):
+    """``python scripts/NAME ARGS`` as a user runs it; returns the ``CompletedProcess``."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *map(str, args)],
+                          env=env, capture_output=True, text=True, cwd=ROOT, **kwargs)

@@ -1,0 +1,1 @@
+"""Code that tests start in other processes (under another backend, or several at once)."""
