@@ -26,7 +26,14 @@ def start_module(module, args, env, **popen_kwargs):
                             **popen_kwargs)
 
 
-def run_script(name, args, env=None, **kwargs):
-    """``python scripts/NAME ARGS`` as a user runs it; returns the ``CompletedProcess``."""
+def run_script(name, args, backend_name=None, env=None, **kwargs):
+    """``python scripts/NAME ARGS`` as a user runs it; returns the ``CompletedProcess``.
+
+    Runs under ``backend_name`` (default: this process's backend), importing this
+    checkout's ``keras_mixer``.
+    """
+    import keras
+
+    env = env or worker_env(backend_name or keras.backend.backend())
     return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *map(str, args)],
                           env=env, capture_output=True, text=True, cwd=ROOT, **kwargs)
