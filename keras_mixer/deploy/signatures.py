@@ -16,6 +16,8 @@ model's ``crop_fraction``) and return ``probabilities`` ``(batch, classes)``,
 import os
 import tempfile
 
+from keras_mixer import images as image_policy
+
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
 IMAGES_INPUT = "images"
@@ -56,8 +58,6 @@ def keras_probabilities(model, images, batch_size=32):
 def serving_functions(model, labels=None, top_k=5):
     """``(classify, decode, table)``: the two signature functions and the labels table (TensorFlow)."""
     import tensorflow as tf
-
-    from keras_mixer import images as image_policy
 
     config = model.config
     size, crop = config.image_size, config.crop_fraction
