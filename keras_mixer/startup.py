@@ -6,7 +6,7 @@ imported, which ``keras_mixer/__init__`` does. So ``keras_mixer/__init__`` calls
 ``keras-mixer`` console script, or a ``scripts/*.py`` shim, which sets
 ``KERAS_MIXER_COMMAND``) it applies ``--backend`` and ``--cpu-devices`` and
 silences TensorFlow's and absl's start-up logs unless ``--verbose`` is given.
-Imported as a library, keras-mixer changes nothing. Standard library only.
+Imported as a library, keras-mixer changes nothing.
 """
 
 import os
@@ -53,4 +53,27 @@ def apply(argv=None):
     if "--verbose" not in argv:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR lines
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        _import_quietly("tensorflow")
+
+
+def _import_quietly(module):
+    """Import ``module`` with the process's stderr (fd 2) closed off.
+
+    TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA stubs, "All log
+    messages before absl::InitializeLog()") from C++ before any log level
+    applies; they all come while it is imported. Python errors still show: the
+    real stderr is back before an exception leaves this function.
+    """
+    import importlib
+
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pass  # not installed: whoever needs it reports that
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

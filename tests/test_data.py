@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from helpers.tiny import SHARED_DATA
 from keras_mixer import data
+from keras_mixer import images as image_policy
 
 CIFAR_TAR = os.path.join(SHARED_DATA, "cifar10-jpg", "cifar10-jpg.tar.gz")
 
@@ -120,9 +121,13 @@ def test_image_folder_source(tmp_path):
     test_images, test_labels = first_batch(
         data.make_dataset(data.load_source(root, "test"), 4, 16, training=False))
     np.testing.assert_array_equal(test_labels.argmax(-1), [0, 0, 1, 1])  # eval keeps file order
-    decoded = tf.io.decode_image(tf.io.read_file(os.path.join(root, "test", "cat", "0.jpg")))
-    np.testing.assert_allclose(test_images[0], tf.image.resize(tf.cast(decoded, tf.float32),
-                                                               (16, 16)).numpy(), atol=1e-3)
+    # Evaluation prepares a file exactly as the image policy (and so the serving signatures) do.
+    path = os.path.join(root, "test", "cat", "0.jpg")
+    np.testing.assert_allclose(test_images[0], image_policy.load_files([path], (16, 16))[0], atol=1e-4)
+    cropped = first_batch(data.make_dataset(data.load_source(root, "test"), 4, 16, training=False,
+                                            crop_fraction=0.5))[0]
+    np.testing.assert_allclose(cropped[0], image_policy.load_files([path], (16, 16), 0.5)[0], atol=1e-4)
+    assert not np.allclose(cropped[0], test_images[0], atol=1.0)
 
 
 def test_folder_without_splits_holds_out_every_tenth_image(tmp_path):
