@@ -9,7 +9,7 @@ import keras
 import keras_mixer
 from keras_mixer import MlpMixer
 
-# Paper Table 1 / reference.md section 2, at 224x224 with a 1000-class head.
+# Paper Table 1 architectures, counted at 224x224 with a 1000-class head.
 PARAM_COUNTS = {
     "S/32": 19_104_624,
     "S/16": 18_528_264,

@@ -9,7 +9,7 @@ from keras_mixer.checkpoints import presets
 
 GCS = "https://storage.googleapis.com/mixer_models/"
 TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-tresnet/"
-# Written out by hand from reference.md section 3 and timm's mlp_mixer.py.
+# Written out by hand from the vision_transformer README (gs://mixer_models) and timm's mlp_mixer.py.
 EXPECTED = {
     ("B/16", "imagenet1k"): (GCS + "imagenet1k/Mixer-B_16.npz", "imagenet1k_Mixer-B_16.npz", 1000),
     ("L/16", "imagenet1k"): (GCS + "imagenet1k/Mixer-L_16.npz", "imagenet1k_Mixer-L_16.npz", 1000),

@@ -1,7 +1,7 @@
 """An independent NumPy implementation of the official MLP-Mixer forward pass.
 
-Written from the paper and ``vit_jax/models_mixer.py`` semantics (reference.md
-section 1), in float64, on a flat dict keyed like the official ``.npz`` files.
+Written from the paper (Tolstikhin et al., 2021, Sec. 2 and Fig. 1) and the semantics
+of ``vit_jax/models_mixer.py`` (google-research/vision_transformer), in float64, on a flat dict keyed like the official ``.npz`` files.
 """
 
 import math
