@@ -379,7 +379,7 @@ def train(config, callbacks=(), distribution=None):
     verbose = config.progress if config.progress == "auto" else int(config.progress)
     model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps,
               validation_data=test_data, callbacks=own + list(callbacks),
-              verbose=verbose if chief else 0)
+              verbose=verbose if chief else 0, shuffle=False)  # tf.data shuffles already
 
     # fit() has swapped in the EMA weights (if any): save and evaluate those.
     results = model.evaluate(test_data, return_dict=True, verbose=0)
