@@ -90,7 +90,8 @@ class TrainConfig:
     progress: str = _field("auto", "Keras progress display: auto, 0 (none), 1 (bar), 2 (a line per epoch)")
     export: bool = _field(True, "export the final model to saved_models/")
     export_dir: str = _field("saved_models", "export directory")
-    export_name: str = _field(None, "export name (default: mixer_<data>)")
+    export_name: str = _field("mixer", "served model name: saved_models/NAME/VERSION (TF Serving, "
+                                       "serving/models.config and keras-mixer predict use 'mixer')")
 
     def augmentation(self):
         return data.Augmentation(
@@ -309,7 +310,7 @@ def plot_history(csv_path, png_path):
 
 def export_model(model_path, config, class_names):
     """Export the saved model to ``<export_dir>/<name>/<version>/`` for TF Serving."""
-    name = config.export_name or "mixer_" + os.path.basename(os.path.normpath(config.data))
+    name = config.export_name
     return deploy.export_saved_model(model_path, export_dir=config.export_dir, name=name,
                               labels=class_names)
 

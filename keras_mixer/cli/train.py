@@ -2,7 +2,8 @@
 
 With no arguments this is the main job: a small Mixer on scikit-learn's bundled
 digits (offline, real data) on the CPU, >= 95% test accuracy in a few minutes,
-saved under runs/main/ and exported to saved_models/mixer_digits/. Re-running a
+saved under runs/main/ and exported to saved_models/mixer/ (the name that
+`keras-mixer serve` and `keras-mixer predict` use by default). Re-running a
 command resumes its run directory. Examples:
 
   keras-mixer train                                     # main job (= python scripts/train.py)
