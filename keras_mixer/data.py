@@ -104,7 +104,9 @@ def digits_source(split="train", shard=(1, 0), test_fraction=0.2, seed=0):
     return Source(dataset, _shard_count(len(labels), shard), [str(i) for i in range(10)])
 
 
-def _split_root(root, split):
+def split_root(root, split):
+    """``(folder, held_out)``: the ``split`` folder of ``root`` (``test`` also as ``val``/``validation``),
+    or ``(root, True)`` when the class folders lie directly under ``root``."""
     for alias in SPLIT_ALIASES.get(split, (split,)):
         if os.path.isdir(os.path.join(root, alias)):
             return os.path.join(root, alias), False
@@ -137,8 +139,8 @@ def scan_folder(root):
 
 def folder_source(root, split="train", shard=(1, 0)):
     """Images in ``root/[split/]class_name/*``, decoded in parallel (RGB, uint8)."""
-    split_root, held_out = _split_root(root, split)
-    paths, labels, class_names = scan_folder(split_root)
+    folder, held_out = split_root(root, split)
+    paths, labels, class_names = scan_folder(folder)
     if held_out:
         keep = [(i % 10 == 9) == (split != "train") for i in range(len(paths))]
         paths = [p for p, k in zip(paths, keep) if k]
@@ -146,13 +148,18 @@ def folder_source(root, split="train", shard=(1, 0)):
     if split == "train":  # class-sorted files: mix them once, so a shuffle buffer sees every class
         order = np.random.default_rng(0).permutation(len(paths))
         paths, labels = [paths[i] for i in order], [labels[i] for i in order]
-    files = _shard(tf.data.Dataset.from_tensor_slices((paths, labels)), shard)
+    return files_source(paths, labels, class_names, shard)
+
+
+def files_source(paths, labels, class_names, shard=(1, 0)):
+    """Image files with their labels (indices into ``class_names``), decoded in parallel, in order."""
+    files = _shard(tf.data.Dataset.from_tensor_slices((list(paths), list(labels))), shard)
 
     def decode(path, label):
         return images.decode(tf.io.read_file(path)), label
 
     return Source(files.map(decode, num_parallel_calls=AUTOTUNE),
-                  _shard_count(len(paths), shard), class_names)
+                  _shard_count(len(paths), shard), list(class_names))
 
 
 def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
@@ -202,6 +209,11 @@ def _seeds(seed, rerandomize=True):
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize).batch(2)
 
 
+def _size_pair(size):
+    """``(height, width)`` of a side ``size`` or of a pair."""
+    return (size, size) if np.ndim(size) == 0 else tuple(size)
+
+
 def inception_crop(image, size, seed, min_area=0.08):
     """Random crop of 8%-100% area and 3/4-4/3 aspect ratio, resized to ``size`` (Szegedy et al.)."""
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -209,7 +221,7 @@ def inception_crop(image, size, seed, min_area=0.08):
         area_range=(min_area, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
         min_object_covered=0.0, max_attempts=10, use_image_if_no_bounding_boxes=True,
     )
-    return images.resize(tf.slice(image, begin, crop_size), (size, size))
+    return images.resize(tf.slice(image, begin, crop_size), _size_pair(size))
 
 
 def _beta(seed, alpha):
@@ -282,12 +294,12 @@ def rand_augment(ops=2, magnitude=10.0, seed=None):
 def make_dataset(source, batch_size, image_size, training, augment=Augmentation(), seed=0,
                  crop_fraction=1.0, shuffle_buffer=10_000, repeat=False, drop_remainder=None,
                  cache=None, pad_to_batch=False):
-    """Batches of ``(float32 images in [0, 255] (B, size, size, 3), one-hot labels (B, K))``.
+    """Batches of ``(float32 images in [0, 255] (B, height, width, 3), one-hot labels (B, K))``.
 
     Args:
         source: a :class:`Source` (see :func:`load_source`).
         batch_size: batch size of this pipeline (per process).
-        image_size: output side in pixels.
+        image_size: output side in pixels, or ``(height, width)``.
         training: shuffle and augment (else resize / center-crop only).
         augment: an :class:`Augmentation`.
         seed: fixes shuffling and every augmentation.
@@ -301,6 +313,7 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
             data-parallel devices while metrics count each real example once.
     """
     num_classes = source.num_classes
+    size = _size_pair(image_size)
     dataset = source.dataset
     if cache if cache is not None else source.num_examples < 60_000:
         dataset = dataset.cache()
@@ -314,22 +327,22 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         image, label = element
         image = tf.cast(image, tf.float32)
         if training and augment.inception_crop:
-            image = inception_crop(image, image_size, example_seed, augment.crop_min_area)
+            image = inception_crop(image, size, example_seed, augment.crop_min_area)
         elif training:
-            image = images.resize(image, (image_size, image_size))
+            image = images.resize(image, size)
         else:  # evaluation: exactly what the serving signatures do (keras_mixer.images)
-            image = images.resize(image, (image_size, image_size), crop_fraction)
+            image = images.resize(image, size, crop_fraction)
         if training and augment.flip:
             flip_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-        image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (image_size, image_size, 3))
+        image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), size + (3,))
         return image, tf.one_hot(label, num_classes, dtype=tf.float32)
 
     dataset = tf.data.Dataset.zip((dataset, _seeds(seed)))
     dataset = dataset.map(preprocess, num_parallel_calls=AUTOTUNE)
     if pad_to_batch:
         blanks = -source.num_examples % batch_size
-        blank = (tf.zeros((image_size, image_size, 3)), tf.one_hot(0, num_classes), 0.0)
+        blank = (tf.zeros(size + (3,)), tf.one_hot(0, num_classes), 0.0)
         dataset = dataset.map(lambda x, y: (x, y, 1.0)).concatenate(
             tf.data.Dataset.from_tensors(blank).repeat(blanks))
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None
