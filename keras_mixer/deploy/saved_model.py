@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from keras_mixer import images as image_policy
 from keras_mixer.deploy import runner, signatures
 from keras_mixer.deploy.signatures import SERVING_BYTES, SERVING_DEFAULT
 
@@ -121,9 +122,13 @@ def check_saved_model(path, model, labels, top_k, num_images=4, seed=0):
     """Reload with plain TensorFlow and compare both signatures with the Keras model."""
     import tensorflow as tf
 
-    height, width = model.config.image_size
+    config = model.config
+    height, width = config.image_size
     images = np.random.default_rng(seed).integers(0, 256, (num_images, height, width, 3)).astype("float32")
-    expected = signatures.keras_probabilities(model, images)
+    # Both signatures prepare every image by the policy: with crop_fraction < 1 they crop
+    # images that are already at the model's size too.
+    prepared = image_policy.resize(images, config.image_size, config.crop_fraction).numpy()
+    expected = signatures.keras_probabilities(model, prepared)
     loaded = tf.saved_model.load(path, tags=["serve"])
     from_arrays = loaded.signatures[SERVING_DEFAULT](images=tf.constant(images))
     encoded = tf.stack([tf.io.encode_png(tf.constant(image, tf.uint8)) for image in images])
