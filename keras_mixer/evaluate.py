@@ -1,0 +1,246 @@
+"""Accuracy of any artifact of ours on a labelled image folder, through the path it is used by.
+
+:func:`evaluate` takes
+
+- a ``.keras`` model: the training evaluation pipeline
+  (:func:`keras_mixer.data.make_dataset` with ``training=False``), then the model
+  with the exported interface (:func:`keras_mixer.deploy.signatures.probability_model`);
+- a TF Serving SavedModel (a version directory ``NAME/VERSION/``, or ``NAME/`` for
+  its highest version): the files' bytes through its ``serving_bytes`` signature,
+  loaded with plain TensorFlow, i.e. exactly what the server computes;
+- a ``.tflite`` file: the files prepared by :func:`keras_mixer.images.load_files`,
+  then the TFLite interpreter (:func:`keras_mixer.deploy.tflite.run_tflite`).
+
+All three prepare pixels by the one image policy (:mod:`keras_mixer.images`), so
+they agree image by image. The folder is ``root/<class>/<image>`` (every image is
+evaluated) or, when ``root`` has ``train``/``test`` splits, its ``test`` split
+(also ``val`` / ``validation``); classes are the sorted class folder names.
+"""
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_mixer import data as datasets
+from keras_mixer import images, models
+from keras_mixer.deploy import saved_model, signatures, tflite
+from keras_mixer.files import write_text
+
+KERAS, SAVED_MODEL, TFLITE = "keras", "saved_model", "tflite"
+CSV_HEADER = ("path", "label", "prediction", "score")
+TOP_K = 5
+TFLITE_CHUNK = 256  # images prepared at a time for the TFLite interpreter
+
+
+def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=print):
+    """Top-1 / top-5 accuracy of ``artifact`` on the labelled image folder ``data``.
+
+    Args:
+        artifact: a ``.keras`` file, a SavedModel directory (``NAME/VERSION`` or
+            ``NAME``) or a ``.tflite`` file.
+        data: ``root/<class>/<image>``, or a folder with a ``test`` split of those.
+        crop_fraction: central-square crop before resizing (:mod:`keras_mixer.images`).
+            Default: the ``.keras`` model's ``config.crop_fraction``; a SavedModel's
+            crop is baked into its signature (a different value is refused); a
+            ``.tflite`` file does not record one, so it must be given.
+        out: optional CSV path (written atomically): ``path,label,prediction,score``,
+            one row per image, class names, score = probability of the prediction.
+        batch_size: images per model call.
+        log: where the summary lines go (``None``: nowhere).
+
+    Returns:
+        A dict: ``top1``, ``top5``, ``num_images``, ``kind`` (``"keras"``,
+        ``"saved_model"`` or ``"tflite"``), ``artifact`` (the path evaluated),
+        ``crop_fraction``, ``class_names``, ``probabilities`` ``(n, classes)`` and
+        ``rows`` (one dict per image: ``path``, ``label``, ``prediction``, ``score``).
+    """
+    log = log or (lambda *_: None)
+    kind, path = artifact_kind(artifact)
+    if crop_fraction is not None and not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    folder, paths, labels, class_names = labelled_files(data)
+    run = {KERAS: _keras_probabilities, SAVED_MODEL: _saved_model_probabilities,
+           TFLITE: _tflite_probabilities}[kind]
+    log(f"evaluating {kind} {path} on {len(paths)} images of {len(class_names)} classes in {folder}")
+    probabilities, crop_fraction = run(path, paths, labels, class_names, crop_fraction, batch_size)
+    result = scores(probabilities, labels, paths, class_names)
+    result.update(kind=kind, artifact=path, crop_fraction=crop_fraction)
+    if out is not None:
+        write_predictions(out, result["rows"])
+        log(f"predictions: {out}")
+    log(summary_line(result))
+    return result
+
+
+def summary_line(result):
+    """``top-1 0.9650 top-5 1.0000 on 200 images``: the line scripts grep for."""
+    return f"top-1 {result['top1']:.4f} top-5 {result['top5']:.4f} on {result['num_images']} images"
+
+
+def artifact_kind(artifact):
+    """``(kind, path)`` of an artifact; a SavedModel ``NAME/`` resolves to its highest version."""
+    path = os.fspath(artifact)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Artifact not found: {path}")
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return KERAS, path
+    if os.path.isfile(path) and path.endswith(".tflite"):
+        return TFLITE, path
+    if os.path.isdir(path):
+        if _is_saved_model(path):
+            return SAVED_MODEL, path
+        versions = [int(entry) for entry in os.listdir(path)
+                    if entry.isdigit() and os.path.isdir(os.path.join(path, entry))]
+        if versions:
+            version_dir = os.path.join(path, str(max(versions)))
+            if not _is_saved_model(version_dir):
+                raise ValueError(f"Highest version {version_dir} of {path!r} is not a SavedModel "
+                                 "(no saved_model.pb).")
+            return SAVED_MODEL, version_dir
+    raise ValueError(
+        f"Cannot evaluate {path!r}: expected a .keras model file, a .tflite file, or a SavedModel "
+        "directory (NAME/VERSION with saved_model.pb, or NAME with integer versions).")
+
+
+def _is_saved_model(path):
+    return os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def labelled_files(root):
+    """``(folder, paths, labels, class_names)`` of every image of the folder to evaluate."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"Image folder not found: {root}")
+    folder, _ = datasets.split_root(root, "test")  # class folders directly under root: use them all
+    paths, labels, class_names = datasets.scan_folder(folder)
+    return folder, paths, labels, class_names
+
+
+def _check_classes(num_classes, class_names, what):
+    if num_classes != len(class_names):
+        raise ValueError(f"{what} has {num_classes} classes but the folder has {len(class_names)} "
+                         f"({', '.join(class_names)}).")
+
+
+def _keras_probabilities(path, paths, labels, class_names, crop_fraction, batch_size):
+    model = models.load_keras_file(path, compile=False)
+    config = model.config
+    crop_fraction = config.crop_fraction if crop_fraction is None else crop_fraction
+    probability_model = signatures.probability_model(model)
+    _check_classes(config.num_classes, class_names, f"Model {path}")
+    source = datasets.files_source(paths, labels, class_names)
+    dataset = datasets.make_dataset(source, batch_size, config.image_size, training=False,
+                                crop_fraction=crop_fraction, cache=False)
+    probabilities = probability_model.predict(dataset.map(lambda x, y: x), verbose=0)
+    return np.asarray(probabilities, dtype="float64"), crop_fraction
+
+
+def saved_model_crop_fraction(version_dir):
+    """The crop fraction baked into a SavedModel's signatures (its export report), or ``None``."""
+    report_path = os.path.join(version_dir, saved_model.REPORT_FILE)
+    if not os.path.isfile(report_path):
+        return None
+    with open(report_path) as f:
+        return json.load(f).get("crop_fraction")
+
+
+def _saved_model_probabilities(path, paths, labels, class_names, crop_fraction, batch_size):
+    baked = saved_model_crop_fraction(path)
+    if crop_fraction is not None and (baked is None or abs(crop_fraction - baked) > 1e-9):
+        recorded = (f"crops {baked}" if baked is not None else
+                    f"does not record its crop (no crop_fraction in {saved_model.REPORT_FILE})")
+        raise ValueError(
+            f"SavedModel {path} {recorded}: its crop is baked into its serving signature, so "
+            f"--crop-fraction {crop_fraction} cannot apply. Leave it out to evaluate the SavedModel "
+            "as it is served, or export the model again with the crop you want.")
+    labels_file = os.path.join(path, "assets", "labels.txt")
+    if os.path.isfile(labels_file):
+        _check_labels(saved_model.read_labels(labels_file), class_names, labels_file)
+    loaded = tf.saved_model.load(path, tags=["serve"])
+    if signatures.SERVING_BYTES not in loaded.signatures:
+        raise ValueError(f"SavedModel {path} has no {signatures.SERVING_BYTES!r} signature "
+                         f"(it has {', '.join(sorted(loaded.signatures))}).")
+    serve = loaded.signatures[signatures.SERVING_BYTES]
+    _check_classes(serve.structured_outputs["probabilities"].shape[-1], class_names,
+                   f"SavedModel {path}")
+    batches = []
+    for start in range(0, len(paths), batch_size):
+        encoded = tf.constant([_read_bytes(p) for p in paths[start:start + batch_size]])
+        batches.append(serve(**{signatures.BYTES_INPUT: encoded})["probabilities"].numpy())
+    return np.concatenate(batches).astype("float64"), baked
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _check_labels(model_labels, class_names, labels_file):
+    if model_labels == class_names:
+        return
+    missing = [name for name in model_labels if name not in class_names]
+    extra = [name for name in class_names if name not in model_labels]
+    details = []
+    if missing:
+        details.append(f"not in the folder: {', '.join(missing)}")
+    if extra:
+        details.append(f"not in the model: {', '.join(extra)}")
+    if not details:
+        details.append(f"same names in another order: model {', '.join(model_labels)}; "
+                       f"folder {', '.join(class_names)}")
+    raise ValueError(f"The model's classes ({labels_file}) differ from the folder's class "
+                     f"folders: {'; '.join(details)}.")
+
+
+def _tflite_probabilities(path, paths, labels, class_names, crop_fraction, batch_size):
+    if crop_fraction is None:
+        raise ValueError(
+            f"A .tflite file does not record the crop its model was evaluated with: pass "
+            f"--crop-fraction (the .keras model's config.crop_fraction; 1.0 for no crop) to "
+            f"evaluate {path}.")
+    interpreter = tf.lite.Interpreter(model_path=path)
+    input_shape = tuple(interpreter.get_input_details()[0]["shape"])
+    output_shape = tuple(interpreter.get_output_details()[0]["shape"])
+    if len(input_shape) != 4 or input_shape[0] != 1 or input_shape[3] != 3:
+        raise ValueError(f"TFLite model {path} takes input of shape {input_shape}; expected "
+                         "(1, height, width, 3) images.")
+    _check_classes(output_shape[-1], class_names, f"TFLite model {path}")
+    size = input_shape[1:3]
+    chunk = max(batch_size, TFLITE_CHUNK)  # run_tflite loads the file once per call
+    batches = []
+    for start in range(0, len(paths), chunk):
+        prepared = images.load_files(paths[start:start + chunk], size, crop_fraction)
+        batches.append(tflite.run_tflite(path, prepared)[0])
+    return np.concatenate(batches), crop_fraction
+
+
+def scores(probabilities, labels, paths, class_names):
+    """Top-1 / top-5 accuracy and one row per image from ``(n, classes)`` probabilities."""
+    probabilities = np.asarray(probabilities)
+    labels = np.asarray(labels)
+    predictions = probabilities.argmax(-1)
+    k = min(TOP_K, probabilities.shape[-1])
+    top_k = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+    rows = [dict(path=path, label=class_names[label], prediction=class_names[prediction],
+                 score=float(row[prediction]))
+            for path, label, prediction, row in zip(paths, labels, predictions, probabilities)]
+    return dict(top1=float(np.mean(predictions == labels)),
+                top5=float(np.mean((top_k == labels[:, None]).any(-1))),
+                num_images=len(labels), class_names=list(class_names),
+                probabilities=probabilities, rows=rows)
+
+
+def write_predictions(path, rows):
+    """The per-image CSV (``path,label,prediction,score``), written atomically."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    writer.writerows([row["path"], row["label"], row["prediction"], f"{row['score']:.6f}"]
+                     for row in rows)
+    return write_text(path, text.getvalue())
