@@ -1,9 +1,36 @@
-"""(placeholder: the evaluate command is being written)."""
+"""Evaluate a .keras model, a SavedModel or a .tflite file on a labelled image folder.
+
+Each artifact runs the way it is used: a .keras model through the training
+evaluation pipeline, a SavedModel through its serving_bytes signature (exactly
+what TF Serving computes), a .tflite file through the TFLite interpreter; all
+prepare pixels by the same image policy. FOLDER is FOLDER/<class>/<image>, or
+its test/ (val/, validation/) split when it has train/test splits. The last line
+printed is `top-1 X top-5 Y on N images`. Examples:
+
+  keras-mixer evaluate runs/main/model.keras --data photos/
+  keras-mixer evaluate saved_models/mixer_photos --data photos/ --out predictions.csv
+  keras-mixer evaluate saved_models/mixer.float32.tflite --data photos/ --crop-fraction 0.875
+
+--crop-fraction defaults to the .keras model's own (config.crop_fraction); a
+SavedModel's crop is baked into its signature (another value is an error); a
+.tflite file does not record one, so give it.
+"""
+
+from keras_mixer.evaluate import evaluate
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("artifact", help="a .keras file, a SavedModel directory (NAME/VERSION, or "
+                                         "NAME for its highest version) or a .tflite file")
+    parser.add_argument("--data", required=True, metavar="FOLDER",
+                        help="labelled images: FOLDER/<class>/<image>, or FOLDER/test/<class>/<image>")
+    parser.add_argument("--crop-fraction", type=float, default=None,
+                        help="central-square crop before resizing (default: the model's own)")
+    parser.add_argument("--out", metavar="CSV",
+                        help="write path,label,prediction,score per image to this CSV file")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default: 32)")
 
 
 def run(args):
-    raise SystemExit("keras-mixer evaluate: not implemented yet")
+    evaluate(args.artifact, args.data, crop_fraction=args.crop_fraction, out=args.out,
+             batch_size=args.batch_size)
