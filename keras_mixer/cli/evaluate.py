@@ -8,7 +8,7 @@ its test/ (val/, validation/) split when it has train/test splits. The last line
 printed is `top-1 X top-5 Y on N images`. Examples:
 
   keras-mixer evaluate runs/main/model.keras --data photos/
-  keras-mixer evaluate saved_models/mixer_photos --data photos/ --out predictions.csv
+  keras-mixer evaluate saved_models/mixer --data photos/ --out predictions.csv
   keras-mixer evaluate saved_models/mixer.float32.tflite --data photos/ --crop-fraction 0.875
 
 --crop-fraction defaults to the .keras model's own (config.crop_fraction); a
