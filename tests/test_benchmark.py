@@ -1,20 +1,31 @@
-"""The benchmark suite: FLOP counts, and the runner end to end on a tiny config (no timing asserts)."""
+"""The benchmark suites: specs, FLOP counts, reports, and tiny real runs end to end (no timing asserts)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers.processes import run_script
 from helpers.tiny import TINY
 
 import keras
 from keras_mixer import MlpMixer, benchmark
-from keras_mixer.models import MixerConfig
+from keras_mixer.backend import BackendCallError
+from keras_mixer.benchmark import exports, report
+from keras_mixer.cli import command_parser
+from keras_mixer.cli import benchmark as benchmark_cli
+from keras_mixer.config import MixerConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = MixerConfig(**TINY)
+TINY_ARGS = ",".join(str(TINY[k]) for k in ("patch_size", "num_blocks", "hidden_dim",
+                                            "tokens_mlp_dim", "channels_mlp_dim"))
+
+
+def tiny_spec(**kwargs):
+    return benchmark.BenchmarkSpec(TINY_CONFIG, **dict(dict(name="tiny", image_size=32), **kwargs))
+
+
+# --------------------------------------------------------------------------- FLOPs and specs
 
 
 def test_flops_b16_matches_paper_figure():
@@ -48,25 +59,30 @@ def test_flops_rejects_indivisible_image_size():
 @pytest.mark.parametrize(
     "kwargs, match",
     [(dict(batch_sizes=(0,)), "batch"), (dict(dtypes=("float16",)), "dtype"),
-     (dict(modes=("serving",)), "mode"), (dict(repeats=0), "repeats")],
+     (dict(modes=("serving",)), "mode"), (dict(repeats=0), "repeats"),
+     (dict(image_size=36), "divisible")],
 )
 def test_spec_rejects_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        benchmark.BenchmarkSpec(TINY_CONFIG, image_size=32, **kwargs)
+        tiny_spec(**kwargs)
 
 
-def test_run_rejects_unknown_backend():
-    with pytest.raises(ValueError, match="backend"):
-        benchmark.run(benchmark.BenchmarkSpec(TINY_CONFIG, image_size=32), backends=("mxnet",))
+def test_spec_json_round_trip():
+    spec = tiny_spec(dtypes=("bfloat16",))
+    assert benchmark.BenchmarkSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+# --------------------------------------------------------------------------- measurements
 
 
 def test_run_backend_in_process_reports_every_case():
-    spec = benchmark.BenchmarkSpec(TINY_CONFIG, name="tiny", image_size=32, batch_sizes=(2,),
-                                   repeats=1, warmup=1, peers=True)
+    spec = tiny_spec(batch_sizes=(2,), dtypes=("float32", "bfloat16"), repeats=1, warmup=1,
+                     peers=True)
     outcome = benchmark.run_backend(spec, log=lambda msg: None)
     assert outcome["backend"] == keras.backend.backend()
-    assert [(r["mode"], r["batch"]) for r in outcome["results"]] == [
-        ("inference", 2), ("training", 2)]
+    assert [(r["dtype"], r["mode"], r["batch"]) for r in outcome["results"]] == [
+        ("float32", "inference", 2), ("float32", "training", 2),
+        ("bfloat16", "inference", 2), ("bfloat16", "training", 2)]
     for result in outcome["results"]:
         assert "error" not in result, result
         assert result["img_per_s"] > 0 and result["matmul_gflops"] > 0
@@ -76,47 +92,119 @@ def test_run_backend_in_process_reports_every_case():
         if "peer" in result:
             assert result["peer"]["ratio"] == pytest.approx(
                 result["img_per_s"] / result["peer"]["img_per_s"])
+    assert "exports" not in outcome
     json.dumps(outcome)  # serializable
 
 
-def test_cli_quick_writes_json_and_markdown(tmp_path):
-    backend = keras.backend.backend()
-    out = tmp_path / "bench"
-    config = ",".join(str(TINY[k]) for k in ("patch_size", "num_blocks", "hidden_dim",
-                                            "tokens_mlp_dim", "channels_mlp_dim"))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick",
-         "--config", config, "--image-size", "32", "--backends", backend,
-         "--modes", "inference", "--warmup", "0", "--repeats", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"[{backend}] inference float32 batch 2" in proc.stdout  # progress output
-    report = json.loads((tmp_path / "bench.json").read_text())
-    assert report["spec"]["config"] == TINY
-    (result,) = report["results"]
-    assert result["backend"] == backend and result["img_per_s"] > 0
-    table = (tmp_path / "bench.md").read_text()
-    assert "| backend | device | mode |" in table
-    assert f"| {backend} |" in table
+def test_exports_measure_saved_model_and_tflite():
+    """`--exports`: SavedModel img/s and TFLite latency per mode, through keras_mixer.deploy."""
+    rows = exports.export_benchmark(TINY_CONFIG, image_size=32, batch_size=2,
+                                    log=lambda msg: None, modes=("float32",))
+    assert [row["artifact"] for row in rows] == ["saved_model", "tflite_float32"]
+    assert rows[0]["images_per_second"] > 0
+    assert rows[1]["latency_ms"] > 0 and rows[1]["max_abs_error"] < 1e-4
+    table = benchmark.markdown(dict(spec=tiny_spec().to_json(), host=benchmark.host_info(),
+                                    backends={"jax": {"exports": rows}}, results=[]))
+    assert "| jax | saved_model |" in table and "| jax | tflite_float32 |" in table
+
+
+def test_run_backend_with_exports_adds_them(monkeypatch):
+    calls = []
+
+    def fake_export_benchmark(config, image_size, batch_size, log):
+        calls.append((config, image_size, batch_size))
+        return [dict(artifact="saved_model", batch=batch_size, images_per_second=1.0)]
+
+    monkeypatch.setattr(exports, "export_benchmark", fake_export_benchmark)
+    spec = tiny_spec(batch_sizes=(3,), modes=("inference",), repeats=1, warmup=0, peers=False,
+                     exports=True)
+    outcome = benchmark.run_backend(spec, log=lambda msg: None)
+    assert calls == [(TINY_CONFIG, 32, 3)]
+    assert outcome["exports"][0]["artifact"] == "saved_model"
+
+
+# --------------------------------------------------------------------------- driver and reports
+
+
+def test_run_rejects_unknown_backend():
+    with pytest.raises(ValueError, match="backend"):
+        benchmark.run(tiny_spec(), backends=("mxnet",))
+
+
+def test_run_reports_a_failed_backend_and_goes_on(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run_under(backend, function, spec_json, **kwargs):
+        calls.append((backend, function))
+        if backend == "jax":
+            raise BackendCallError("boom", 1)
+        return dict(backend=backend, device="cpu", notes=["a note"],
+                    results=[dict(backend=backend, device="cpu", mode="inference",
+                                  dtype="float32", batch=2, error="ValueError: no kernel")])
+
+    monkeypatch.setattr(benchmark, "_run_under", fake_run_under)
+    result = benchmark.run(tiny_spec(), backends=("jax", "torch"), log=lambda msg: None,
+                           json_path=tmp_path / "r.json", markdown_path=tmp_path / "r.md")
+    assert calls == [("jax", benchmark.WORKERS["throughput"]),
+                     ("torch", benchmark.WORKERS["throughput"])]
+    assert result["backends"]["jax"] == {"error": "boom"}
+    assert not benchmark.succeeded(result)
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(result))
+    table = (tmp_path / "r.md").read_text()
+    assert "| torch | cpu | inference | float32 | 2 | error: ValueError: no kernel |" in table
+    assert "- jax: boom" in table and "- torch: a note" in table
+    assert sorted(os.listdir(tmp_path)) == ["r.json", "r.md"]  # atomic: no temporary files left
+
+
+def test_host_info_reads_cpu_model_and_features(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n"
+                       "flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16\n\n"
+                       "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
+    host = report.host_info(str(cpuinfo))
+    assert host["cpu"] == "Test CPU 9000"
+    assert host["cpu_features"] == {"AVX2": True, "AVX-512": True, "AVX512_BF16": True,
+                                    "AMX": False}
+    assert report.describe_host(host) == (
+        f"Test CPU 9000 ({os.cpu_count()} cores; AVX2, AVX-512, AVX512_BF16; no AMX)")
+    assert report.host_info(str(tmp_path / "missing"))["cpu_features"] is None
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_parses_arguments():
+    parser = command_parser("benchmark")
+    spec = benchmark_cli.spec_from_args(parser.parse_args(["--quick", "--config", TINY_ARGS,
+                                                           "--image-size", "32"]))
+    assert isinstance(spec, benchmark.BenchmarkSpec)
+    assert (spec.config, spec.batch_sizes, spec.repeats, spec.peers) == (TINY_CONFIG, (2,), 2,
+                                                                         False)
+    with pytest.raises(ValueError, match="five integers"):
+        benchmark_cli.spec_from_args(parser.parse_args(["--config", "8,2"]))
 
 
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.parse_args(["--help"])
+        command_parser("benchmark").parse_args(["--help"])
     assert exit_info.value.code == 0 and "--quick" in capsys.readouterr().out
 
 
-def test_exports_hook_measures_saved_model_and_tflite():
-    """`--exports`: SavedModel img/s and TFLite latency per mode, through keras_mixer.export."""
-    from keras_mixer import export
+def test_cli_quick_writes_json_and_markdown(tmp_path):
+    backend = keras.backend.backend()
+    proc = run_script("benchmark.py", [
+        "--quick", "--config", TINY_ARGS, "--image-size", "32", "--backends", backend,
+        "--modes", "inference", "--warmup", "0", "--repeats", "1", "--out", tmp_path / "bench"],
+        timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"[{backend}] inference float32 batch 2" in proc.stdout  # the worker's progress
+    assert proc.stdout.index(f"=== {backend}") < proc.stdout.index(f"[{backend}]")
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["spec"]["config"] == TINY and result["host"]["cpu"]
+    (row,) = result["results"]
+    assert row["backend"] == backend and row["img_per_s"] > 0
+    table = (tmp_path / "bench.md").read_text()
+    assert "| backend | device | mode |" in table and f"| {backend} |" in table
+    assert table in proc.stdout  # printed too
 
-    rows = export.benchmark(TINY_CONFIG, image_size=32, batch_size=2, log=lambda msg: None,
-                            modes=("float32",))
-    assert [row["artifact"] for row in rows] == ["saved_model", "tflite_float32"]
-    assert rows[0]["images_per_second"] > 0
-    assert rows[1]["latency_ms"] > 0 and rows[1]["max_abs_error"] < 1e-4
-    report = dict(spec=benchmark.BenchmarkSpec(TINY_CONFIG, name="tiny", image_size=32).to_json(),
-                  host=benchmark.host_info(), backends={"jax": {"exports": rows}}, results=[])
-    table = benchmark.markdown(report)
-    assert "| jax | saved_model |" in table and "| jax | tflite_float32 |" in table
+
