@@ -11,7 +11,7 @@ from helpers.tiny import TINY
 import keras
 from keras_mixer import MlpMixer, benchmark
 from keras_mixer.backend import BackendCallError
-from keras_mixer.benchmark import exports, report
+from keras_mixer.benchmark import exports, report, throughput
 from keras_mixer.cli import command_parser
 from keras_mixer.cli import benchmark as benchmark_cli
 from keras_mixer.config import MixerConfig
@@ -75,6 +75,13 @@ def test_spec_json_round_trip():
 # --------------------------------------------------------------------------- measurements
 
 
+def test_matmul_reference_runs_in_the_rows_dtype():
+    """A bfloat16 row is divided by a bfloat16 matmul rate, not a float32 one."""
+    for dtype in ("float32", "bfloat16"):
+        product = throughput._matmul_step(tiny_spec(), 2, dtype)()
+        assert keras.backend.standardize_dtype(product.dtype) == dtype
+
+
 def test_run_backend_in_process_reports_every_case():
     spec = tiny_spec(batch_sizes=(2,), dtypes=("float32", "bfloat16"), repeats=1, warmup=1,
                      peers=True)
@@ -86,6 +93,7 @@ def test_run_backend_in_process_reports_every_case():
     for result in outcome["results"]:
         assert "error" not in result, result
         assert result["img_per_s"] > 0 and result["matmul_gflops"] > 0
+        assert result["matmul_dtype"] == result["dtype"]
         assert result["peak_mib"] > 0
         assert result["fraction_of_matmul"] == pytest.approx(
             result["model_gflops"] / result["matmul_gflops"])

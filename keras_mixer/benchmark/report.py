@@ -94,7 +94,8 @@ def _throughput_markdown(report):
     lines = [
         f"Mixer {spec['name']} at {spec['image_size']}x{spec['image_size']}, "
         f"{flops(spec['config'], spec['image_size'], spec['num_classes']) / 1e9:.2f} GFLOP/image "
-        f"forward; host: {describe_host(report['host'])}.",
+        f"forward; host: {describe_host(report['host'])}. The matmul reference runs in the "
+        "row's dtype.",
         "",
         "| backend | device | mode | dtype | batch | img/s | model GFLOP/s | matmul GFLOP/s "
         "| of matmul | peak MiB | peer | peer img/s | ours/peer |",

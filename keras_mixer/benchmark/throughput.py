@@ -1,7 +1,8 @@
 """Throughput of a Mixer inside one Keras backend, against the same run's matmul rate.
 
-Each model measurement is interleaved with a float32 matmul of the Mixer's
-channel-mixing shape ``(batch * S, C) @ (C, D_C)`` on the same backend and device, so a result reads as a fraction of the matmul rate the machine achieved
+Each model measurement is interleaved with a matmul of the Mixer's channel-mixing
+shape ``(batch * S, C) @ (C, D_C)`` in the row's dtype, on the same backend and
+device, so a result reads as a fraction of the matmul rate the machine achieved
 *in that run*: on a shared or throttled machine both numbers move together.
 
 Model FLOPs come from the architecture (:func:`keras_mixer.config.flops`); a
@@ -129,7 +130,7 @@ def _measure(spec, mode, dtype, batch, peer, say, label):
     if peer_model is not None:
         peer_step = (peer.eager_step(peer_model, images) if peer.inference_only
                      else _model_step(peer_model, spec, mode, images, labels))
-    matmul = _matmul_step(spec, batch)
+    matmul = _matmul_step(spec, batch, dtype)
 
     for _ in range(spec.warmup):
         step()
@@ -152,6 +153,7 @@ def _measure(spec, mode, dtype, batch, peer, say, label):
         img_per_s=batch / min(times["model"]),
         img_per_s_median=batch / statistics.median(times["model"]),
         model_gflops=work / min(times["model"]) / 1e9,
+        matmul_dtype=dtype,
         matmul_gflops=mm / min(times["matmul"]) / 1e9,
         matmul_gflops_median=mm / statistics.median(times["matmul"]) / 1e9,
         peak_mib=memory.peak_mib,
@@ -163,7 +165,7 @@ def _measure(spec, mode, dtype, batch, peer, say, label):
         result["peer"] = dict(name=peer.name, img_per_s=peer_rate,
                               ratio=result["img_per_s"] / peer_rate)
     say(f"{label}: {result['img_per_s']:.2f} img/s, {result['model_gflops']:.1f} GFLOP/s = "
-        f"{result['fraction_of_matmul']:.2f} of the same-run matmul "
+        f"{result['fraction_of_matmul']:.2f} of the same-run {dtype} matmul "
         f"({result['matmul_gflops']:.1f} GFLOP/s)"
         + (f"; {result['peer']['ratio']:.2f}x {peer.name}" if peer_step else ""))
     return result
@@ -223,11 +225,11 @@ def matmul_flops(spec, batch):
     return 2 * batch * tokens * spec.config.hidden_dim * spec.config.channels_mlp_dim
 
 
-def _matmul_step(spec, batch):
-    """The physical reference: float32 ``(batch * S, C) @ (C, D_C)`` on this backend."""
+def _matmul_step(spec, batch, dtype):
+    """The physical reference: ``(batch * S, C) @ (C, D_C)`` in ``dtype`` on this backend."""
     tokens = (spec.image_size // spec.config.patch_size) ** 2
     rng = np.random.default_rng(1)
-    a, b = (keras.ops.convert_to_tensor(rng.standard_normal(shape, dtype="float32")) for shape in (
+    a, b = (keras.ops.cast(rng.standard_normal(shape, dtype="float32"), dtype) for shape in (
         (batch * tokens, spec.config.hidden_dim),
         (spec.config.hidden_dim, spec.config.channels_mlp_dim)))
     return lambda: keras.ops.matmul(a, b)

@@ -1,8 +1,8 @@
 """Benchmark a Mixer on JAX, TensorFlow and PyTorch (each backend in its own subprocess).
 
-Inference and training img/s and peak memory, as a fraction of a float32 matmul
-of the channel-mixing shape measured in the same run; beside keras-cv's legacy
-MLPMixer (and timm on torch). Writes PREFIX.json and PREFIX.md (--out) and
+Inference and training img/s and peak memory, as a fraction of a matmul of the
+channel-mixing shape measured in the same run, in the row's dtype; beside
+keras-cv's legacy MLPMixer (and timm on torch). Writes PREFIX.json and PREFIX.md (--out) and
 prints the table. Examples:
 
   keras-mixer benchmark --quick                            # B/16, batch 2, all backends
