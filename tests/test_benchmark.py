@@ -11,14 +11,16 @@ from helpers.tiny import TINY
 import keras
 from keras_mixer import MlpMixer, benchmark
 from keras_mixer.backend import BackendCallError
-from keras_mixer.benchmark import exports, report, throughput
-from keras_mixer.cli import command_parser
+from keras_mixer.benchmark import exports, report, throughput, training
+from keras_mixer.cli import build_parser, command_parser
 from keras_mixer.cli import benchmark as benchmark_cli
 from keras_mixer.config import MixerConfig
 
 TINY_CONFIG = MixerConfig(**TINY)
 TINY_ARGS = ",".join(str(TINY[k]) for k in ("patch_size", "num_blocks", "hidden_dim",
                                             "tokens_mlp_dim", "channels_mlp_dim"))
+TINY_TRAINING = ["--image-size", "16", "--patch-size", "8", "--hidden-dim", "16",
+                 "--num-blocks", "1", "--batch-size", "4", "--steps", "1"]
 
 
 def tiny_spec(**kwargs):
@@ -67,9 +69,25 @@ def test_spec_rejects_bad_input(kwargs, match):
         tiny_spec(**kwargs)
 
 
-def test_spec_json_round_trip():
-    spec = tiny_spec(dtypes=("bfloat16",))
-    assert benchmark.BenchmarkSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(image_size=30), "divisible"), (dict(variant="B/16", image_size=40), "divisible"),
+     (dict(variant="Q/7"), "variant"), (dict(steps=0), "steps"), (dict(cifar_steps=-1), "cifar")],
+)
+def test_training_spec_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        benchmark.TrainingSpec(**kwargs)
+
+
+@pytest.mark.parametrize("spec", [tiny_spec(dtypes=("bfloat16",)), benchmark.TrainingSpec()])
+def test_spec_json_round_trip(spec):
+    assert type(spec).from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_training_spec_builds_the_paper_proportions():
+    config = benchmark.TrainingSpec(hidden_dim=16).train_config()
+    assert (config.hidden_dim, config.tokens_mlp_dim, config.channels_mlp_dim) == (16, 8, 64)
+    assert not config.export
 
 
 # --------------------------------------------------------------------------- measurements
@@ -178,24 +196,58 @@ def test_host_info_reads_cpu_model_and_features(tmp_path):
     assert report.host_info(str(tmp_path / "missing"))["cpu_features"] is None
 
 
+def test_training_markdown():
+    results = [dict(backend="jax", device="cpu", params=100, train_img_per_s=200.0,
+                    cifar_steps=3, cifar_top1=0.25, cifar_seconds=9.0),
+               dict(backend="torch", device="cpu", params=100, train_img_per_s=100.0)]
+    table = benchmark.markdown(dict(
+        suite="training", spec=benchmark.TrainingSpec().to_json(), host=benchmark.host_info(),
+        backends={"tensorflow": {"error": "crashed"}}, results=results,
+        pipelines={"eval resize": 1000.0, "train crop+flip": 500.0}, notes=["no CIFAR"]))
+    assert "| jax | cpu | 100 | 200.0 | 1.00 | 0.2500 | 3 | 9.0 |" in table
+    assert "| torch | cpu | 100 | 100.0 | 0.50 |  |  |  |" in table
+    assert "| train crop+flip | 500.0 | 0.50 |" in table
+    assert "- no CIFAR" in table and "- tensorflow: crashed" in table
+
+
+def test_find_cifar(tmp_path):
+    folder, why_not = training.find_cifar(benchmark.TrainingSpec(cifar_data=str(tmp_path)))
+    assert (folder, why_not) == (str(tmp_path), None)
+    spec = benchmark.TrainingSpec(cifar_steps=5, cifar_data=str(tmp_path / "absent.tar.gz"),
+                                  cifar_dir=str(tmp_path / "extracted"))
+    folder, why_not = training.find_cifar(spec)
+    assert folder is None
+    assert str(tmp_path / "absent.tar.gz") in why_not and "--cifar-data" in why_not
+    assert "NOT measured" in why_not
+
+
 # --------------------------------------------------------------------------- command line
 
 
-def test_cli_parses_arguments():
+def test_cli_parses_both_suites():
     parser = command_parser("benchmark")
     spec = benchmark_cli.spec_from_args(parser.parse_args(["--quick", "--config", TINY_ARGS,
                                                            "--image-size", "32"]))
     assert isinstance(spec, benchmark.BenchmarkSpec)
     assert (spec.config, spec.batch_sizes, spec.repeats, spec.peers) == (TINY_CONFIG, (2,), 2,
                                                                          False)
+    args = parser.parse_args(["--verbose", "training", "--backends", "jax", "--cifar-steps", "7",
+                              "--backend", "torch"])
+    assert (args.suite, args.backends, args.verbose, args.backend) == (
+        "training", ["jax"], True, "torch")
+    spec = benchmark_cli.spec_from_args(args)
+    assert spec == benchmark.TrainingSpec(cifar_steps=7)
+    args = build_parser().parse_args(["benchmark", "training", "--steps", "3"])  # keras-mixer ...
+    assert (args.command, args.suite, args.steps) == ("benchmark", "training", 3)
     with pytest.raises(ValueError, match="five integers"):
         benchmark_cli.spec_from_args(parser.parse_args(["--config", "8,2"]))
 
 
-def test_cli_help(capsys):
+@pytest.mark.parametrize("argv, expected", [([], "--quick"), (["training"], "--cifar-steps")])
+def test_cli_help(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        command_parser("benchmark").parse_args(["--help"])
-    assert exit_info.value.code == 0 and "--quick" in capsys.readouterr().out
+        command_parser("benchmark").parse_args([*argv, "--help"])
+    assert exit_info.value.code == 0 and expected in capsys.readouterr().out
 
 
 def test_cli_quick_writes_json_and_markdown(tmp_path):
@@ -216,3 +268,18 @@ def test_cli_quick_writes_json_and_markdown(tmp_path):
     assert table in proc.stdout  # printed too
 
 
+def test_training_cli_says_when_cifar_is_missing(tmp_path):
+    backend = keras.backend.backend()
+    absent = tmp_path / "no-cifar.tar.gz"
+    proc = run_script("benchmark_training.py", [
+        "--backends", backend, *TINY_TRAINING, "--pipeline-batches", "1", "--cifar-steps", "2",
+        "--cifar-data", absent, "--cifar-dir", tmp_path / "cifar", "--out", tmp_path / "train"],
+        timeout=400)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]  # not all measured
+    assert f"no data at {absent}" in proc.stdout and "--cifar-data" in proc.stdout
+    result = json.loads((tmp_path / "train.json").read_text())
+    (row,) = result["results"]
+    assert row["backend"] == backend and row["train_img_per_s"] > 0 and "cifar_top1" not in row
+    assert list(result["pipelines"])[0] == "eval resize"
+    assert all(rate > 0 for rate in result["pipelines"].values())
+    assert "| pipeline | img/s |" in (tmp_path / "train.md").read_text()

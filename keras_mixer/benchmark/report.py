@@ -1,8 +1,9 @@
 """Benchmark reports: the host they ran on, and their JSON and Markdown files (written atomically).
 
-A report is a JSON-serializable dict with ``suite`` (``"throughput"``),
-``spec``, ``host``, ``backends`` (per-backend information: device, versions,
-notes, errors), ``results`` (one row per measurement) and ``notes``.
+A report is a JSON-serializable dict with ``suite`` (``"throughput"`` or
+``"training"``), ``spec``, ``host``, ``backends`` (per-backend information:
+device, versions, notes, errors), ``results`` (one row per measurement) and
+``notes``; the training suite adds ``pipelines``.
 """
 
 import json
@@ -81,7 +82,10 @@ def write_report(report, json_path=None, markdown_path=None, log=print):
 
 def markdown(report):
     """A report's tables in Markdown, then its notes and errors."""
-    lines = _throughput_markdown(report) + _exports_markdown(report)
+    if report.get("suite", "throughput") == "training":
+        lines = _training_markdown(report)
+    else:
+        lines = _throughput_markdown(report) + _exports_markdown(report)
     notes = list(report.get("notes", []))
     notes += [f"{b}: {info['error']}" for b, info in report["backends"].items() if "error" in info]
     notes += [f"{b}: {note}" for b, info in report["backends"].items()
@@ -133,5 +137,36 @@ def _exports_markdown(report):
     return lines
 
 
-def _fmt(value):
-    return "" if value is None else f"{value:.2f}"
+def _training_markdown(report):
+    spec = report["spec"]
+    results = report["results"]  # one per backend that ran; failures are in the notes
+    first = results[0]["backend"] if results else "first"
+    lines = [
+        f"Training: Mixer {spec['variant']} at {spec['image_size']}x{spec['image_size']}, "
+        f"batch {spec['batch_size']}, {spec['steps']} timed steps; "
+        f"host: {describe_host(report['host'])}.",
+        "",
+        f"| backend | device | params | train img/s | vs {first} "
+        "| CIFAR-10 top-1 | CIFAR steps | CIFAR seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['backend']} | {r['device']} | {r['params']} | {r['train_img_per_s']:.1f} "
+            f"| {r['train_img_per_s'] / results[0]['train_img_per_s']:.2f} "
+            f"| {_fmt(r.get('cifar_top1'), '.4f')} | {r.get('cifar_steps', '')} "
+            f"| {_fmt(r.get('cifar_seconds'), '.1f')} |"
+        )
+    pipelines = report.get("pipelines")
+    if pipelines:
+        reference = next(iter(pipelines.values()))
+        lines += ["", f"Input pipelines (tf.data, digits -> {spec['image_size']}px, "
+                      f"batch {spec['batch_size']}):", "",
+                  f"| pipeline | img/s | vs {next(iter(pipelines))} |", "|---|---|---|"]
+        lines += [f"| {name} | {rate:.1f} | {rate / reference:.2f} |"
+                  for name, rate in pipelines.items()]
+    return lines
+
+
+def _fmt(value, spec=".2f"):
+    return "" if value is None else format(value, spec)
