@@ -16,6 +16,9 @@ import tempfile
 import numpy as np
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The subprocess's entry point. Not `python -m keras_mixer.backend`: the package imports this
+# module before runpy runs it again as __main__, and runpy warns about that on stderr.
+_ENTRY = "import sys; from keras_mixer.backend import _serve_request; _serve_request(sys.argv[1])"
 
 
 class BackendCallError(RuntimeError):
@@ -84,7 +87,7 @@ def run_under(backend, function, *args, capture=True, pythonpath=(), env=None, t
             json.dump({"function": function, "args": _encode(list(args), work),
                        "kwargs": _encode(kwargs, work), "result": result}, f)
         proc = subprocess.run(
-            [sys.executable, "-m", "keras_mixer.backend", request],
+            [sys.executable, "-c", _ENTRY, request],
             env=environment(backend, pythonpath, env), timeout=timeout, text=True,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.STDOUT if capture else None,

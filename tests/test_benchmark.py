@@ -1,20 +1,33 @@
-"""The benchmark suite: FLOP counts, and the runner end to end on a tiny config (no timing asserts)."""
+"""The benchmark suites: specs, FLOP counts, reports, and tiny real runs end to end (no timing asserts)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers.processes import run_script
 from helpers.tiny import TINY
 
 import keras
 from keras_mixer import MlpMixer, benchmark
-from keras_mixer.models import MixerConfig
+from keras_mixer.backend import BackendCallError
+from keras_mixer.benchmark import exports, report, throughput, training
+from keras_mixer.cli import build_parser, command_parser
+from keras_mixer.cli import benchmark as benchmark_cli
+from keras_mixer.config import MixerConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = MixerConfig(**TINY)
+TINY_ARGS = ",".join(str(TINY[k]) for k in ("patch_size", "num_blocks", "hidden_dim",
+                                            "tokens_mlp_dim", "channels_mlp_dim"))
+TINY_TRAINING = ["--image-size", "16", "--patch-size", "8", "--hidden-dim", "16",
+                 "--num-blocks", "1", "--batch-size", "4", "--steps", "1"]
+
+
+def tiny_spec(**kwargs):
+    return benchmark.BenchmarkSpec(TINY_CONFIG, **dict(dict(name="tiny", image_size=32), **kwargs))
+
+
+# --------------------------------------------------------------------------- FLOPs and specs
 
 
 def test_flops_b16_matches_paper_figure():
@@ -48,75 +61,225 @@ def test_flops_rejects_indivisible_image_size():
 @pytest.mark.parametrize(
     "kwargs, match",
     [(dict(batch_sizes=(0,)), "batch"), (dict(dtypes=("float16",)), "dtype"),
-     (dict(modes=("serving",)), "mode"), (dict(repeats=0), "repeats")],
+     (dict(modes=("serving",)), "mode"), (dict(repeats=0), "repeats"),
+     (dict(image_size=36), "divisible")],
 )
 def test_spec_rejects_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        benchmark.BenchmarkSpec(TINY_CONFIG, image_size=32, **kwargs)
+        tiny_spec(**kwargs)
 
 
-def test_run_rejects_unknown_backend():
-    with pytest.raises(ValueError, match="backend"):
-        benchmark.run(benchmark.BenchmarkSpec(TINY_CONFIG, image_size=32), backends=("mxnet",))
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(image_size=30), "divisible"), (dict(variant="B/16", image_size=40), "divisible"),
+     (dict(variant="Q/7"), "variant"), (dict(steps=0), "steps"), (dict(cifar_steps=-1), "cifar")],
+)
+def test_training_spec_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        benchmark.TrainingSpec(**kwargs)
+
+
+@pytest.mark.parametrize("spec", [tiny_spec(dtypes=("bfloat16",)), benchmark.TrainingSpec()])
+def test_spec_json_round_trip(spec):
+    assert type(spec).from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_training_spec_builds_the_paper_proportions():
+    config = benchmark.TrainingSpec(hidden_dim=16).train_config()
+    assert (config.hidden_dim, config.tokens_mlp_dim, config.channels_mlp_dim) == (16, 8, 64)
+    assert not config.export
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def test_matmul_reference_runs_in_the_rows_dtype():
+    """A bfloat16 row is divided by a bfloat16 matmul rate, not a float32 one."""
+    for dtype in ("float32", "bfloat16"):
+        product = throughput._matmul_step(tiny_spec(), 2, dtype)()
+        assert keras.backend.standardize_dtype(product.dtype) == dtype
 
 
 def test_run_backend_in_process_reports_every_case():
-    spec = benchmark.BenchmarkSpec(TINY_CONFIG, name="tiny", image_size=32, batch_sizes=(2,),
-                                   repeats=1, warmup=1, peers=True)
+    spec = tiny_spec(batch_sizes=(2,), dtypes=("float32", "bfloat16"), repeats=1, warmup=1,
+                     peers=True)
     outcome = benchmark.run_backend(spec, log=lambda msg: None)
     assert outcome["backend"] == keras.backend.backend()
-    assert [(r["mode"], r["batch"]) for r in outcome["results"]] == [
-        ("inference", 2), ("training", 2)]
+    assert [(r["dtype"], r["mode"], r["batch"]) for r in outcome["results"]] == [
+        ("float32", "inference", 2), ("float32", "training", 2),
+        ("bfloat16", "inference", 2), ("bfloat16", "training", 2)]
     for result in outcome["results"]:
         assert "error" not in result, result
         assert result["img_per_s"] > 0 and result["matmul_gflops"] > 0
+        assert result["matmul_dtype"] == result["dtype"]
         assert result["peak_mib"] > 0
         assert result["fraction_of_matmul"] == pytest.approx(
             result["model_gflops"] / result["matmul_gflops"])
         if "peer" in result:
             assert result["peer"]["ratio"] == pytest.approx(
                 result["img_per_s"] / result["peer"]["img_per_s"])
+    assert "exports" not in outcome
     json.dumps(outcome)  # serializable
+
+
+def test_exports_measure_saved_model_and_tflite():
+    """`--exports`: SavedModel img/s and TFLite latency per mode, through keras_mixer.deploy."""
+    rows = exports.export_benchmark(TINY_CONFIG, image_size=32, batch_size=2,
+                                    log=lambda msg: None, modes=("float32",))
+    assert [row["artifact"] for row in rows] == ["saved_model", "tflite_float32"]
+    assert rows[0]["images_per_second"] > 0
+    assert rows[1]["latency_ms"] > 0 and rows[1]["max_abs_error"] < 1e-4
+    table = benchmark.markdown(dict(spec=tiny_spec().to_json(), host=benchmark.host_info(),
+                                    backends={"jax": {"exports": rows}}, results=[]))
+    assert "| jax | saved_model |" in table and "| jax | tflite_float32 |" in table
+
+
+def test_run_backend_with_exports_adds_them(monkeypatch):
+    calls = []
+
+    def fake_export_benchmark(config, image_size, batch_size, log):
+        calls.append((config, image_size, batch_size))
+        return [dict(artifact="saved_model", batch=batch_size, images_per_second=1.0)]
+
+    monkeypatch.setattr(exports, "export_benchmark", fake_export_benchmark)
+    spec = tiny_spec(batch_sizes=(3,), modes=("inference",), repeats=1, warmup=0, peers=False,
+                     exports=True)
+    outcome = benchmark.run_backend(spec, log=lambda msg: None)
+    assert calls == [(TINY_CONFIG, 32, 3)]
+    assert outcome["exports"][0]["artifact"] == "saved_model"
+
+
+# --------------------------------------------------------------------------- driver and reports
+
+
+def test_run_rejects_unknown_backend():
+    with pytest.raises(ValueError, match="backend"):
+        benchmark.run(tiny_spec(), backends=("mxnet",))
+
+
+def test_run_reports_a_failed_backend_and_goes_on(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run_under(backend, function, spec_json, **kwargs):
+        calls.append((backend, function))
+        if backend == "jax":
+            raise BackendCallError("boom", 1)
+        return dict(backend=backend, device="cpu", notes=["a note"],
+                    results=[dict(backend=backend, device="cpu", mode="inference",
+                                  dtype="float32", batch=2, error="ValueError: no kernel")])
+
+    monkeypatch.setattr(benchmark, "_run_under", fake_run_under)
+    result = benchmark.run(tiny_spec(), backends=("jax", "torch"), log=lambda msg: None,
+                           json_path=tmp_path / "r.json", markdown_path=tmp_path / "r.md")
+    assert calls == [("jax", benchmark.WORKERS["throughput"]),
+                     ("torch", benchmark.WORKERS["throughput"])]
+    assert result["backends"]["jax"] == {"error": "boom"}
+    assert not benchmark.succeeded(result)
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(result))
+    table = (tmp_path / "r.md").read_text()
+    assert "| torch | cpu | inference | float32 | 2 | error: ValueError: no kernel |" in table
+    assert "- jax: boom" in table and "- torch: a note" in table
+    assert sorted(os.listdir(tmp_path)) == ["r.json", "r.md"]  # atomic: no temporary files left
+
+
+def test_host_info_reads_cpu_model_and_features(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n"
+                       "flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16\n\n"
+                       "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
+    host = report.host_info(str(cpuinfo))
+    assert host["cpu"] == "Test CPU 9000"
+    assert host["cpu_features"] == {"AVX2": True, "AVX-512": True, "AVX512_BF16": True,
+                                    "AMX": False}
+    assert report.describe_host(host) == (
+        f"Test CPU 9000 ({os.cpu_count()} cores; AVX2, AVX-512, AVX512_BF16; no AMX)")
+    assert report.host_info(str(tmp_path / "missing"))["cpu_features"] is None
+
+
+def test_training_markdown():
+    results = [dict(backend="jax", device="cpu", params=100, train_img_per_s=200.0,
+                    cifar_steps=3, cifar_top1=0.25, cifar_seconds=9.0),
+               dict(backend="torch", device="cpu", params=100, train_img_per_s=100.0)]
+    table = benchmark.markdown(dict(
+        suite="training", spec=benchmark.TrainingSpec().to_json(), host=benchmark.host_info(),
+        backends={"tensorflow": {"error": "crashed"}}, results=results,
+        pipelines={"eval resize": 1000.0, "train crop+flip": 500.0}, notes=["no CIFAR"]))
+    assert "| jax | cpu | 100 | 200.0 | 1.00 | 0.2500 | 3 | 9.0 |" in table
+    assert "| torch | cpu | 100 | 100.0 | 0.50 |  |  |  |" in table
+    assert "| train crop+flip | 500.0 | 0.50 |" in table
+    assert "- no CIFAR" in table and "- tensorflow: crashed" in table
+
+
+def test_find_cifar(tmp_path):
+    folder, why_not = training.find_cifar(benchmark.TrainingSpec(cifar_data=str(tmp_path)))
+    assert (folder, why_not) == (str(tmp_path), None)
+    spec = benchmark.TrainingSpec(cifar_steps=5, cifar_data=str(tmp_path / "absent.tar.gz"),
+                                  cifar_dir=str(tmp_path / "extracted"))
+    folder, why_not = training.find_cifar(spec)
+    assert folder is None
+    assert str(tmp_path / "absent.tar.gz") in why_not and "--cifar-data" in why_not
+    assert "NOT measured" in why_not
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_parses_both_suites():
+    parser = command_parser("benchmark")
+    spec = benchmark_cli.spec_from_args(parser.parse_args(["--quick", "--config", TINY_ARGS,
+                                                           "--image-size", "32"]))
+    assert isinstance(spec, benchmark.BenchmarkSpec)
+    assert (spec.config, spec.batch_sizes, spec.repeats, spec.peers) == (TINY_CONFIG, (2,), 2,
+                                                                         False)
+    args = parser.parse_args(["--verbose", "training", "--backends", "jax", "--cifar-steps", "7",
+                              "--backend", "torch"])
+    assert (args.suite, args.backends, args.verbose, args.backend) == (
+        "training", ["jax"], True, "torch")
+    spec = benchmark_cli.spec_from_args(args)
+    assert spec == benchmark.TrainingSpec(cifar_steps=7)
+    args = build_parser().parse_args(["benchmark", "training", "--steps", "3"])  # keras-mixer ...
+    assert (args.command, args.suite, args.steps) == ("benchmark", "training", 3)
+    with pytest.raises(ValueError, match="five integers"):
+        benchmark_cli.spec_from_args(parser.parse_args(["--config", "8,2"]))
+
+
+@pytest.mark.parametrize("argv, expected", [([], "--quick"), (["training"], "--cifar-steps")])
+def test_cli_help(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        command_parser("benchmark").parse_args([*argv, "--help"])
+    assert exit_info.value.code == 0 and expected in capsys.readouterr().out
 
 
 def test_cli_quick_writes_json_and_markdown(tmp_path):
     backend = keras.backend.backend()
-    out = tmp_path / "bench"
-    config = ",".join(str(TINY[k]) for k in ("patch_size", "num_blocks", "hidden_dim",
-                                            "tokens_mlp_dim", "channels_mlp_dim"))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick",
-         "--config", config, "--image-size", "32", "--backends", backend,
-         "--modes", "inference", "--warmup", "0", "--repeats", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = run_script("benchmark.py", [
+        "--quick", "--config", TINY_ARGS, "--image-size", "32", "--backends", backend,
+        "--modes", "inference", "--warmup", "0", "--repeats", "1", "--out", tmp_path / "bench"],
+        timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"[{backend}] inference float32 batch 2" in proc.stdout  # progress output
-    report = json.loads((tmp_path / "bench.json").read_text())
-    assert report["spec"]["config"] == TINY
-    (result,) = report["results"]
-    assert result["backend"] == backend and result["img_per_s"] > 0
+    assert f"[{backend}] inference float32 batch 2" in proc.stdout  # the worker's progress
+    assert proc.stdout.index(f"=== {backend}") < proc.stdout.index(f"[{backend}]")
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["spec"]["config"] == TINY and result["host"]["cpu"]
+    (row,) = result["results"]
+    assert row["backend"] == backend and row["img_per_s"] > 0
     table = (tmp_path / "bench.md").read_text()
-    assert "| backend | device | mode |" in table
-    assert f"| {backend} |" in table
+    assert "| backend | device | mode |" in table and f"| {backend} |" in table
+    assert table in proc.stdout  # printed too
 
 
-def test_cli_help(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        benchmark.parse_args(["--help"])
-    assert exit_info.value.code == 0 and "--quick" in capsys.readouterr().out
-
-
-def test_exports_hook_measures_saved_model_and_tflite():
-    """`--exports`: SavedModel img/s and TFLite latency per mode, through keras_mixer.export."""
-    from keras_mixer import export
-
-    rows = export.benchmark(TINY_CONFIG, image_size=32, batch_size=2, log=lambda msg: None,
-                            modes=("float32",))
-    assert [row["artifact"] for row in rows] == ["saved_model", "tflite_float32"]
-    assert rows[0]["images_per_second"] > 0
-    assert rows[1]["latency_ms"] > 0 and rows[1]["max_abs_error"] < 1e-4
-    report = dict(spec=benchmark.BenchmarkSpec(TINY_CONFIG, name="tiny", image_size=32).to_json(),
-                  host=benchmark.host_info(), backends={"jax": {"exports": rows}}, results=[])
-    table = benchmark.markdown(report)
-    assert "| jax | saved_model |" in table and "| jax | tflite_float32 |" in table
+def test_training_cli_says_when_cifar_is_missing(tmp_path):
+    backend = keras.backend.backend()
+    absent = tmp_path / "no-cifar.tar.gz"
+    proc = run_script("benchmark_training.py", [
+        "--backends", backend, *TINY_TRAINING, "--pipeline-batches", "1", "--cifar-steps", "2",
+        "--cifar-data", absent, "--cifar-dir", tmp_path / "cifar", "--out", tmp_path / "train"],
+        timeout=400)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]  # not all measured
+    assert f"no data at {absent}" in proc.stdout and "--cifar-data" in proc.stdout
+    result = json.loads((tmp_path / "train.json").read_text())
+    (row,) = result["results"]
+    assert row["backend"] == backend and row["train_img_per_s"] > 0 and "cifar_top1" not in row
+    assert list(result["pipelines"])[0] == "eval resize"
+    assert all(rate > 0 for rate in result["pipelines"].values())
+    assert "| pipeline | img/s |" in (tmp_path / "train.md").read_text()

@@ -1,9 +1,137 @@
-"""(placeholder: the benchmark command is being written)."""
+"""Benchmark a Mixer on JAX, TensorFlow and PyTorch (each backend in its own subprocess).
+
+By default: inference and training img/s and peak memory, as a fraction of a
+matmul of the channel-mixing shape measured in the same run, in the row's dtype;
+beside keras-cv's legacy MLPMixer (and timm on torch). Writes PREFIX.json and
+PREFIX.md (--out) and prints the table. `keras-mixer benchmark training --help`:
+the training suite (training img/s, tf.data pipelines, CIFAR-10 accuracy).
+Examples:
+
+  keras-mixer benchmark --quick                            # B/16, batch 2, all backends
+  keras-mixer benchmark --batch-sizes 16 --modes inference --out results/b16
+  keras-mixer benchmark --variant L/16 --dtypes float32 bfloat16 --batch-sizes 64
+  keras-mixer benchmark training --backends jax tensorflow torch --image-size 32 \\
+      --batch-size 64 --cifar-steps 300                    # = scripts/benchmark_training.py
+"""
+
+import argparse
+
+from keras_mixer import benchmark
+from keras_mixer.benchmark import training
+from keras_mixer.config import VARIANTS, MixerConfig, canonical_variant
+
+TRAINING_HELP = """Training benchmark: training img/s per backend (ratios against the first listed),
+tf.data input-pipeline img/s (keras-cv vs Keras core RandAugment), and CIFAR-10 top-1
+after --cifar-steps training steps. Writes PREFIX.json and PREFIX.md (--out). Example:
+
+  keras-mixer benchmark training --backends jax tensorflow torch --image-size 32 \\
+      --batch-size 64 --cifar-steps 300
+"""
 
 
 def add_arguments(parser):
-    pass
+    """The throughput options, and the ``training`` suite as a subcommand."""
+    parser.add_argument("--variant", default="B/16", help="paper variant (default: B/16)")
+    parser.add_argument("--config", metavar="P,N,C,DS,DC",
+                        help="custom architecture instead of --variant: patch, blocks, width, "
+                             "token-MLP width, channel-MLP width")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="default: 16 (2 with --quick)")
+    parser.add_argument("--dtypes", nargs="+", choices=benchmark.DTYPES, default=["float32"],
+                        help="bfloat16: bfloat16 inference, mixed_bfloat16 training")
+    parser.add_argument("--modes", nargs="+", choices=benchmark.MODES,
+                        default=list(benchmark.MODES))
+    _add_backends(parser)
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps (default 3; 2 quick)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
+                        help="model.compile(jit_compile=...): XLA on TF/JAX, torch.compile on torch")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip peers (keras-cv legacy MLPMixer; timm on torch)")
+    parser.add_argument("--exports", action="store_true",
+                        help="also measure exported models (SavedModel img/s, TFLite latency)")
+    parser.add_argument("--quick", action="store_true",
+                        help="laptop mode: batch 2, 2 repeats, no peers")
+    _add_out(parser, "benchmark_results")
+    suites = parser.add_subparsers(dest="suite", metavar="SUITE",
+                                   help="training: the training benchmark (see its --help)")
+    _add_training_arguments(suites.add_parser(
+        "training", help="training img/s, input pipelines, CIFAR-10 accuracy",
+        description=TRAINING_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def _add_training_arguments(parser):
+    spec = training.TrainingSpec
+    _add_backends(parser)
+    parser.add_argument("--variant", default=spec.variant,
+                        help="paper variant, or custom: the three sizes below (D_S = C/2, D_C = 4C)")
+    for flag, field, help_text in (
+            ("--image-size", "image_size", "input side in pixels"),
+            ("--patch-size", "patch_size", "custom: patch side P"),
+            ("--hidden-dim", "hidden_dim", "custom: token width C"),
+            ("--num-blocks", "num_blocks", "custom: number of blocks"),
+            ("--batch-size", "batch_size", "batch size"),
+            ("--steps", "steps", "timed training steps"),
+            ("--pipeline-batches", "pipeline_batches", "timed batches per input pipeline (0: skip)"),
+            ("--cifar-steps", "cifar_steps", "accuracy budget: training steps on CIFAR-10 (0: skip)")):
+        parser.add_argument(flag, type=int, default=getattr(spec, field),
+                            help=f"{help_text} (default: {getattr(spec, field)})")
+    parser.add_argument("--cifar-data", default=spec.cifar_data,
+                        help="the cifar10-jpg tarball, or an image folder with train/ and test/ "
+                             "(default: %(default)s)")
+    parser.add_argument("--cifar-dir", default=spec.cifar_dir,
+                        help="where the tarball is extracted, once (default: %(default)s)")
+    _add_out(parser, "benchmark_results_training")
+    # The dispatcher adds --backend and --verbose to the command's parser, not to this one;
+    # SUPPRESS keeps a value given before `training` (and --backend from matching --backends).
+    parser.add_argument("--backend", choices=benchmark.BACKENDS, default=argparse.SUPPRESS,
+                        help="Keras backend of this process (the suite runs --backends)")
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and TensorFlow's start-up logs")
+
+
+def _add_backends(parser):
+    parser.add_argument("--backends", nargs="+", choices=benchmark.BACKENDS,
+                        default=list(benchmark.BACKENDS), help="default: all three")
+
+
+def _add_out(parser, default):
+    parser.add_argument("--out", default=default,
+                        help="output prefix: writes PREFIX.json and PREFIX.md (default: %(default)s)")
+
+
+def spec_from_args(args):
+    """The :class:`~keras_mixer.benchmark.BenchmarkSpec` or ``TrainingSpec`` of parsed arguments."""
+    if args.suite == "training":
+        return training.TrainingSpec(
+            variant=args.variant, image_size=args.image_size, patch_size=args.patch_size,
+            hidden_dim=args.hidden_dim, num_blocks=args.num_blocks, batch_size=args.batch_size,
+            steps=args.steps, pipeline_batches=args.pipeline_batches,
+            cifar_steps=args.cifar_steps, cifar_data=args.cifar_data, cifar_dir=args.cifar_dir)
+    if args.config:
+        try:
+            config = MixerConfig(*[int(v) for v in args.config.split(",")])
+        except (TypeError, ValueError):
+            raise ValueError(f"--config needs five integers P,N,C,DS,DC, got {args.config!r}.") from None
+        name = f"custom {args.config}"
+    else:
+        name = canonical_variant(args.variant)
+        config = VARIANTS[name]
+    return benchmark.BenchmarkSpec(
+        config=config, name=name, image_size=args.image_size,
+        batch_sizes=args.batch_sizes or ((2,) if args.quick else (16,)),
+        dtypes=tuple(args.dtypes), modes=tuple(args.modes),
+        repeats=args.repeats or (2 if args.quick else 3), warmup=args.warmup,
+        jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
+        peers=not (args.no_peers or args.quick), exports=args.exports,
+    )
 
 
 def run(args):
-    raise SystemExit("keras-mixer benchmark: not implemented yet")
+    """Run the suite; exit status 1 when anything asked for was not measured."""
+    report = benchmark.run(spec_from_args(args), backends=args.backends,
+                           json_path=args.out + ".json", markdown_path=args.out + ".md")
+    print()
+    print(benchmark.markdown(report))
+    return 0 if benchmark.succeeded(report) else 1
