@@ -412,17 +412,3 @@ def train(config, callbacks=(), distribution=None):
                 print(f"exported: {results['export']}")
     results["model"] = model
     return results
-
-
-def training_throughput(model, batch_size, steps=10, warmup=2):
-    """Training images per second of a compiled ``model`` on fixed in-memory batches."""
-    rng = np.random.default_rng(0)
-    size = model.input_shape[1:]
-    images = rng.uniform(0, 255, (batch_size, *size)).astype("float32")
-    labels = np.eye(model.output_shape[-1], dtype="float32")[rng.integers(0, model.output_shape[-1],
-                                                                          batch_size)]
-    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
-    start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps * batch_size / (time.perf_counter() - start)
