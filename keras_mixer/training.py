@@ -19,7 +19,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from keras_mixer import checkpoints, data, deploy, distribute, models
