@@ -87,7 +87,7 @@ class TrainConfig:
     run_dir: str = _field("runs/main", "run directory (re-running the same command resumes it)")
     seed: int = _field(0, "seed of init, shuffling and augmentation")
     steps_per_epoch: int = _field(None, "default: training examples // batch size")
-    verbose: str = _field("auto", "Keras progress bars: auto, 0, 1, 2")
+    progress: str = _field("auto", "Keras progress bars: auto, 0, 1, 2")
     export: bool = _field(True, "export the final model to saved_models/")
     export_dir: str = _field("saved_models", "export directory")
     export_name: str = _field(None, "export name (default: mixer_<data>)")
@@ -376,10 +376,10 @@ def train(config, callbacks=(), distribution=None):
     backup_dir = os.path.join(run_dir, "backup", f"process_{dist.process_index}")
     own.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
 
-    verbose = config.verbose if config.verbose == "auto" else int(config.verbose)
+    progress = config.progress if config.progress == "auto" else int(config.progress)
     model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps,
               validation_data=test_data, callbacks=own + list(callbacks),
-              verbose=verbose if chief else 0)
+              verbose=progress if chief else 0)
 
     # fit() has swapped in the EMA weights (if any): save and evaluate those.
     results = model.evaluate(test_data, return_dict=True, verbose=0)

@@ -64,7 +64,7 @@ def worker(args):
 
         root = extract_image_tar(CIFAR_TAR, args.cifar_dir)
         cifar = config_for(args, data=root, epochs=1, steps_per_epoch=args.cifar_steps, flip=True,
-                           crop_min_area=0.3, warmup_epochs=0.1, verbose="0",
+                           crop_min_area=0.3, warmup_epochs=0.1, progress="0",
                            run_dir=tempfile.mkdtemp(prefix="bench-cifar-"))
         run = training.train(cifar)
         result.update(cifar_steps=args.cifar_steps, cifar_top1=run["top1"],

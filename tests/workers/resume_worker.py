@@ -26,7 +26,7 @@ class KillAfterEpoch(keras.callbacks.Callback):
 def main(run_dir, kill_after):
     config = TrainConfig(run_dir=run_dir, image_size=8, patch_size=4, num_blocks=1, hidden_dim=16,
                          tokens_mlp_dim=8, channels_mlp_dim=32, epochs=EPOCHS, steps_per_epoch=4,
-                         batch_size=16, export=False, verbose="2")
+                         batch_size=16, export=False, progress="2")
     train(config, callbacks=[KillAfterEpoch(int(kill_after))])
 
 
