@@ -6,9 +6,12 @@ imported, which ``keras_mixer/__init__`` does. So ``keras_mixer/__init__`` calls
 ``keras-mixer`` console script, or a ``scripts/*.py`` shim, which sets
 ``KERAS_MIXER_COMMAND``) it applies ``--backend`` and ``--cpu-devices`` and
 silences TensorFlow's and absl's start-up logs unless ``--verbose`` is given.
-Imported as a library, keras-mixer changes nothing. Standard library only.
+Imported as a library, keras-mixer changes nothing. Standard library only
+(TensorFlow is imported here, muted, only in a command's process).
 """
 
+import importlib
+import importlib.util
 import os
 import sys
 
@@ -54,3 +57,25 @@ def apply(argv=None):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR lines
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        _import_muted("tensorflow")
+
+
+def _import_muted(module):
+    """Import ``module`` with file descriptor 2 on /dev/null, then restore it.
+
+    TensorFlow 2.21 writes its C++ start-up lines (absl's InitializeLog warning,
+    oneDNN, CUDA, cpu_feature_guard) while it is imported, whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says. An import error still shows: Python reports
+    it after stderr is back.
+    """
+    if module in sys.modules or importlib.util.find_spec(module) is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        importlib.import_module(module)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
