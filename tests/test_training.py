@@ -44,7 +44,7 @@ def test_resume_after_sigkill_continues_at_next_epoch(tmp_path):
     returncode, output = run_resume_worker(run_dir, -1)
     assert returncode == 0, output[-3000:]
     assert "Epoch 3/3" in output
-    assert "Epoch 1/3" not in resumed.stdout and "Epoch 2/3" not in resumed.stdout
+    assert "Epoch 1/3" not in output and "Epoch 2/3" not in output
     assert [row["epoch"] for row in training.read_history(f"{run_dir}/history.csv")] == [0, 1, 2]
     assert json.load(open(f"{run_dir}/results.json"))["epochs"] == 3
     assert not leftovers(run_dir)
