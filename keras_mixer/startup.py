@@ -6,9 +6,12 @@ imported, which ``keras_mixer/__init__`` does. So ``keras_mixer/__init__`` calls
 ``keras-mixer`` console script, or a ``scripts/*.py`` shim, which sets
 ``KERAS_MIXER_COMMAND``) it applies ``--backend`` and ``--cpu-devices`` and
 silences TensorFlow's and absl's start-up logs unless ``--verbose`` is given.
-Imported as a library, keras-mixer changes nothing.
+Imported as a library, keras-mixer changes nothing. Standard library only
+(TensorFlow is imported here, muted, only in a command's process).
 """
 
+import importlib
+import importlib.util
 import os
 import sys
 
@@ -18,9 +21,14 @@ BACKENDS = ("jax", "tensorflow", "torch")
 
 
 def is_command(argv0=None):
-    """Whether this process was started as a keras-mixer command."""
+    """Whether this process was started as a keras-mixer command.
+
+    ``argv[0]`` is ``"-m"`` only while Python imports the parent packages of a
+    ``python -m`` target, i.e. for ``python -m keras_mixer.cli``.
+    """
     argv0 = sys.argv[0] if argv0 is None else argv0
-    return bool(os.environ.get(COMMAND_VARIABLE)) or os.path.basename(argv0) == CONSOLE_SCRIPT
+    return (bool(os.environ.get(COMMAND_VARIABLE))
+            or os.path.basename(argv0) == CONSOLE_SCRIPT or argv0 == "-m")
 
 
 def _option(argv, name):
@@ -53,27 +61,26 @@ def apply(argv=None):
     if "--verbose" not in argv:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR lines
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-        _import_quietly("tensorflow")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        _import_muted("tensorflow")
 
 
-def _import_quietly(module):
-    """Import ``module`` with the process's stderr (fd 2) closed off.
+def _import_muted(module):
+    """Import ``module`` with file descriptor 2 on /dev/null, then restore it.
 
-    TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA stubs, "All log
-    messages before absl::InitializeLog()") from C++ before any log level
-    applies; they all come while it is imported. Python errors still show: the
-    real stderr is back before an exception leaves this function.
+    TensorFlow 2.21 writes its C++ start-up lines (absl's InitializeLog warning,
+    oneDNN, CUDA, cpu_feature_guard) while it is imported, whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says. An import error still shows: Python reports
+    it after stderr is back.
     """
-    import importlib
-
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    if module in sys.modules or importlib.util.find_spec(module) is None:
+        return
     sys.stderr.flush()
-    os.dup2(devnull, 2)
+    saved = os.dup(2)
     try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
         importlib.import_module(module)
-    except ImportError:
-        pass  # not installed: whoever needs it reports that
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        os.close(devnull)

@@ -1,30 +1,31 @@
-"""gRPC and REST clients against an in-test TF Serving stand-in backed by the exported SavedModel."""
+"""gRPC and REST clients against the development server (a TF Serving stand-in) and the CLI around it."""
 
 import concurrent.futures
 import os
-import runpy
+import re
+import queue
+import shutil
 import socket
-import sys
+import subprocess
+import threading
+import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.processes import run_script, start_module, worker_env
 
+from keras_mixer import cli
 from keras_mixer.deploy import client as serving
-from helpers.serving_stub import ModelRepository, start_grpc, start_rest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from keras_mixer.deploy.devserver import DevServer, ModelRepository
 
 
 @pytest.fixture(scope="module")
 def server(exported_mixer):
     repository = ModelRepository(exported_mixer.export_dir, version_labels={"mixer": {"stable": 1}})
-    grpc_server, grpc_address = start_grpc(repository)
-    rest_server, rest_address = start_rest(repository)
-    yield {"grpc": grpc_address, "rest": rest_address}
-    grpc_server.stop(None)
-    rest_server.shutdown()
-    rest_server.server_close()
+    with DevServer(repository, grpc_port=0, rest_port=0) as dev_server:
+        yield {"grpc": dev_server.grpc_address, "rest": dev_server.rest_address}
 
 
 @pytest.fixture(params=["grpc", "rest"])
@@ -198,17 +199,115 @@ def test_concurrent_clients(server, exported_mixer):
         assert list(pool.map(run, range(8))) == [0] * 8
 
 
-def test_predict_script(server, exported_mixer, tmp_path, capsys, monkeypatch):
+def test_invalid_argument_carries_tensorflow_message(client):
+    """The signature's own message reaches the client, not only "Graph execution error:"."""
+    corrupt = {"image_bytes": np.array([b"\xff\xd8\xff\xe0 not a jpeg"], object)}
+    with pytest.raises(serving.InvalidInputError, match="Invalid JPEG data") as error:
+        client.predict_raw(corrupt, "serving_bytes")
+    assert "Graph execution error" not in str(error.value)
+    nan = {"images": np.full((1, 32, 32, 3), np.nan, "float32")}
+    if isinstance(client, serving.RestClient):  # JSON has no NaN; an empty row list has no shape
+        with pytest.raises(serving.InvalidInputError, match="JSON"):
+            client.predict_raw(nan)
+        return
+    with pytest.raises(serving.InvalidInputError, match="images contain NaN or Inf"):
+        client.predict_raw(nan)
+    with pytest.raises(serving.InvalidInputError, match="empty batch: send at least one image"):
+        client.predict_raw({"images": np.zeros((0, 32, 32, 3), "float32")})
+
+
+def test_repository_follows_versions_on_disk(exported_mixer, tmp_path):
+    base = tmp_path / "models"
+    shutil.copytree(exported_mixer.export_dir, base)
+    repository = ModelRepository(str(base))
+    assert repository.resolve("mixer")[0] == 1 and repository.describe() == "mixer (version 1)"
+    (base / "mixer" / ".tmp-2").mkdir()  # an export in progress is not a version
+    shutil.copytree(base / "mixer" / "1", base / "mixer" / "2")
+    assert repository.resolve("mixer")[0] == 2
+    assert repository.resolve("mixer", version=1)[0] == 1
+    shutil.rmtree(base / "mixer" / "2")
+    assert repository.resolve("mixer")[0] == 1
+    with pytest.raises(ValueError, match="No SavedModels"):
+        ModelRepository(str(tmp_path / "models" / "mixer" / ".tmp-2"))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ModelRepository(str(tmp_path / "missing"))
+
+
+def test_predict_command(server, exported_mixer, tmp_path, capsys):
     paths = png_files(exported_mixer.images[:2], tmp_path)
-    script = os.path.join(ROOT, "scripts", "predict.py")
+    top = exported_mixer.labels[int(np.argmax(exported_mixer.expected[0]))]
     for protocol in ("grpc", "rest"):
-        monkeypatch.setattr(sys, "argv", ["predict.py", *paths, "--server", server[protocol],
-                                          "--protocol", protocol, "--top-k", "2"])
-        runpy.run_path(script, run_name="__main__")
-        out = capsys.readouterr().out
-        top = exported_mixer.labels[int(np.argmax(exported_mixer.expected[0]))]
-        assert paths[0] in out and top in out
-    monkeypatch.setattr(sys, "argv", ["predict.py", paths[0], "--server", server["grpc"], "--model", "nope"])
+        assert cli.main([*paths, "--server", server[protocol], "--protocol", protocol, "--top-k", "2"],
+                        command="predict", prog="predict.py") == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 2 and lines[0].startswith(paths[0] + ": " + top)
+        assert lines[0].count(",") == 1  # two classes
+    np.save(tmp_path / "batch.npy", exported_mixer.images[:3])
+    assert cli.main(["predict", str(tmp_path / "batch.npy"), "--server", server["grpc"]]) == 0
+    assert capsys.readouterr().out.count("batch.npy[") == 3
+    assert cli.main(["predict", paths[0], "--server", server["grpc"], "--model", "nope"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    (np.array([1, "a"], dtype=object), "holds Python objects"),
+    (np.array(["a", "b"]), "expected numeric pixels"),
+    (np.zeros((4, 4)), "expected \\(n, H, W, 3\\)"),
+])
+def test_predict_rejects_bad_arrays(tmp_path, capsys, content, message):
+    path = str(tmp_path / "bad.npy")
+    np.save(path, content, allow_pickle=True)
+    assert cli.main(["predict", path, "--server", "127.0.0.1:1"]) == 2  # before any request
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}") and "Traceback" not in err
+    assert re.search(message, err)
+
+
+def test_predict_rejects_top_k_below_one(capsys):
     with pytest.raises(SystemExit) as error:
-        runpy.run_path(script, run_name="__main__")
-    assert "not found" in str(error.value)
+        cli.main(["predict", "cat.jpg", "--top-k", "0"])
+    assert error.value.code == 2 and "--top-k: must be at least 1" in capsys.readouterr().err
+
+
+def _read_addresses(process, timeout=240):
+    """The gRPC and REST addresses a starting ``keras-mixer serve`` prints (all its output kept)."""
+    lines = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True)
+    reader.start()
+    found, deadline = {}, time.monotonic() + timeout
+    while len(found) < 2:
+        assert process.poll() is None, f"serve exited with {process.returncode}: {process.stderr.read()}"
+        try:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+        except queue.Empty:
+            pytest.fail("serve did not print its addresses")
+        for key, prefix in (("grpc", "gRPC: "), ("rest", "REST: ")):
+            if line.startswith(prefix):
+                found[key] = line[len(prefix):].split("/v1/")[0].strip()
+    return found, lines, reader
+
+
+def test_serve_command_answers_predict_script(exported_mixer, tmp_path):
+    """`keras-mixer serve` in its own process, queried by scripts/predict.py as a user runs them."""
+    env = worker_env(keras.backend.backend(), KERAS_MIXER_COMMAND="serve")
+    process = start_module("keras_mixer.cli", ["serve", exported_mixer.export_dir, "--grpc-port", "0",
+                                               "--rest-port", "0", "--host", "127.0.0.1"],
+                           env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        addresses, output, reader = _read_addresses(process)
+        image = png_files(exported_mixer.images[:1], tmp_path)[0]
+        top = exported_mixer.labels[int(np.argmax(exported_mixer.expected[0]))]
+        for protocol, address in addresses.items():
+            result = run_script("predict.py", [image, "--server", address, "--protocol", protocol],
+                                timeout=300)
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert result.stdout.startswith(f"{image}: {top} ")
+        np.save(tmp_path / "nan.npy", np.full((1, 32, 32, 3), np.nan, "float32"))
+        result = run_script("predict.py", [tmp_path / "nan.npy", "--server", addresses["grpc"]], timeout=300)
+        assert result.returncode == 2 and "images contain NaN or Inf" in result.stderr
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    reader.join(timeout=60)
+    assert process.returncode == 0, process.stderr.read()[-3000:]
+    assert "Stopped.\n" in list(output.queue)

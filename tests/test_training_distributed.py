@@ -9,6 +9,7 @@ reduction-order noise on near-zero gradients).
 """
 
 import json
+import re
 import socket
 import subprocess
 
@@ -18,6 +19,9 @@ from helpers import processes
 from helpers.tiny import TINY
 
 import keras
+
+import keras_mixer
+from keras_mixer import distribute
 
 TOLERANCE = {"finetune": 1e-5}
 
@@ -134,11 +138,7 @@ def test_torch_two_gloo_processes(tmp_path, single_device, recipe="finetune"):
 
 def test_jax_layout_map_targets_channel_mixing_kernels():
     """The ModelParallel layout names real variable paths of the Mixer."""
-    from keras_mixer.distribute import mixer_layout_map  # noqa: F401
-    import re
-
-    import keras_mixer
-
+    assert callable(distribute.mixer_layout_map)
     model = keras_mixer.MlpMixer(**TINY, input_shape=(32, 32, 3), num_classes=10)
     paths = [v.path for v in model.weights]
     for pattern in ("channel_mixing/kernel_0", "channel_mixing/bias_0", "channel_mixing/kernel_1"):

@@ -1,9 +1,6 @@
 """Token-mixing pictures (paper Fig. 5), prediction gallery, and the visualize/convert scripts."""
 
 import os
-import runpy
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -12,9 +9,7 @@ from helpers import reference
 from PIL import Image
 
 import keras_mixer
-from keras_mixer import MlpMixer, checkpoints, visualize
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from keras_mixer import MlpMixer, checkpoints, cli, visualize
 
 
 def tiny_model():
@@ -84,26 +79,11 @@ def test_prediction_gallery(tmp_path):
         visualize.predict_images(model, [str(tmp_path / "missing.jpg")])
 
 
-def run_script(name, *args):
-    """A script as its own process (only for --help: the scripts import Keras after parsing)."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *args],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def run_main(name, capsys, *args):
-    """A script's main() in this process (same code path as the CLI, without a new interpreter)."""
-    module = runpy.run_path(os.path.join(ROOT, "scripts", name))
+def run_main(command, prog, capsys, *args):
+    """A command in this process, as its script runs it (``python scripts/PROG ARGS``)."""
     capsys.readouterr()
-    module["main"](list(args))
+    assert cli.main(list(args), command=command, prog=prog) == 0
     return capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", ["convert_weights.py", "visualize.py"])
-def test_scripts_help(name):
-    assert "usage" in run_script(name, "--help")
 
 
 def test_convert_and_visualize_scripts(tmp_path, capsys):
@@ -111,18 +91,22 @@ def test_convert_and_visualize_scripts(tmp_path, capsys):
     checkpoint = str(tmp_path / "official.npz")
     with open(checkpoint, "wb") as f:
         np.savez(f, **params)
-    out = run_main("convert_weights.py", capsys, checkpoint, str(tmp_path / "m.keras"), "--image-size", "64")
+    out = run_main("convert", "convert_weights.py", capsys, checkpoint, str(tmp_path / "m.keras"),
+                   "--image-size", "64")
     assert "Loaded 30 tensors" in out and "Resolution transfer" in out
-    out = run_main("convert_weights.py", capsys, checkpoint, str(tmp_path / "m.safetensors"),
-                     "--num-classes", "10")
+    assert out.splitlines()[-1] == f"Wrote {tmp_path / 'm.keras'}"
+    out = run_main("convert", "convert_weights.py", capsys, checkpoint, str(tmp_path / "m.safetensors"),
+                   "--num-classes", "10")
     assert "Skipped the checkpoint's head" in out
     model = keras.saving.load_model(str(tmp_path / "m.keras"))
     assert model.input.shape[1:3] == (64, 64)
     assert model.get_layer("mixer_block_0").tokens_mlp_dim == 64
 
-    run_main("visualize.py", capsys, "tokens", str(tmp_path / "m.keras"), "--blocks", "0", "1",
-               "--units", "16", "--out", str(tmp_path / "tokens.png"))
+    run_main("visualize", "visualize.py", capsys, "tokens", str(tmp_path / "m.keras"), "--blocks", "0", "1",
+             "--units", "16", "--out", str(tmp_path / "tokens.png"))
     png_size(tmp_path / "tokens.png")
     images = write_images(str(tmp_path), 2)
-    run_main("visualize.py", capsys, "gallery", checkpoint, "--out", str(tmp_path / "gallery.png"), *images)
+    out = run_main("visualize", "visualize.py", capsys, "gallery", checkpoint,
+                   "--out", str(tmp_path / "gallery.png"), *images)
+    assert out == f"Wrote {tmp_path / 'gallery.png'}\n"
     png_size(tmp_path / "gallery.png")

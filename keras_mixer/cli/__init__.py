@@ -38,11 +38,16 @@ def _summary(module):
     return (module.__doc__ or "").strip().splitlines()[0]
 
 
-def add_common_arguments(parser):
-    parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
+def add_common_arguments(parser, default=None):
+    """``--backend`` and ``--verbose``, also after a command's own subcommand (``visualize tokens``)."""
+    parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default=default,
                         help="Keras backend (default: $KERAS_BACKEND, else Keras' default)")
-    parser.add_argument("--verbose", action="store_true",
+    parser.add_argument("--verbose", action="store_true", default=default or False,
                         help="show tracebacks and TensorFlow's start-up logs")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():  # SUPPRESS: keep a value given before it
+                add_common_arguments(subparser, default=argparse.SUPPRESS)
 
 
 def command_parser(name, prog=None):
@@ -78,6 +83,14 @@ def _quiet(verbose):
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def _print_problems(error):
+    """All of a :class:`CheckpointError`'s problems (its message lists the first few)."""
+    problems = getattr(error, "problems", None)
+    if problems:
+        print(f"All {len(problems)} problems:", *(f"  - {p}" for p in problems), sep="\n",
+              file=sys.stderr)
+
+
 def main(argv=None, command=None, prog=None):
     """Run a command; returns its exit status (the console script passes it to ``sys.exit``).
 
@@ -94,6 +107,7 @@ def main(argv=None, command=None, prog=None):
         status = COMMANDS[args.command].run(args)
     except USER_ERRORS as error:
         if args.verbose:
+            _print_problems(error)
             raise
         message = str(error).strip() or type(error).__name__
         print(f"error: {message}\n(run with --verbose for the traceback)", file=sys.stderr)

@@ -1,9 +1,105 @@
-"""(placeholder: the export command is being written)."""
+"""Export a Mixer to a TF Serving SavedModel, TFLite files or ONNX (built under TensorFlow).
+
+The model is a .keras file saved on any backend (or a checkpoint: .npz, .pth,
+.safetensors), or a paper variant with --variant (random weights, or --weights:
+a .weights.h5 file or a preset). Every artifact is checked against the Keras
+model, then published atomically. Examples:
+
+  keras-mixer export saved-model runs/model.keras --labels labels.txt    # saved_models/mixer/1/
+  keras-mixer export all runs/model.keras --representative-images calib.npy
+  keras-mixer export saved-model --variant B/16 --weights b16.weights.h5 --name mixer_b16
+  keras-mixer export tflite runs/model.keras --modes float32 float16 dynamic_int8
+  keras-mixer export onnx runs/model.keras                      # needs pip install ".[onnx]"
+
+'all' is the SavedModel and the TFLite files.
+"""
+
+import contextlib
+import os
+import tempfile
+
+import keras
+
+from keras_mixer.cli.arguments import positive_float, positive_int
+from keras_mixer.deploy import TFLITE_MODES, export_onnx, export_saved_model, export_tflite
+from keras_mixer.models import load_model
+from keras_mixer.training import save_atomically
+
+ARTIFACTS = ("saved-model", "tflite", "onnx", "all")
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("artifact", choices=ARTIFACTS,
+                        help="what to export ('all': SavedModel and TFLite)")
+    parser.add_argument("model_path", nargs="?",
+                        help="a .keras model file (any backend) or a checkpoint (.npz, .pth, .safetensors)")
+    parser.add_argument("--variant", help="paper variant instead of a model file, e.g. B/16")
+    parser.add_argument("--weights", help="with --variant: a .weights.h5 file or a preset name")
+    parser.add_argument("--num-classes", type=positive_int, help="with --variant (default: 1000)")
+    parser.add_argument("--image-size", type=positive_int,
+                        help="with --variant: build at this size (default: 224); with a model "
+                             "file: move it to this size (the paper's resolution transfer)")
+    parser.add_argument("--export-dir", default="saved_models", help="base directory")
+    parser.add_argument("--name", default="mixer", help="model name")
+    parser.add_argument("--version", type=positive_int, help="SavedModel version (default: next free)")
+    parser.add_argument("--labels", help="text file with one class name per line")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="classes in top_k_* outputs")
+    parser.add_argument("--tolerance", type=positive_float, default=1e-4,
+                        help="largest accepted |export - Keras| on sample inputs")
+    parser.add_argument("--modes", nargs="+", default=list(TFLITE_MODES), choices=TFLITE_MODES,
+                        help="TFLite modes")
+    parser.add_argument("--representative-images",
+                        help="int8 calibration images: a folder of image files or a .npy "
+                             "(n, H, W, 3) 0-255 array (e.g. training images)")
+    parser.add_argument("--eval-images", help="held-out images (folder or .npy) for the TFLite check")
+    parser.add_argument("--num-threads", type=positive_int, default=1, help="TFLite latency threads")
+
+
+def build_model(args):
+    """The model the arguments name, through :func:`keras_mixer.models.load_model`."""
+    if (args.model_path is None) == (args.variant is None):
+        raise ValueError("Give a model file or --variant (with optional --weights), not both or neither.")
+    if args.variant is None:
+        if args.weights is not None or args.num_classes is not None:
+            raise ValueError("--weights and --num-classes go with --variant; a model file has its own.")
+        return load_model(args.model_path, image_size=args.image_size, verbose=False)
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    if args.image_size is not None:
+        kwargs["input_shape"] = (args.image_size, args.image_size, 3)
+    if args.weights is None:
+        return load_model(args.variant, **kwargs)
+    return load_model(args.weights, variant=args.variant, verbose=False, **kwargs)
+
+
+@contextlib.contextmanager
+def export_source(args):
+    """What the exporters take: the model under TensorFlow, else a ``.keras`` file of it
+    (under JAX or PyTorch the exports run under TensorFlow in a subprocess)."""
+    model = build_model(args)
+    if keras.backend.backend() == "tensorflow":
+        yield model
+        return
+    with tempfile.TemporaryDirectory(prefix="keras_mixer_export_") as work:
+        path = os.path.join(work, "model.keras")
+        save_atomically(model, path)
+        yield path
 
 
 def run(args):
-    raise SystemExit("keras-mixer export: not implemented yet")
+    written = []
+    with export_source(args) as model:
+        if args.artifact in ("saved-model", "all"):
+            written.append(export_saved_model(model, args.export_dir, args.name, args.version,
+                                              args.labels, args.top_k, args.tolerance))
+        if args.artifact in ("tflite", "all"):
+            modes = [m for m in args.modes if m != "int8" or args.representative_images]
+            if len(modes) < len(args.modes):
+                print("Skipping TFLite int8: it needs --representative-images.")
+            if modes:
+                rows = export_tflite(model, args.export_dir, args.name, modes,
+                                     args.representative_images, args.eval_images, args.num_threads)
+                written += [row["path"] for row in rows]
+        if args.artifact == "onnx":
+            written.append(export_onnx(model, args.export_dir, args.name, args.tolerance)["path"])
+    for path in written:
+        print(f"Wrote {path}")

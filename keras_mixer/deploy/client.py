@@ -247,6 +247,8 @@ class RestClient(_Client):
             response = getattr(requests, method)(url, timeout=self.timeout, **kwargs)
         except (requests.ConnectionError, requests.Timeout) as error:
             raise ServerUnavailableError(f"REST server {self.address} unreachable: {error}") from None
+        except requests.exceptions.InvalidJSONError as error:  # JSON has no NaN or Inf
+            raise InvalidInputError(f"Cannot send the input as JSON (NaN or Inf pixels?): {error}") from None
         try:
             body = response.json()
         except ValueError:

@@ -6,7 +6,6 @@ The data are fixed random images; every process reads the same global batches
 (torch: its own shard of them), with no shuffling or augmentation.
 """
 
-import os
 import sys
 
 import numpy as np

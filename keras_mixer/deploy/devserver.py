@@ -1,25 +1,33 @@
-"""A small stand-in for TF Serving (whose binary cannot be installed here), for tests.
+"""A development server: a stand-in for TF Serving, for trying an export locally and for tests.
 
-It serves SavedModels the way ``tensorflow_model_server`` does: scans
-``BASE/NAME/VERSION/`` directories, loads tag ``serve``, picks the signature by
-name (default ``serving_default``), checks inputs against the SignatureDef
-(names, dtype, rank / known dims), feeds them by signature key and returns the
-outputs by key. Failures map to gRPC status codes (REST: 400 / 404) as TF
-Serving does, and the server keeps answering.
+**Production uses TF Serving** (``tensorflow/serving``, see ``serving/``); this
+server exists because its binary cannot be installed everywhere. It serves the
+SavedModels under a base directory the way ``tensorflow_model_server`` does:
+every integer version ``BASE/NAME/VERSION/`` is loaded with tag ``serve``
+(versions that appear or disappear later are picked up on the next request),
+the signature is picked by name (default ``serving_default``), inputs are
+checked against the SignatureDef (names, dtype, rank / known dims), fed by
+signature key, and the outputs returned by key. Failures map to gRPC status
+codes (REST: 400 / 404) as TF Serving does, with TensorFlow's message (e.g.
+"images contain NaN or Inf"), and the server keeps answering.
 
-* gRPC: ``PredictionService.Predict`` and ``GetModelMetadata`` (port from
-  ``start_grpc``).
+* gRPC: ``PredictionService.Predict`` and ``GetModelMetadata``;
 * REST: ``POST /v1/models/NAME[/versions/N|/labels/L]:predict`` (row
   ``instances`` or columnar ``inputs``, ``{"b64": ...}`` for bytes) and
   ``GET .../metadata``.
+
+No batching, no model config file, no monitoring: ``keras-mixer serve`` for
+local trials, :class:`DevServer` in tests.
 """
 
 import base64
 import concurrent.futures
+import errno
 import http.server
 import json
 import os
 import re
+import sys
 import threading
 
 import grpc
@@ -29,58 +37,135 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
+from keras_mixer.deploy.signatures import SERVING_DEFAULT
+
 HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404}
+SAVED_MODEL_FILE = "saved_model.pb"
 
 
-class StubError(Exception):
+class RequestError(Exception):
+    """A request the server refuses, with its gRPC status code."""
+
     def __init__(self, code, message):
         super().__init__(message)
         self.code = code
 
 
 def _invalid(message):
-    return StubError(grpc.StatusCode.INVALID_ARGUMENT, message)
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def error_message(error):
+    """TensorFlow's whole message for a failed signature call, without the boilerplate.
+
+    Eager calls report ``Graph execution error:`` and where the failing node was
+    defined before the message itself (``assertion failed: [empty batch: ...]``);
+    TF Serving answers with the message and the node, which this keeps.
+    """
+    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    kept, in_trace = [], False
+    for line in text.strip().splitlines():
+        if line.startswith("Detected at node"):
+            in_trace = True  # until the first line that is not part of the stack trace
+        elif in_trace and (not line.strip() or line.startswith(" ") or line == "<stack traces unavailable>"):
+            continue
+        elif line.strip() and line.strip() != "Graph execution error:":
+            in_trace = False
+            kept.append(line)
+    return "\n".join(kept) or type(error).__name__
 
 
 class ModelRepository:
-    """All integer versions under ``base_dir/NAME/``, loaded like TF Serving loads them."""
+    """The integer versions under ``base_dir/NAME/``, loaded like TF Serving loads them.
+
+    ``version_labels``: ``{name: {label: version}}`` (TF Serving's model config).
+    """
 
     def __init__(self, base_dir, version_labels=None):
-        self.models = {}
-        for name in sorted(os.listdir(base_dir)):
-            model_dir = os.path.join(base_dir, name)
-            if not os.path.isdir(model_dir):
-                continue
-            versions = {int(v): os.path.join(model_dir, v) for v in os.listdir(model_dir) if v.isdigit()}
-            if versions:
-                self.models[name] = {v: self._load(path) for v, path in versions.items()}
+        if not os.path.isdir(base_dir):
+            raise FileNotFoundError(f"Model base directory not found: {base_dir}")
+        self.base_dir = base_dir
         self.version_labels = version_labels or {}
+        self.models = {}
+        self._failed = set()
+        self._lock = threading.Lock()
+        self.refresh(strict=True)
+        if not self.models:
+            raise ValueError(
+                f"No SavedModels under {base_dir}: expected {base_dir}/NAME/VERSION/{SAVED_MODEL_FILE} "
+                "(written by `keras-mixer export saved-model`).")
+
+    def _scan(self):
+        """``{name: {version: path}}`` of the complete versions on disk (dot-names are temporary)."""
+        found = {}
+        for name in sorted(os.listdir(self.base_dir)):
+            model_dir = os.path.join(self.base_dir, name)
+            if name.startswith(".") or not os.path.isdir(model_dir):
+                continue
+            versions = {int(v): os.path.join(model_dir, v) for v in os.listdir(model_dir)
+                        if v.isdigit() and os.path.isfile(os.path.join(model_dir, v, SAVED_MODEL_FILE))}
+            if versions:
+                found[name] = versions
+        return found
+
+    def refresh(self, strict=False):
+        """Load versions that appeared since the last call, forget those that were removed.
+
+        A version that fails to load raises with ``strict``, else is reported once and skipped.
+        """
+        with self._lock:
+            models = {}
+            for name, versions in self._scan().items():
+                before, loaded = self.models.get(name, {}), {}
+                for version, path in sorted(versions.items()):
+                    if version in before:
+                        loaded[version] = before[version]
+                    elif path not in self._failed:
+                        try:
+                            loaded[version] = self._load(path)
+                        except Exception as error:  # a broken SavedModel: report it, serve the others
+                            if strict:
+                                raise ValueError(f"Cannot load the SavedModel {path}: {error}") from error
+                            self._failed.add(path)
+                            print(f"Skipped {path}: cannot load it: {error}", file=sys.stderr)
+                if loaded:
+                    models[name] = loaded
+            self.models = models  # replaced whole: requests in flight keep the dict they read
+
+    def describe(self):
+        """``"mixer (versions 1, 2), other (version 3)"``."""
+        return ", ".join(
+            f"{name} (version{'s' if len(v) > 1 else ''} {', '.join(map(str, sorted(v)))})"
+            for name, v in sorted(self.models.items()))
 
     @staticmethod
     def _load(path):
         proto = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        with open(os.path.join(path, SAVED_MODEL_FILE), "rb") as f:
             proto.ParseFromString(f.read())
         (meta_graph,) = [m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags]
         return tf.saved_model.load(path, tags=["serve"]), meta_graph.signature_def
 
     def resolve(self, spec_name, version=None, label=None):
-        if spec_name not in self.models:
-            raise StubError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({spec_name})")
-        versions = self.models[spec_name]
+        """``(version, (loaded SavedModel, signature defs))`` of a request's model spec."""
+        self.refresh()
+        models = self.models
+        if spec_name not in models:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({spec_name})")
+        versions = models[spec_name]
         if label:
             if label not in self.version_labels.get(spec_name, {}):
-                raise StubError(grpc.StatusCode.NOT_FOUND, f"Unknown version label {label!r} of {spec_name}")
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"Unknown version label {label!r} of {spec_name}")
             version = self.version_labels[spec_name][label]
         if version is None:
             version = max(versions)
         if version not in versions:
-            raise StubError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({spec_name}, {version})")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({spec_name}, {version})")
         return version, versions[version]
 
     def predict(self, name, version, label, signature_name, inputs):
         version, (loaded, signature_defs) = self.resolve(name, version, label)
-        signature_name = signature_name or "serving_default"
+        signature_name = signature_name or SERVING_DEFAULT
         if signature_name not in signature_defs or signature_name.startswith("__"):
             raise _invalid(f"Serving signature name: \"{signature_name}\" not found in signature def")
         signature_def = signature_defs[signature_name]
@@ -102,7 +187,7 @@ class ModelRepository:
         try:
             outputs = loaded.signatures[signature_name](**feeds)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
-            raise _invalid(str(error).strip().splitlines()[0]) from None
+            raise _invalid(error_message(error)) from None
         return version, {key: value.numpy() for key, value in outputs.items()}
 
     def metadata(self, name, version=None, label=None):
@@ -130,12 +215,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise _invalid(f"Malformed input tensor: {error}") from None
             version, outputs = self.repository.predict(
                 spec.name, self._version(spec), spec.version_label, spec.signature_name, inputs)
-        except StubError as error:
+        except RequestError as error:
             context.abort(error.code, str(error))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
         response.model_spec.version.value = version
-        response.model_spec.signature_name = spec.signature_name or "serving_default"
+        response.model_spec.signature_name = spec.signature_name or SERVING_DEFAULT
         for key, value in outputs.items():
             if not request.output_filter or key in request.output_filter:
                 response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
@@ -148,7 +233,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             version, signature_map = self.repository.metadata(
                 spec.name, self._version(spec), spec.version_label)
-        except StubError as error:
+        except RequestError as error:
             context.abort(error.code, str(error))
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = spec.name
@@ -157,13 +242,28 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-def start_grpc(repository, max_workers=8):
-    """Start a gRPC server on 127.0.0.1; returns ``(server, "127.0.0.1:PORT")``."""
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_workers))
+def _address(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def start_grpc(repository, host="127.0.0.1", port=0, max_workers=8):
+    """Start the gRPC front end (port 0: any free port); returns ``(server, "HOST:PORT")``."""
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=max_workers),
+        # One server per port (Linux gRPC shares ports by default), and no 4 MB request cap
+        # (TF Serving lifts it too: a batch of 224 x 224 float images is 0.6 MB per image).
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", -1),
+                 ("grpc.max_send_message_length", -1)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(repository), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    try:
+        bound = server.add_insecure_port(_address(host, port))
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        bound = 0
+    if not bound:
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {_address(host, port)} (gRPC): "
+                                        "the port is in use or the address is not this machine's")
     server.start()
-    return server, f"127.0.0.1:{port}"
+    return server, _address(host, bound)
 
 
 _ROUTE = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(:predict|/metadata)$")
@@ -210,7 +310,7 @@ def _to_json(array):
 class _RestHandler(http.server.BaseHTTPRequestHandler):
     repository = None
 
-    def log_message(self, *args):  # keep test output quiet
+    def log_message(self, *args):  # no access log
         pass
 
     def _reply(self, status, body):
@@ -224,7 +324,7 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
     def _route(self, action):
         match = _ROUTE.match(self.path)
         if not match or match.group(4) != action:
-            raise StubError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {self.command} {self.path}")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {self.command} {self.path}")
         name, version, label, _ = match.groups()
         return name, None if version is None else int(version), label
 
@@ -234,7 +334,7 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
             version, signature_map = self.repository.metadata(name, version, label)
             self._reply(200, {"model_spec": {"name": name, "version": str(version)},
                               "metadata": {"signature_def": json_format.MessageToDict(signature_map)}})
-        except StubError as error:
+        except RequestError as error:
             self._reply(HTTP_STATUS.get(error.code, 500), {"error": str(error)})
 
     def do_POST(self):
@@ -246,14 +346,14 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
                 raise _invalid(f"JSON parse error: {error}") from None
             if not isinstance(body, dict):
                 raise _invalid("request body must be a JSON object")
-            signature_name = body.get("signature_name") or "serving_default"
+            signature_name = body.get("signature_name") or SERVING_DEFAULT
             _, (_, signature_defs) = self.repository.resolve(name, version, label)
             if signature_name not in signature_defs:
                 raise _invalid(f"Serving signature name: \"{signature_name}\" not found in signature def")
             input_infos = signature_defs[signature_name].inputs
             inputs, columnar = self._inputs(body, input_infos)
             version, outputs = self.repository.predict(name, version, label, signature_name, inputs)
-        except StubError as error:
+        except RequestError as error:
             self._reply(HTTP_STATUS.get(error.code, 500), {"error": str(error)})
             return
         if columnar:
@@ -290,9 +390,42 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
                 for key, value in named.items()}, columnar
 
 
-def start_rest(repository):
-    """Start a REST server on 127.0.0.1; returns ``(server, "http://127.0.0.1:PORT")``."""
+def start_rest(repository, host="127.0.0.1", port=0):
+    """Start the REST front end (port 0: any free port); returns ``(server, "http://HOST:PORT")``."""
     handler = type("Handler", (_RestHandler,), {"repository": repository})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot listen on {_address(host, port)} (REST): "
+                                   f"{error.strerror}") from None
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+    return server, f"http://{_address(host, server.server_address[1])}"
+
+
+class DevServer:
+    """Both front ends over one :class:`ModelRepository`; ``stop()`` or leave the ``with`` block.
+
+    >>> with DevServer(ModelRepository("saved_models"), grpc_port=0, rest_port=0) as server:
+    ...     GrpcClient(server.grpc_address).predict(["cat.jpg"])
+    """
+
+    def __init__(self, repository, host="127.0.0.1", grpc_port=8500, rest_port=8501):
+        self.repository = repository
+        self._grpc, self.grpc_address = start_grpc(repository, host, grpc_port)
+        try:
+            self._rest, self.rest_address = start_rest(repository, host, rest_port)
+        except BaseException:
+            self._grpc.stop(None)
+            raise
+
+    def stop(self):
+        self._grpc.stop(None)
+        self._rest.shutdown()
+        self._rest.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
