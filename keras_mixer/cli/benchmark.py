@@ -83,12 +83,7 @@ def _add_training_arguments(parser):
     parser.add_argument("--cifar-dir", default=spec.cifar_dir,
                         help="where the tarball is extracted, once (default: %(default)s)")
     _add_out(parser, "benchmark_results_training")
-    # The dispatcher adds --backend and --verbose to the command's parser, not to this one;
-    # SUPPRESS keeps a value given before `training` (and --backend from matching --backends).
-    parser.add_argument("--backend", choices=benchmark.BACKENDS, default=argparse.SUPPRESS,
-                        help="Keras backend of this process (the suite runs --backends)")
-    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks and TensorFlow's start-up logs")
+    # --backend and --verbose come from the dispatcher (keras_mixer.cli.add_common_arguments).
 
 
 def _add_backends(parser):
