@@ -1,15 +1,19 @@
 """Loading and saving checkpoints: official .npz (Linen and legacy), timm, Keras, and the loading rules."""
 
+import io
 import os
 import warnings
+import zipfile
 
 import keras
 import numpy as np
 import pytest
 from helpers import reference
+from helpers.tiny import TESTS_DATA
 
 import keras_mixer
 from keras_mixer import MlpMixer, checkpoints
+from keras_mixer.checkpoints import CheckpointError
 
 RTOL = 1e-5
 # B/16-shaped blocks (224 px, patch 16: 196 tokens, C=768, D_S=384, D_C=3072) at reduced depth.
@@ -349,3 +353,86 @@ def test_single_array_file_named_npz_is_an_error(tmp_path):
     with open(path, "wb") as f:
         np.save(f, np.zeros(3, np.float32))
     _load_fails(build(TINY), str(path), "single array, not an .npz archive")
+
+
+# ------------------------------------------------------------------ files that are not what they say
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".pth"])
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, suffix):
+    if suffix == ".pth":
+        pytest.importorskip("torch")
+    model = build(TINY)
+    text = tmp_path / f"notes{suffix}"
+    text.write_text("hello world\nthese are not weights\n")
+    _load_fails(model, str(text), r"is a text file \(it starts with 'hello world these are not")
+    empty = tmp_path / f"empty{suffix}"
+    empty.write_bytes(b"")
+    _load_fails(model, str(empty), r"is empty \(0 bytes\)")
+    page = tmp_path / f"page{suffix}"
+    page.write_text("<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    _load_fails(model, str(page), "is an HTML/XML page")
+
+
+def test_text_file_named_npz_is_not_called_pickled(tmp_path):
+    path = tmp_path / "weights.npz"
+    path.write_text("stem/kernel = 0.1, 0.2\n")
+    with pytest.raises(CheckpointError) as info:
+        keras_mixer.load_weights(build(TINY), str(path))
+    assert "pickled" not in str(info.value)
+    assert "is a text file (it starts with 'stem/kernel = 0.1, 0.2')" in str(info.value)
+
+
+def test_truncated_npz_says_so(tmp_path):
+    model = build(TINY)
+    full = checkpoints.save_weights(model, tmp_path / "full.npz")
+    data = open(full, "rb").read()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 3])
+    _load_fails(model, str(tmp_path / "cut.npz"), "is a truncated or corrupt zip archive")
+
+
+def npz_with_header(path, shape, descr="<f4", data=b"\0" * 64):
+    """An .npz whose one array's header says ``shape`` but holds only ``data``."""
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": descr, "fortran_order": False,
+                                                 "shape": shape})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("stem/kernel.npy", member.getvalue() + data)
+    return str(path)
+
+
+def test_npz_header_declaring_a_huge_array_is_a_corrupt_header(tmp_path):
+    """4 TiB declared in a 64-byte member: reported before NumPy tries to allocate it."""
+    path = npz_with_header(tmp_path / "huge.npz", (2**40,))
+    _load_fails(build(TINY), path, r"array 'stem/kernel' declares an array of 4 TiB "
+                                   r"\(shape \(1099511627776,\), float32\).*: corrupt header")
+
+
+def test_truncated_keras_file_is_not_reported_as_missing(tmp_path):
+    """--init and load_model read .keras files through models.load_keras_file."""
+    data = open(os.path.join(TESTS_DATA, "mixer_v0_1_0_tiny.keras"), "rb").read()
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.keras: the file is a truncated or corrupt zip "
+                                         r"archive") as info:
+        keras_mixer.load_model(str(cut))
+    assert "not found" not in str(info.value)
+    text = tmp_path / "notes.keras"
+    text.write_text("a model\n")
+    with pytest.raises(ValueError, match=r"the file is a text file \(it starts with 'a model'\)"):
+        keras_mixer.models.load_keras_file(str(text))
+
+
+def test_keras_file_with_a_damaged_member_says_so(tmp_path):
+    source = os.path.join(TESTS_DATA, "mixer_v0_1_0_tiny.keras")
+    damaged = tmp_path / "damaged.keras"
+    with zipfile.ZipFile(source) as archive:
+        info = archive.getinfo("model.weights.h5")
+        offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data = bytearray(open(source, "rb").read())
+    for i in range(offset + 2000, offset + 2064):
+        data[i] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged.keras: the file is corrupt \(its member "
+                                         r"'model.weights.h5' fails its CRC check\)"):
+        keras_mixer.load_model(str(damaged))
