@@ -247,7 +247,7 @@ def model_from_checkpoint(path, image_size=None, verbose=True, **kwargs):
     """Build the Mixer a checkpoint file describes and load it.
 
     Args:
-        path: ``.npz``, ``.pth`` or ``.safetensors`` checkpoint.
+        path: ``.npz``, ``.pth``, ``.safetensors`` or Keras ``.weights.h5`` checkpoint.
         image_size: build at this size (int or ``(height, width)``) with the
             paper's resolution transfer; default: the checkpoint's size.
         verbose: emit the loader's messages as warnings.

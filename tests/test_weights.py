@@ -127,6 +127,74 @@ def test_keras_weights_h5_still_load(tmp_path):
     assert_params_equal(checkpoints.get_params(other), checkpoints.get_params(model))
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(dropout=0.1, drop_path_rate=0.2, include_preprocessing=True, classifier_activation="softmax"),
+    dict(include_top=False, pooling="max"),
+], ids=["regularised", "headless"])
+def test_weights_h5_reads_into_the_official_layout(tmp_path, kwargs):
+    """Keras' own save_weights file, read without building its model, is the model's official params."""
+    cfg = dict(TINY, depth=3)
+    model = build(cfg, **kwargs)
+    params = {k: np.random.default_rng(0).standard_normal(v.shape).astype("float32")
+              for k, v in checkpoints.get_params(model).items()}
+    checkpoints.load_params(model, params)
+    model.save_weights(str(tmp_path / "keras.weights.h5"))  # Keras itself, not our writer
+    assert_params_equal(checkpoints.read_checkpoint(tmp_path / "keras.weights.h5"), params)
+
+
+def test_weights_h5_head_of_other_size_is_skipped(tmp_path):
+    source = build(TINY, num_classes=10)
+    checkpoints.load_params(source, official_params(TINY, num_classes=10))
+    path = checkpoints.save_weights(source, tmp_path / "ten.weights.h5")
+    model = build(TINY)
+    with pytest.warns(UserWarning, match="Skipped the checkpoint's head: 10 classes, the model has 7"):
+        summary = keras_mixer.load_weights(model, path)
+    assert summary.skipped == list(checkpoints.HEAD_KEYS)
+    assert not checkpoints.get_params(model)["head/kernel"].any()
+
+
+def test_weights_h5_of_other_width_assigns_nothing(tmp_path):
+    """A wider file used to fail only after the stem and earlier layers were overwritten."""
+    cfg = dict(TINY, channels_mlp=96)
+    source = build(cfg)
+    checkpoints.load_params(source, official_params(cfg))
+    path = checkpoints.save_weights(source, tmp_path / "wide.weights.h5")
+    _load_fails(build(TINY), path, r"wrong shape for 'MixerBlock_0/channel_mixing/Dense_0/kernel': "
+                                   r"checkpoint \(32, 96\), model \(32, 64\)")
+
+
+# ------------------------------------------------------------------ another architecture, every format
+
+
+def save_as(tmp_path, cfg, suffix):
+    source = build(cfg)
+    checkpoints.load_params(source, official_params(cfg))
+    return checkpoints.save_weights(source, tmp_path / f"other{suffix}")
+
+
+@pytest.mark.parametrize("change", [dict(depth=3), dict(hidden=48)], ids=["deeper", "wider"])
+def test_other_architecture_fails_the_same_way_in_every_format(tmp_path, change):
+    """.npz, .safetensors, .pth and .weights.h5 from a deeper/wider model: same error, nothing assigned."""
+    pytest.importorskip("torch")
+    cfg = dict(TINY, **change)
+    theirs = checkpoints.config_from_params(official_params(cfg)).architecture.describe()
+    ours = build(TINY).config.architecture.describe()
+    errors = {}
+    for suffix in (".npz", ".safetensors", ".pth", ".weights.h5"):
+        model = build(TINY)
+        before = checkpoints.get_params(model)
+        with pytest.raises(CheckpointError) as info:
+            keras_mixer.load_weights(model, save_as(tmp_path, cfg, suffix))
+        assert_params_equal(checkpoints.get_params(model), before)  # nothing assigned
+        errors[suffix] = info.value
+    for suffix, error in errors.items():
+        first_line = str(error).splitlines()[0]
+        assert f"The checkpoint is a {theirs} trained at 32x32; the model is a {ours}" in first_line
+        assert "nothing was loaded" in str(error), suffix
+        assert str(error) == str(errors[".npz"]), suffix  # the same message, whatever the format
+        assert sorted(error.problems) == sorted(errors[".npz"].problems), suffix
+
+
 # ------------------------------------------------------------------ timm layout
 
 
@@ -358,7 +426,7 @@ def test_single_array_file_named_npz_is_an_error(tmp_path):
 # ------------------------------------------------------------------ files that are not what they say
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".pth"])
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".pth", ".weights.h5"])
 def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, suffix):
     if suffix == ".pth":
         pytest.importorskip("torch")

@@ -1,7 +1,7 @@
 """Reading and writing Mixer weights; never imports the model code.
 
 - :mod:`.keys`: official names <-> model variables, legacy and timm layouts;
-- :mod:`.formats`: ``.npz`` / ``.pth`` / ``.safetensors`` files to and from official-layout dicts;
+- :mod:`.formats`: ``.npz`` / ``.pth`` / ``.safetensors`` / ``.weights.h5`` files to and from official-layout dicts;
 - :mod:`.tiling`: the block-diagonal resolution transfer on arrays;
 - :mod:`.presets`: the published checkpoints;
 - :mod:`.loading`: the loading rules (check everything, then assign).

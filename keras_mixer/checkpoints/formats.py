@@ -1,7 +1,7 @@
-"""Checkpoint files: official ``.npz``, timm ``.pth`` / ``.safetensors``, as official-layout dicts.
+"""Checkpoint files: official ``.npz``, timm ``.pth`` / ``.safetensors``, Keras ``.weights.h5``, as official-layout dicts.
 
 Every reader returns ``{official key: NumPy array}`` and never unpickles:
-``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``, safetensors.
+``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``, safetensors, h5py.
 A file that cannot be read raises :class:`CheckpointError` saying what the file is
 (empty, text, a truncated archive, ...).
 Writers take the same dict and write atomically.
@@ -150,12 +150,35 @@ def read_safetensors(path):
         raise _unreadable(path, "as .safetensors", error) from error
 
 
+def read_keras_weights(path):
+    """A Keras ``.weights.h5`` of an MlpMixer (any backend) in the official layout.
+
+    The file is read with h5py (installed with Keras) and mapped by
+    :func:`keys.from_keras_weights`, so it is checked like any other checkpoint.
+    """
+    import h5py
+
+    state = {}
+
+    def collect(name, item):
+        if isinstance(item, h5py.Dataset):
+            state[name] = np.asarray(item[()])
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(collect)
+    except (OSError, ValueError, KeyError) as error:
+        raise _unreadable(path, "as a Keras .weights.h5 file", error) from error
+    return keys.from_keras_weights(state)
+
+
 def read_checkpoint(path):
     """Any supported checkpoint file as an official-layout dict of NumPy arrays."""
     path = os.fspath(path)
     readers = ((NPZ_SUFFIXES, read_npz),
                (TORCH_SUFFIXES, lambda p: keys.from_timm(read_torch(p))),
-               (SAFETENSORS_SUFFIXES, lambda p: keys.from_timm(read_safetensors(p))))
+               (SAFETENSORS_SUFFIXES, lambda p: keys.from_timm(read_safetensors(p))),
+               (KERAS_WEIGHTS_SUFFIXES, read_keras_weights))
     for suffixes, reader in readers:
         if has_suffix(path, suffixes):
             if not os.path.isfile(path):
