@@ -2,6 +2,9 @@
 
 import io
 import os
+import subprocess
+import sys
+import time
 import warnings
 import zipfile
 
@@ -12,7 +15,7 @@ from helpers import reference
 from helpers.tiny import TESTS_DATA
 
 import keras_mixer
-from keras_mixer import MlpMixer, checkpoints
+from keras_mixer import MlpMixer, checkpoints, files
 from keras_mixer.checkpoints import CheckpointError
 
 RTOL = 1e-5
@@ -504,3 +507,49 @@ def test_keras_file_with_a_damaged_member_says_so(tmp_path):
     with pytest.raises(ValueError, match=r"damaged.keras: the file is corrupt \(its member "
                                          r"'model.weights.h5' fails its CRC check\)"):
         keras_mixer.load_model(str(damaged))
+
+
+# ------------------------------------------------------------------ temporary files of killed writers
+
+
+def dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def temp_name_of(pid, rest):
+    """A temporary name as process ``pid`` on this host writes it."""
+    return files.temp_prefix().replace(f"p{os.getpid()}h", f"p{pid}h") + rest
+
+
+def test_stale_temps_of_killed_writers_are_removed(tmp_path):
+    dead = dead_pid()
+    (tmp_path / temp_name_of(dead, "abc-w.npz")).write_bytes(b"half")
+    (tmp_path / temp_name_of(dead, "dir")).mkdir()
+    (tmp_path / temp_name_of(dead, "dir") / "saved_model.pb").write_bytes(b"half")
+    live = tmp_path / temp_name_of(os.getpid(), "abc-w.npz")  # a writer still at work
+    live.write_bytes(b"busy")
+    unknown_recent = tmp_path / ".tmp-3-xyz"  # an older name: the writer cannot be checked
+    unknown_recent.mkdir()
+    unknown_old = tmp_path / ".tmp-abcdef.npz"
+    unknown_old.write_bytes(b"old")
+    two_hours_ago = time.time() - 7200
+    os.utime(unknown_old, (two_hours_ago, two_hours_ago))
+    keep = tmp_path / "w.npz"
+    keep.write_bytes(b"done")
+
+    removed = files.remove_stale_temps(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == sorted(
+        [temp_name_of(dead, "abc-w.npz"), temp_name_of(dead, "dir"), ".tmp-abcdef.npz"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, ".tmp-3-xyz", "w.npz"])
+
+
+def test_saving_again_removes_what_a_killed_save_left(tmp_path):
+    dead = dead_pid()
+    orphan = tmp_path / temp_name_of(dead, "k3j2h1-w.npz")
+    orphan.write_bytes(b"half a checkpoint")
+    other_target = tmp_path / temp_name_of(dead, "k3j2h1-other.npz")
+    other_target.write_bytes(b"left for a save of other.npz")
+    checkpoints.save_weights(build(TINY), tmp_path / "w.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other_target.name, "w.npz"])
