@@ -244,6 +244,7 @@ def load_weights(model, weights, verbose=True):
     Returns:
         A :class:`LoadSummary`.
     """
+    preset = None
     if presets.is_preset_name(weights):
         preset = presets.get_preset(_variant(model), weights)
         _check_preset_fit(model, preset)
@@ -255,7 +256,14 @@ def load_weights(model, weights, verbose=True):
             f"Unknown weights {weights!r}: not a file, and not a preset "
             f"({', '.join(presets.PRESET_NAMES)})."
         )
-    return load_params(model, formats.read_checkpoint(path), verbose=verbose)
+    try:
+        params = formats.read_checkpoint(path)
+    except CheckpointError as error:
+        if preset is None:
+            raise
+        raise CheckpointError(f"{error}\nThis is the cached download of the {preset.name!r} "
+                              f"weights: delete {path} and it is downloaded again.") from error
+    return load_params(model, params, verbose=verbose)
 
 
 def _variant(model):
