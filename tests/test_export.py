@@ -18,7 +18,7 @@ from helpers.tiny import tiny_classifier
 
 import keras_mixer
 from keras_mixer import deploy, files
-from keras_mixer.deploy import saved_model
+from keras_mixer.deploy import saved_model, signatures
 
 def softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
@@ -163,6 +163,20 @@ def test_publishing_a_version_that_another_export_took(tmp_path):
             assert final == str(base / "4") and (base / "4" / "saved_model.pb").read_bytes() == b"mine"
             with open(base / "4" / saved_model.REPORT_FILE) as f:
                 assert json.load(f) == {"version": 4}
+
+
+def test_keras_probabilities_refuses_what_the_signatures_refuse():
+    """Our entry points around model.predict: a clear ValueError, not Keras' UnboundLocalError."""
+    model = tiny_classifier()
+    with pytest.raises(ValueError, match="Empty batch: give at least one image"):
+        signatures.keras_probabilities(model, np.zeros((0, 32, 32, 3), "float32"))
+    images = np.full((2, 32, 32, 3), 128.0, "float32")
+    images[1, 3, 4, 0] = np.nan
+    with pytest.raises(ValueError, match="Images contain NaN or Inf"):
+        signatures.keras_probabilities(model, images)
+    # What the README says model.predict itself does with NaN pixels: NaN probabilities.
+    assert np.isnan(model.predict(images, verbose=0)[1]).all()
+    assert np.isfinite(signatures.keras_probabilities(model, images[:1])).all()
 
 
 def test_tflite_modes_match_keras(exported_mixer, tmp_path):
