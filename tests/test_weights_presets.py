@@ -215,7 +215,7 @@ def test_offline_download_names_the_url_and_the_cache_path(tmp_path, monkeypatch
 
     monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
     path = cache / "gsam_Mixer-S_32.npz"
-    with pytest.raises(presets.DownloadError) as info:
+    with pytest.raises(keras_mixer.DownloadError) as info:
         keras_mixer.load_weights(MixerS32(input_shape=(32, 32, 3)), "gsam")
     message = str(info.value)
     assert message.startswith("Could not download the 'gsam' weights of Mixer-S/32 from "
