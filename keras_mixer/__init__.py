@@ -9,6 +9,7 @@ startup.apply()  # the command line's --backend and quiet start-up, before Keras
 
 from keras_mixer.checkpoints import (
     CheckpointError,
+    DownloadError,
     LoadSummary,
     available_presets,
     load_params,

@@ -10,6 +10,8 @@ its constructor arguments from ``get_config()``; ``model.config`` is the
 """
 
 import os
+import zipfile
+import zlib
 
 import keras
 
@@ -23,6 +25,7 @@ from keras_mixer.config import (
     model_name,
     token_grid,
 )
+from keras_mixer.files import describe_contents
 from keras_mixer.layers import PACKAGE, MixerBlock, PatchEmbedding, layer_norm
 
 # Layer names: the one place that knows them (the properties below give the layers).
@@ -244,7 +247,7 @@ def model_from_checkpoint(path, image_size=None, verbose=True, **kwargs):
     """Build the Mixer a checkpoint file describes and load it.
 
     Args:
-        path: ``.npz``, ``.pth`` or ``.safetensors`` checkpoint.
+        path: ``.npz``, ``.pth``, ``.safetensors`` or Keras ``.weights.h5`` checkpoint.
         image_size: build at this size (int or ``(height, width)``) with the
             paper's resolution transfer; default: the checkpoint's size.
         verbose: emit the loader's messages as warnings.
@@ -358,10 +361,25 @@ def load_keras_file(path, compile=True):
 
     keras-mixer 0.1 saved plain functional models; their architecture is read
     off the graph once here and the weights are copied into an :class:`MlpMixer`.
+    A file that is not a complete ``.keras`` archive (empty, text, truncated,
+    damaged) raises :class:`~keras_mixer.checkpoints.CheckpointError` saying so.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file not found: {path}")
-    model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise checkpoints.CheckpointError(
+            f"Cannot load {path}: the file {describe_contents(path)}; a .keras model file is "
+            "a zip archive (written by model.save)."
+        )
+    try:
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as error:
+        damaged = _damaged_member(path)
+        if damaged is None:
+            raise
+        raise checkpoints.CheckpointError(
+            f"Cannot load {path}: the file is corrupt ({damaged})."
+        ) from error
     if isinstance(model, MlpMixer):
         return model
     upgraded = from_config(_functional_config(model))
@@ -369,6 +387,16 @@ def load_keras_file(path, compile=True):
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return upgraded
+
+
+def _damaged_member(path):
+    """Which member of a zip archive fails its CRC check, or ``None``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        return f"it cannot be read as a zip archive: {error}"
+    return None if bad is None else f"its member {bad!r} fails its CRC check"
 
 
 def _functional_config(model):

@@ -13,11 +13,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.processes import ROOT, run_worker, worker_env
+from helpers.processes import run_worker, worker_env
+from helpers.tiny import tiny_classifier
 
 import keras_mixer
-from keras_mixer import deploy
-from keras_mixer.deploy import saved_model
+from keras_mixer import deploy, files
+from keras_mixer.deploy import saved_model, signatures
 
 def softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
@@ -89,9 +90,10 @@ def test_export_of_model_trained_on_other_backends(source_backend, tmp_path):
 def test_sigkill_during_export_leaves_no_version(exported_mixer, tmp_path):
     base = tmp_path / "models" / "mixer"
     shutil.copytree(exported_mixer.version_dir, base / "1")
+    # The library call the export command makes (the command itself is being rewritten).
+    export = "import sys; from keras_mixer import deploy; deploy.export_saved_model(*sys.argv[1:])"
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "scripts", "export.py"), "saved-model",
-         exported_mixer.keras_path, "--export-dir", str(tmp_path / "models")],
+        [sys.executable, "-c", export, exported_mixer.keras_path, str(tmp_path / "models")],
         env=worker_env("tensorflow"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -105,8 +107,76 @@ def test_sigkill_during_export_leaves_no_version(exported_mixer, tmp_path):
         proc.wait()
     assert [name for name in os.listdir(base) if not name.startswith(".")] == ["1"]
     assert deploy.next_version(str(base)) == 2
+    # What the killed export left is recognised as stale (its writer is gone) and removed.
+    left = [name for name in os.listdir(base) if name.startswith(".tmp-")]
+    assert left and files.remove_stale_temps(str(base)) == [str(base / name) for name in left]
+    assert os.listdir(base) == ["1"]
     with pytest.raises(FileExistsError, match="already exists"):
         deploy.export_saved_model(exported_mixer.keras_path, str(tmp_path / "models"), version=1)
+
+
+def dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="exports in this process under TensorFlow (other backends use a subprocess)")
+def test_export_racing_another_takes_the_next_version(tmp_path, monkeypatch):
+    """Two exports at once: the one that renames second takes the next number, no ENOTEMPTY."""
+    base = tmp_path / "models" / "mixer"
+    orphan = base / (files.temp_prefix().replace(f"p{os.getpid()}h", f"p{dead_pid()}h") + "x")
+    (orphan / "variables").mkdir(parents=True)  # a version a killed export left half written
+    real_check = saved_model.check_saved_model
+
+    def check_while_another_export_publishes(*args, **kwargs):
+        report = real_check(*args, **kwargs)
+        (base / "1").mkdir()  # the other export, started at the same time, finished first
+        (base / "1" / "saved_model.pb").write_bytes(b"theirs")
+        return report
+
+    monkeypatch.setattr(saved_model, "check_saved_model", check_while_another_export_publishes)
+    report = saved_model.write_saved_model(tiny_classifier(), str(tmp_path / "models"), "mixer")
+    assert report["path"] == str(base / "2") and report["version"] == 2
+    assert sorted(os.listdir(base)) == ["1", "2"]  # the orphan is gone, theirs untouched
+    assert (base / "1" / "saved_model.pb").read_bytes() == b"theirs"
+    with open(base / "2" / saved_model.REPORT_FILE) as f:
+        assert json.load(f)["version"] == 2
+
+
+def test_publishing_a_version_that_another_export_took(tmp_path):
+    base = tmp_path / "mixer"
+    (base / "3").mkdir(parents=True)
+    (base / "3" / "saved_model.pb").write_bytes(b"theirs")
+    for explicit in (True, False):
+        tmp = base / f".tmp-mine-{explicit}"
+        tmp.mkdir()
+        (tmp / "saved_model.pb").write_bytes(b"mine")
+        if explicit:
+            with pytest.raises(FileExistsError, match=r"Version directory .*mixer/3 was published by "
+                                                      "another export while this one ran"):
+                saved_model.publish_version(str(tmp), str(base), 3, {}, explicit=True)
+            assert (base / "3" / "saved_model.pb").read_bytes() == b"theirs"
+        else:
+            final = saved_model.publish_version(str(tmp), str(base), 3, {})
+            assert final == str(base / "4") and (base / "4" / "saved_model.pb").read_bytes() == b"mine"
+            with open(base / "4" / saved_model.REPORT_FILE) as f:
+                assert json.load(f) == {"version": 4}
+
+
+def test_keras_probabilities_refuses_what_the_signatures_refuse():
+    """Our entry points around model.predict: a clear ValueError, not Keras' UnboundLocalError."""
+    model = tiny_classifier()
+    with pytest.raises(ValueError, match="Empty batch: give at least one image"):
+        signatures.keras_probabilities(model, np.zeros((0, 32, 32, 3), "float32"))
+    images = np.full((2, 32, 32, 3), 128.0, "float32")
+    images[1, 3, 4, 0] = np.nan
+    with pytest.raises(ValueError, match="Images contain NaN or Inf"):
+        signatures.keras_probabilities(model, images)
+    # What the README says model.predict itself does with NaN pixels: NaN probabilities.
+    assert np.isnan(model.predict(images, verbose=0)[1]).all()
+    assert np.isfinite(signatures.keras_probabilities(model, images[:1])).all()
 
 
 def test_tflite_modes_match_keras(exported_mixer, tmp_path):

@@ -1,15 +1,22 @@
 """Loading and saving checkpoints: official .npz (Linen and legacy), timm, Keras, and the loading rules."""
 
+import io
 import os
+import subprocess
+import sys
+import time
 import warnings
+import zipfile
 
 import keras
 import numpy as np
 import pytest
 from helpers import reference
+from helpers.tiny import TESTS_DATA
 
 import keras_mixer
-from keras_mixer import MlpMixer, checkpoints
+from keras_mixer import MlpMixer, checkpoints, files
+from keras_mixer.checkpoints import CheckpointError
 
 RTOL = 1e-5
 # B/16-shaped blocks (224 px, patch 16: 196 tokens, C=768, D_S=384, D_C=3072) at reduced depth.
@@ -121,6 +128,74 @@ def test_keras_weights_h5_still_load(tmp_path):
     path = checkpoints.save_weights(model, tmp_path / "m.weights.h5")
     other = build(TINY, weights=path)
     assert_params_equal(checkpoints.get_params(other), checkpoints.get_params(model))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(dropout=0.1, drop_path_rate=0.2, include_preprocessing=True, classifier_activation="softmax"),
+    dict(include_top=False, pooling="max"),
+], ids=["regularised", "headless"])
+def test_weights_h5_reads_into_the_official_layout(tmp_path, kwargs):
+    """Keras' own save_weights file, read without building its model, is the model's official params."""
+    cfg = dict(TINY, depth=3)
+    model = build(cfg, **kwargs)
+    params = {k: np.random.default_rng(0).standard_normal(v.shape).astype("float32")
+              for k, v in checkpoints.get_params(model).items()}
+    checkpoints.load_params(model, params)
+    model.save_weights(str(tmp_path / "keras.weights.h5"))  # Keras itself, not our writer
+    assert_params_equal(checkpoints.read_checkpoint(tmp_path / "keras.weights.h5"), params)
+
+
+def test_weights_h5_head_of_other_size_is_skipped(tmp_path):
+    source = build(TINY, num_classes=10)
+    checkpoints.load_params(source, official_params(TINY, num_classes=10))
+    path = checkpoints.save_weights(source, tmp_path / "ten.weights.h5")
+    model = build(TINY)
+    with pytest.warns(UserWarning, match="Skipped the checkpoint's head: 10 classes, the model has 7"):
+        summary = keras_mixer.load_weights(model, path)
+    assert summary.skipped == list(checkpoints.HEAD_KEYS)
+    assert not checkpoints.get_params(model)["head/kernel"].any()
+
+
+def test_weights_h5_of_other_width_assigns_nothing(tmp_path):
+    """A wider file used to fail only after the stem and earlier layers were overwritten."""
+    cfg = dict(TINY, channels_mlp=96)
+    source = build(cfg)
+    checkpoints.load_params(source, official_params(cfg))
+    path = checkpoints.save_weights(source, tmp_path / "wide.weights.h5")
+    _load_fails(build(TINY), path, r"wrong shape for 'MixerBlock_0/channel_mixing/Dense_0/kernel': "
+                                   r"checkpoint \(32, 96\), model \(32, 64\)")
+
+
+# ------------------------------------------------------------------ another architecture, every format
+
+
+def save_as(tmp_path, cfg, suffix):
+    source = build(cfg)
+    checkpoints.load_params(source, official_params(cfg))
+    return checkpoints.save_weights(source, tmp_path / f"other{suffix}")
+
+
+@pytest.mark.parametrize("change", [dict(depth=3), dict(hidden=48)], ids=["deeper", "wider"])
+def test_other_architecture_fails_the_same_way_in_every_format(tmp_path, change):
+    """.npz, .safetensors, .pth and .weights.h5 from a deeper/wider model: same error, nothing assigned."""
+    pytest.importorskip("torch")
+    cfg = dict(TINY, **change)
+    theirs = checkpoints.config_from_params(official_params(cfg)).architecture.describe()
+    ours = build(TINY).config.architecture.describe()
+    errors = {}
+    for suffix in (".npz", ".safetensors", ".pth", ".weights.h5"):
+        model = build(TINY)
+        before = checkpoints.get_params(model)
+        with pytest.raises(CheckpointError) as info:
+            keras_mixer.load_weights(model, save_as(tmp_path, cfg, suffix))
+        assert_params_equal(checkpoints.get_params(model), before)  # nothing assigned
+        errors[suffix] = info.value
+    for suffix, error in errors.items():
+        first_line = str(error).splitlines()[0]
+        assert f"The checkpoint is a {theirs} trained at 32x32; the model is a {ours}" in first_line
+        assert "nothing was loaded" in str(error), suffix
+        assert str(error) == str(errors[".npz"]), suffix  # the same message, whatever the format
+        assert sorted(error.problems) == sorted(errors[".npz"].problems), suffix
 
 
 # ------------------------------------------------------------------ timm layout
@@ -349,3 +424,132 @@ def test_single_array_file_named_npz_is_an_error(tmp_path):
     with open(path, "wb") as f:
         np.save(f, np.zeros(3, np.float32))
     _load_fails(build(TINY), str(path), "single array, not an .npz archive")
+
+
+# ------------------------------------------------------------------ files that are not what they say
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".pth", ".weights.h5"])
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, suffix):
+    if suffix == ".pth":
+        pytest.importorskip("torch")
+    model = build(TINY)
+    text = tmp_path / f"notes{suffix}"
+    text.write_text("hello world\nthese are not weights\n")
+    _load_fails(model, str(text), r"is a text file \(it starts with 'hello world these are not")
+    empty = tmp_path / f"empty{suffix}"
+    empty.write_bytes(b"")
+    _load_fails(model, str(empty), r"is empty \(0 bytes\)")
+    page = tmp_path / f"page{suffix}"
+    page.write_text("<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    _load_fails(model, str(page), "is an HTML/XML page")
+
+
+def test_text_file_named_npz_is_not_called_pickled(tmp_path):
+    path = tmp_path / "weights.npz"
+    path.write_text("stem/kernel = 0.1, 0.2\n")
+    with pytest.raises(CheckpointError) as info:
+        keras_mixer.load_weights(build(TINY), str(path))
+    assert "pickled" not in str(info.value)
+    assert "is a text file (it starts with 'stem/kernel = 0.1, 0.2')" in str(info.value)
+
+
+def test_truncated_npz_says_so(tmp_path):
+    model = build(TINY)
+    full = checkpoints.save_weights(model, tmp_path / "full.npz")
+    data = open(full, "rb").read()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 3])
+    _load_fails(model, str(tmp_path / "cut.npz"), "is a truncated or corrupt zip archive")
+
+
+def npz_with_header(path, shape, descr="<f4", data=b"\0" * 64):
+    """An .npz whose one array's header says ``shape`` but holds only ``data``."""
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": descr, "fortran_order": False,
+                                                 "shape": shape})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("stem/kernel.npy", member.getvalue() + data)
+    return str(path)
+
+
+def test_npz_header_declaring_a_huge_array_is_a_corrupt_header(tmp_path):
+    """4 TiB declared in a 64-byte member: reported before NumPy tries to allocate it."""
+    path = npz_with_header(tmp_path / "huge.npz", (2**40,))
+    _load_fails(build(TINY), path, r"array 'stem/kernel' declares an array of 4 TiB "
+                                   r"\(shape \(1099511627776,\), float32\).*: corrupt header")
+
+
+def test_truncated_keras_file_is_not_reported_as_missing(tmp_path):
+    """--init and load_model read .keras files through models.load_keras_file."""
+    data = open(os.path.join(TESTS_DATA, "mixer_v0_1_0_tiny.keras"), "rb").read()
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.keras: the file is a truncated or corrupt zip "
+                                         r"archive") as info:
+        keras_mixer.load_model(str(cut))
+    assert "not found" not in str(info.value)
+    text = tmp_path / "notes.keras"
+    text.write_text("a model\n")
+    with pytest.raises(ValueError, match=r"the file is a text file \(it starts with 'a model'\)"):
+        keras_mixer.models.load_keras_file(str(text))
+
+
+def test_keras_file_with_a_damaged_member_says_so(tmp_path):
+    source = os.path.join(TESTS_DATA, "mixer_v0_1_0_tiny.keras")
+    damaged = tmp_path / "damaged.keras"
+    with zipfile.ZipFile(source) as archive:
+        info = archive.getinfo("model.weights.h5")
+        offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data = bytearray(open(source, "rb").read())
+    for i in range(offset + 2000, offset + 2064):
+        data[i] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged.keras: the file is corrupt \(its member "
+                                         r"'model.weights.h5' fails its CRC check\)"):
+        keras_mixer.load_model(str(damaged))
+
+
+# ------------------------------------------------------------------ temporary files of killed writers
+
+
+def dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def temp_name_of(pid, rest):
+    """A temporary name as process ``pid`` on this host writes it."""
+    return files.temp_prefix().replace(f"p{os.getpid()}h", f"p{pid}h") + rest
+
+
+def test_stale_temps_of_killed_writers_are_removed(tmp_path):
+    dead = dead_pid()
+    (tmp_path / temp_name_of(dead, "abc-w.npz")).write_bytes(b"half")
+    (tmp_path / temp_name_of(dead, "dir")).mkdir()
+    (tmp_path / temp_name_of(dead, "dir") / "saved_model.pb").write_bytes(b"half")
+    live = tmp_path / temp_name_of(os.getpid(), "abc-w.npz")  # a writer still at work
+    live.write_bytes(b"busy")
+    unknown_recent = tmp_path / ".tmp-3-xyz"  # an older name: the writer cannot be checked
+    unknown_recent.mkdir()
+    unknown_old = tmp_path / ".tmp-abcdef.npz"
+    unknown_old.write_bytes(b"old")
+    two_hours_ago = time.time() - 7200
+    os.utime(unknown_old, (two_hours_ago, two_hours_ago))
+    keep = tmp_path / "w.npz"
+    keep.write_bytes(b"done")
+
+    removed = files.remove_stale_temps(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == sorted(
+        [temp_name_of(dead, "abc-w.npz"), temp_name_of(dead, "dir"), ".tmp-abcdef.npz"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, ".tmp-3-xyz", "w.npz"])
+
+
+def test_saving_again_removes_what_a_killed_save_left(tmp_path):
+    dead = dead_pid()
+    orphan = tmp_path / temp_name_of(dead, "k3j2h1-w.npz")
+    orphan.write_bytes(b"half a checkpoint")
+    other_target = tmp_path / temp_name_of(dead, "k3j2h1-other.npz")
+    other_target.write_bytes(b"left for a save of other.npz")
+    checkpoints.save_weights(build(TINY), tmp_path / "w.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other_target.name, "w.npz"])

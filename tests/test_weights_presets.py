@@ -1,10 +1,19 @@
 """Preset names resolve to the published files; loading a preset goes through the Keras cache."""
 
+import dataclasses
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+import urllib.error
+
+import keras
 import numpy as np
 import pytest
 
 import keras_mixer
-from keras_mixer import MixerS32, checkpoints
+from keras_mixer import MixerS32, checkpoints, files
 from keras_mixer.checkpoints import presets
 
 GCS = "https://storage.googleapis.com/mixer_models/"
@@ -72,18 +81,162 @@ def test_preset_loads_through_the_keras_cache(tmp_path, monkeypatch):
               for k, v in checkpoints.get_params(source).items()}
     checkpoints.load_params(source, params)
     checkpoint = checkpoints.save_weights(source, tmp_path / "gsam_Mixer-S_32.npz")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     calls = []
 
-    def fake_get_file(fname, origin, cache_subdir):
-        calls.append((fname, origin, cache_subdir))
-        return checkpoint
+    def fake_get_file(fname, origin, cache_subdir, file_hash=None):
+        calls.append((origin, cache_subdir, file_hash))
+        assert fname.startswith(files.TEMP_PREFIX) and fname.endswith("-gsam_Mixer-S_32.npz")
+        target = os.path.join(cache_subdir, fname)
+        with open(checkpoint, "rb") as f, open(target, "wb") as out:
+            out.write(f.read())
+        return target
 
     monkeypatch.setattr("keras.utils.get_file", fake_get_file)
     model = MixerS32(input_shape=(32, 32, 3), weights="gsam")
-    assert calls == [("gsam_Mixer-S_32.npz", GCS + "gsam/Mixer-S_32.npz", "keras_mixer")]
+    cache = str(tmp_path / "keras_home" / "keras_mixer")
+    assert calls == [(GCS + "gsam/Mixer-S_32.npz", cache, None)]
+    assert os.listdir(cache) == ["gsam_Mixer-S_32.npz"]
     loaded = checkpoints.get_params(model)
     for key in params:
         np.testing.assert_array_equal(loaded[key], params[key], err_msg=key)
+    MixerS32(input_shape=(32, 32, 3), weights="gsam")  # from the cache: no second download
+    assert len(calls) == 1
+
+
+# ------------------------------------------------------------------ downloads that go wrong
+
+
+def small_npz(path, seed=0):
+    """A small valid .npz (a zip archive: what the official files are)."""
+    arrays = {"a": np.random.default_rng(seed).standard_normal(4096).astype("float32")}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """KERAS_HOME in tmp_path; get_file's default cache too (whatever calls it)."""
+    home = tmp_path / "keras_home"
+    home.mkdir()  # get_file falls back to /tmp/.keras when it does not exist
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    real_get_file = keras.utils.get_file
+
+    def get_file(*args, **kwargs):
+        return real_get_file(*args, **dict(kwargs, cache_dir=str(home)))
+
+    monkeypatch.setattr("keras.utils.get_file", get_file)
+    return home / "keras_mixer"
+
+
+def local_preset(monkeypatch, path, name="gsam", variant="S/32", **changes):
+    """The ``name`` preset of ``variant``, served from ``path`` through a file:// URL."""
+    preset = dataclasses.replace(presets.PRESETS[(variant, name)],
+                                 url=pathlib.Path(path).absolute().as_uri(), **changes)
+    monkeypatch.setitem(presets.PRESETS, (variant, name), preset)
+    return preset
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no `except Exception` or KeyboardInterrupt clean-up runs."""
+
+
+def test_killed_download_does_not_poison_the_cache(tmp_path, monkeypatch, cache):
+    source = small_npz(tmp_path / "Mixer-S_32.npz")
+    preset = local_preset(monkeypatch, source)
+    data = source.read_bytes()
+
+    def killed_halfway(url, filename, reporthook=None):
+        with open(filename, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise Killed()
+
+    with monkeypatch.context() as patch:
+        patch.setattr("keras.src.utils.file_utils.urlretrieve", killed_halfway)
+        with pytest.raises(Killed):
+            presets.download_preset(preset)
+    assert not (cache / preset.file_name).exists()  # no partial file under the real name
+    path = presets.download_preset(preset)
+    assert path == str(cache / preset.file_name)
+    assert open(path, "rb").read() == data
+
+
+def test_corrupt_cached_file_is_downloaded_again(tmp_path, monkeypatch, cache):
+    """A partial file left by an older keras-mixer (it downloaded in place) is noticed and replaced."""
+    source = small_npz(tmp_path / "Mixer-S_32.npz")
+    preset = local_preset(monkeypatch, source)
+    data = source.read_bytes()
+    cache.mkdir(parents=True)
+    (cache / preset.file_name).write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match=f"cached file {cache / preset.file_name} of the 'gsam' "
+                                         "weights is corrupt .*truncated or corrupt zip"):
+        path = presets.download_preset(preset)
+    assert open(path, "rb").read() == data
+
+
+def test_timm_file_names_carry_a_sha256_prefix_that_is_checked(tmp_path, monkeypatch, cache):
+    good = tmp_path / "good"
+    good.mkdir()
+    content = b"timm weights" * 100
+    prefix = hashlib.sha256(content).hexdigest()[:8]
+    (good / f"mixer_b16_224_miil-{prefix}.pth").write_bytes(content)
+    preset = local_preset(monkeypatch, good / f"mixer_b16_224_miil-{prefix}.pth",
+                          name="miil_in21k_ft_in1k", variant="B/16")
+    assert preset.sha256 is None and preset.sha256_prefix == prefix
+    assert open(presets.download_preset(preset), "rb").read() == content
+
+    assert presets.PRESETS[("B/16", "miil_in21k")].sha256_prefix == "2a558a71"
+    bad = tmp_path / "mixer_b16_224_miil_in21k-2a558a71.pth"
+    bad.write_bytes(content)  # not the file that name promises
+    preset = local_preset(monkeypatch, bad, name="miil_in21k", variant="B/16")
+    with pytest.raises(presets.DownloadError, match=f"its sha256 starts with {prefix}, the "
+                                                    "published file's with 2a558a71"):
+        presets.download_preset(preset)
+    assert sorted(os.listdir(cache)) == [f"mixer_b16_224_miil-{prefix}.pth"]  # nothing else kept
+
+
+def test_known_sha256_is_given_to_get_file(tmp_path, monkeypatch, cache):
+    source = small_npz(tmp_path / "Mixer-S_32.npz")
+    preset = local_preset(monkeypatch, source, sha256="0" * 64)
+    with pytest.raises(presets.DownloadError, match="file hash does not match"):
+        presets.download_preset(preset)
+    assert os.listdir(cache) == []
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    preset = local_preset(monkeypatch, source, sha256=digest)
+    assert open(presets.download_preset(preset), "rb").read() == source.read_bytes()
+
+
+def test_offline_download_names_the_url_and_the_cache_path(tmp_path, monkeypatch, cache):
+    preset = presets.get_preset("S/32", "gsam")
+
+    def offline(url, filename, reporthook=None):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    path = cache / "gsam_Mixer-S_32.npz"
+    with pytest.raises(keras_mixer.DownloadError) as info:
+        keras_mixer.load_weights(MixerS32(input_shape=(32, 32, 3)), "gsam")
+    message = str(info.value)
+    assert message.startswith("Could not download the 'gsam' weights of Mixer-S/32 from "
+                              f"{GCS}gsam/Mixer-S_32.npz: URL fetch failure")
+    assert f"copy the file to {path} (the Keras cache: $KERAS_HOME/keras_mixer/" in message
+    assert os.listdir(cache) == []
+    # A file put there by hand is picked up, with no download.
+    small_npz(path)
+    assert presets.download_preset(preset) == str(path)
+
+
+def test_download_removes_what_killed_downloads_left(tmp_path, monkeypatch, cache):
+    source = small_npz(tmp_path / "Mixer-S_32.npz")
+    preset = local_preset(monkeypatch, source)
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    prefix = files.temp_prefix().replace(f"p{os.getpid()}h", f"p{process.pid}h")
+    cache.mkdir(parents=True)
+    (cache / f"{prefix}0a1b2c3d-gsam_Mixer-S_32.npz").write_bytes(b"half")
+    presets.download_preset(preset)
+    assert os.listdir(cache) == ["gsam_Mixer-S_32.npz"]
 
 
 class StopBeforeDownload(Exception):

@@ -79,6 +79,13 @@ def test_prediction_gallery(tmp_path):
         visualize.predict_images(model, [str(tmp_path / "missing.jpg")])
 
 
+def test_predictions_of_no_images_are_a_clear_error():
+    model = tiny_model()
+    for mode in ("mixer", "miil"):
+        with pytest.raises(ValueError, match="No images given"):
+            visualize.predict_images(model, [], mode=mode)
+
+
 def run_main(command, prog, capsys, *args):
     """A command in this process, as its script runs it (``python scripts/PROG ARGS``)."""
     capsys.readouterr()

@@ -1,9 +1,9 @@
 """Reading and writing Mixer weights; never imports the model code.
 
 - :mod:`.keys`: official names <-> model variables, legacy and timm layouts;
-- :mod:`.formats`: ``.npz`` / ``.pth`` / ``.safetensors`` files to and from official-layout dicts;
+- :mod:`.formats`: ``.npz`` / ``.pth`` / ``.safetensors`` / ``.weights.h5`` files to and from official-layout dicts;
 - :mod:`.tiling`: the block-diagonal resolution transfer on arrays;
-- :mod:`.presets`: the published checkpoints;
+- :mod:`.presets`: the published checkpoints, downloaded into the Keras cache and checked;
 - :mod:`.loading`: the loading rules (check everything, then assign).
 """
 
@@ -16,4 +16,4 @@ from keras_mixer.checkpoints.loading import (
     load_weights,
     save_weights,
 )
-from keras_mixer.checkpoints.presets import available_presets
+from keras_mixer.checkpoints.presets import DownloadError, available_presets

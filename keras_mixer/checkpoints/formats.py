@@ -1,10 +1,13 @@
-"""Checkpoint files: official ``.npz``, timm ``.pth`` / ``.safetensors``, as official-layout dicts.
+"""Checkpoint files: official ``.npz``, timm ``.pth`` / ``.safetensors``, Keras ``.weights.h5``, as official-layout dicts.
 
 Every reader returns ``{official key: NumPy array}`` and never unpickles:
-``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``, safetensors.
+``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``, safetensors, h5py.
+A file that cannot be read raises :class:`CheckpointError` saying what the file is
+(empty, text, a truncated archive, ...).
 Writers take the same dict and write atomically.
 """
 
+import math
 import os
 import zipfile
 import zlib
@@ -12,7 +15,7 @@ import zlib
 import numpy as np
 
 from keras_mixer.checkpoints import keys
-from keras_mixer.files import atomic_output
+from keras_mixer.files import atomic_output, describe_contents, format_bytes
 
 NPZ_SUFFIXES = (".npz",)
 TORCH_SUFFIXES = (".pth", ".pt")
@@ -32,26 +35,82 @@ def has_suffix(path, suffixes):
 
 
 def read_npz(path):
-    """An official ``.npz`` checkpoint as a dict (Linen layout), without unpickling anything."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
-                params = {key: data[key] for key in data.files}
-    except ValueError as error:
-        if "pickle" in str(error):
-            raise CheckpointError(
-                f"{path} contains pickled Python objects, which are never loaded "
-                "(allow_pickle=False): a weights file holds numeric arrays only."
-            ) from error
-        raise CheckpointError(f"Cannot read {path}: {error}") from error
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:
-        raise CheckpointError(
-            f"Cannot read {path} as an .npz archive (truncated or corrupt?): {error}"
-        ) from error
-    if not isinstance(data, np.lib.npyio.NpzFile):
+    """An official ``.npz`` checkpoint as a dict (Linen layout), without unpickling anything.
+
+    Every array's header is checked against the bytes the archive holds for it
+    before anything is read, so a damaged header is reported, not allocated.
+    """
+    description = describe_contents(path)
+    if description.startswith("is a single NumPy array"):
         raise CheckpointError(f"{path} holds a single array, not an .npz archive of weights.")
+    if not description.startswith("is a zip archive"):
+        raise CheckpointError(
+            f"Cannot read {path} as an .npz checkpoint: the file {description}; an .npz "
+            "checkpoint is a zip archive of NumPy arrays."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                _check_npy_member(path, archive, info)
+        with np.load(path, allow_pickle=False) as data:
+            params = {key: data[key] for key in data.files}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError) as error:
+        raise CheckpointError(
+            f"Cannot read {path} as an .npz archive: it is truncated or corrupt ({error})."
+        ) from error
     return keys.from_legacy(params) if keys.is_legacy(params) else params
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+# Deflate compresses at most about 1032:1 (zlib's technical details).
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_npy_member(path, archive, info):
+    """One array of an ``.npz``: a ``.npy`` of numbers whose header fits the bytes stored for it."""
+    name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+    with archive.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            reader = _NPY_HEADER_READERS.get(version)
+            if reader is None:
+                return  # a newer .npy version: NumPy checks it when reading
+            shape, _, dtype = reader(member)
+        except ValueError as error:
+            raise CheckpointError(
+                f"Cannot read {path}: its member {info.filename!r} is not a NumPy array with "
+                f"a valid header ({error}); the file is corrupt, or not an .npz checkpoint."
+            ) from None
+    if dtype.hasobject:
+        raise CheckpointError(
+            f"{path} contains pickled Python objects (array {name!r} has dtype object), which "
+            "are never loaded (allow_pickle=False): a weights file holds numeric arrays only."
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    available = info.file_size
+    if info.compress_type == zipfile.ZIP_STORED:
+        available = min(available, info.compress_size)
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        available = min(available, _MAX_DEFLATE_RATIO * info.compress_size + 1024)
+    if declared > available:
+        raise CheckpointError(
+            f"Cannot read {path}: array {name!r} declares an array of {format_bytes(declared)} "
+            f"(shape {tuple(shape)}, {dtype}) but the archive holds {format_bytes(available)} "
+            "for it: corrupt header."
+        )
+
+
+def _unreadable(path, how, error, hint="truncated or corrupt"):
+    """A :class:`CheckpointError` saying what the file is, when it is not what its name says."""
+    description = describe_contents(path)
+    if description.startswith(("is a zip archive", "is not a known format")):
+        description = hint  # the format looks right: the trouble is inside
+    else:
+        description = f"the file {description}"
+    return CheckpointError(f"Cannot read {path} {how}: {description} ({error})")
 
 
 def read_torch(path):
@@ -66,10 +125,8 @@ def read_torch(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad or unsafe files
-        raise CheckpointError(
-            f"Cannot read {path} with torch.load(weights_only=True) (truncated or corrupt, "
-            f"or it holds more than tensors): {error}"
-        ) from error
+        raise _unreadable(path, "with torch.load(weights_only=True)", error,
+                          "truncated or corrupt, or it holds more than tensors") from error
     if isinstance(state, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(state.get(wrapper), dict):
@@ -90,9 +147,29 @@ def read_safetensors(path):
     try:
         return load_file(path)
     except Exception as error:  # safetensors raises its own error type
-        raise CheckpointError(
-            f"Cannot read {path} as .safetensors (truncated or corrupt?): {error}"
-        ) from error
+        raise _unreadable(path, "as .safetensors", error) from error
+
+
+def read_keras_weights(path):
+    """A Keras ``.weights.h5`` of an MlpMixer (any backend) in the official layout.
+
+    The file is read with h5py (installed with Keras) and mapped by
+    :func:`keys.from_keras_weights`, so it is checked like any other checkpoint.
+    """
+    import h5py
+
+    state = {}
+
+    def collect(name, item):
+        if isinstance(item, h5py.Dataset):
+            state[name] = np.asarray(item[()])
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(collect)
+    except (OSError, ValueError, KeyError) as error:
+        raise _unreadable(path, "as a Keras .weights.h5 file", error) from error
+    return keys.from_keras_weights(state)
 
 
 def read_checkpoint(path):
@@ -100,7 +177,8 @@ def read_checkpoint(path):
     path = os.fspath(path)
     readers = ((NPZ_SUFFIXES, read_npz),
                (TORCH_SUFFIXES, lambda p: keys.from_timm(read_torch(p))),
-               (SAFETENSORS_SUFFIXES, lambda p: keys.from_timm(read_safetensors(p))))
+               (SAFETENSORS_SUFFIXES, lambda p: keys.from_timm(read_safetensors(p))),
+               (KERAS_WEIGHTS_SUFFIXES, read_keras_weights))
     for suffixes, reader in readers:
         if has_suffix(path, suffixes):
             if not os.path.isfile(path):

@@ -140,3 +140,45 @@ def from_timm(state):
 def to_timm(params):
     """Official-layout params as a timm ``MlpMixer`` state dict (NumPy arrays)."""
     return _rename(params, num_blocks(params), to_timm=True)
+
+
+# ---------------------------------------------------------------- Keras .weights.h5 files
+
+# Keras 3 stores a model's weights (``keras.src.saving.saving_lib``) layer by layer under
+# ``layers/<class name in snake case>``, numbered from the second layer of a class in the
+# model's layer order (``mixer_block``, ``mixer_block_1``, ...), sublayers under their
+# attribute names, and each layer's variables as ``vars/0``, ``vars/1``, ... in creation
+# order. For an MlpMixer (keras_mixer.layers) that is:
+_H5_LAYERS = (
+    (re.compile(r"layers/patch_embedding/proj/vars/(\d+)"), lambda m: "stem", ("kernel", "bias")),
+    (re.compile(r"layers/mixer_block(?:_(\d+))?/norm_([01])/vars/(\d+)"),
+     lambda m: f"MixerBlock_{m.group(1) or 0}/LayerNorm_{m.group(2)}", ("scale", "bias")),
+    (re.compile(r"layers/mixer_block(?:_(\d+))?/(token_mixing|channel_mixing)/vars/(\d+)"),
+     lambda m: f"MixerBlock_{m.group(1) or 0}/{m.group(2)}",
+     ("Dense_0/kernel", "Dense_0/bias", "Dense_1/kernel", "Dense_1/bias")),
+    (re.compile(r"layers/layer_normalization/vars/(\d+)"), lambda m: "pre_head_layer_norm",
+     ("scale", "bias")),
+    (re.compile(r"layers/dense/vars/(\d+)"), lambda m: "head", ("kernel", "bias")),
+)
+
+
+def from_keras_weights(state):
+    """A Keras ``.weights.h5`` of an MlpMixer (``{HDF5 dataset path: array}``) in the official layout.
+
+    Works for any depth and width (the file is read without building its model),
+    so that a file of another architecture is reported, not half loaded. Datasets
+    that are no Mixer weights keep their HDF5 paths (reported as unexpected when
+    loading); random-generator states are not weights and are dropped.
+    """
+    out = {}
+    for path, value in state.items():
+        if "seed_generator" in path:
+            continue
+        key = path
+        for pattern, prefix, names in _H5_LAYERS:
+            match = pattern.fullmatch(path)
+            if match and int(match.group(match.lastindex)) < len(names):
+                key = f"{prefix(match)}/{names[int(match.group(match.lastindex))]}"
+                break
+        out[key] = value
+    return out

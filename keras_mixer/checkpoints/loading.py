@@ -1,5 +1,8 @@
 """The loading rules: check a whole checkpoint against a model, then assign it, or nothing.
 
+The same rules for every format (``.npz``, ``.pth``, ``.safetensors``, Keras
+``.weights.h5``), all read into the official layout first (:mod:`.formats`).
+
 As the official loader: a head of another size is skipped with a message and
 stays zero-initialised; a model without head ignores the checkpoint's head;
 anything else missing, unexpected or of the wrong shape is an error naming the
@@ -173,7 +176,7 @@ def _problems(variables, params, expected):
             )
         elif not np.issubdtype(params[key].dtype, np.floating):
             problems.append(f"{key!r} has dtype {params[key].dtype}, expected floats")
-    for key in params:
+    for key in sorted(params):  # the same order whatever the file format
         if key not in variables:
             problems.append(f"unexpected key {key!r} (checkpoint shape "
                             f"{_shape_name(params[key].shape)})")
@@ -225,37 +228,42 @@ def _misfit_error(model, architecture, problems):
 
 
 def load_weights(model, weights, verbose=True):
-    """Load ``weights`` into ``model``.
+    """Load ``weights`` into ``model``, all of them or nothing.
 
     Args:
         model: a ``keras_mixer.MlpMixer``.
         weights: a preset name (``"imagenet1k"``, ``"imagenet21k"``, ``"sam"``,
             ``"gsam"``, ``"miil_in21k"``, ``"miil_in21k_ft_in1k"``, where published
             for the model's variant) or a path to an official ``.npz``, a timm
-            ``.pth`` / ``.safetensors`` or a Keras ``.weights.h5`` file.
+            ``.pth`` / ``.safetensors`` or a Keras ``.weights.h5`` file (saved on
+            any backend). Every format goes through the same rules
+            (:func:`load_params`).
         verbose: emit the loader's messages (skipped head, resolution transfer)
             as warnings.
 
     Returns:
-        A :class:`LoadSummary` (``None`` for ``.weights.h5`` files, which Keras loads).
+        A :class:`LoadSummary`.
     """
+    preset = None
     if presets.is_preset_name(weights):
         preset = presets.get_preset(_variant(model), weights)
         _check_preset_fit(model, preset)
         weights = presets.download_preset(preset)
     path = os.fspath(weights)
-    if has_suffix(path, formats.KERAS_WEIGHTS_SUFFIXES):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Weights file not found: {path}")
-        model.load_weights(path)
-        return None
     if not os.path.isfile(path) and isinstance(weights, str) and os.sep not in path \
             and "." not in os.path.basename(path):
         raise ValueError(
             f"Unknown weights {weights!r}: not a file, and not a preset "
             f"({', '.join(presets.PRESET_NAMES)})."
         )
-    return load_params(model, formats.read_checkpoint(path), verbose=verbose)
+    try:
+        params = formats.read_checkpoint(path)
+    except CheckpointError as error:
+        if preset is None:
+            raise
+        raise CheckpointError(f"{error}\nThis is the cached download of the {preset.name!r} "
+                              f"weights: delete {path} and it is downloaded again.") from error
+    return load_params(model, params, verbose=verbose)
 
 
 def _variant(model):

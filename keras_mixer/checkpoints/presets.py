@@ -5,16 +5,40 @@ authors at ``https://storage.googleapis.com/mixer_models/<preset>/Mixer-<V>_<P>.
 (``vit_jax`` README). The ``miil_*`` weights are the Alibaba-MIIL ImageNet-21K-P
 models as released by timm (``timm/models/mlp_mixer.py``, ``mixer_b16_224.miil_*``).
 All were trained at 224 x 224.
+
+Files are downloaded once into the Keras cache (:func:`cache_directory`) under a
+temporary name, checked, and only then renamed to their cache name, so a killed
+download never poisons the cache. The check: the file's sha256 where it is known
+(``Preset.sha256``, else the leading hex digits that timm's file names carry,
+``...-2a558a71.pth``: torch.hub's ``check_hash`` convention), else the CRCs of
+the ``.npz`` zip archive. A cached file that fails the check is downloaded again.
 """
 
 import dataclasses
+import hashlib
+import os
 import posixpath
+import re
+import tempfile
+import uuid
+import warnings
+import zipfile
+import zlib
+
+import keras
 
 from keras_mixer.config import canonical_variant
+from keras_mixer.files import describe_contents, remove_stale_temps, temp_prefix
 
 OFFICIAL_URL = "https://storage.googleapis.com/mixer_models/{preset}/Mixer-{size}_{patch}.npz"
 TIMM_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-tresnet/"
 CACHE_SUBDIR = "keras_mixer"
+# torch.hub's convention (``HASH_REGEX``): ``name-<first 8+ hex digits of the sha256>.ext``.
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
+
+
+class DownloadError(OSError):
+    """A preset's file could not be downloaded (offline, moved) or arrived corrupt."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +55,25 @@ class Preset:
     input_scaling: str = "mixer"
     # The GELU the weights were trained with (official: tanh; timm-trained: exact erf).
     approximate_gelu: bool = True
+    # The file's full sha256 (hex) where its publisher states one; None: not known here.
+    sha256: str = None
 
     @property
     def file_name(self):
         """Name of the file in the Keras cache (unique across presets)."""
         base = posixpath.basename(self.url)
         return base if self.name.startswith("miil") else f"{self.name}_{base}"
+
+    @property
+    def sha256_prefix(self):
+        """The leading hex digits of the file's sha256 that can be checked (``None``: none known).
+
+        The full ``sha256`` when given; else the digits in a timm file name.
+        """
+        if self.sha256:
+            return self.sha256.lower()
+        match = _HASH_IN_NAME.search(posixpath.basename(self.url))
+        return match.group(1) if match else None
 
 
 _OFFICIAL = {
@@ -105,8 +142,101 @@ def get_preset(variant, name):
     return PRESETS[(variant, name)]
 
 
-def download_preset(preset):
-    """Local path of a preset's file, downloaded once into the Keras cache."""
-    import keras
+def cache_directory():
+    """The folder of downloaded presets: ``$KERAS_HOME/keras_mixer``, by default ``~/.keras/keras_mixer``.
 
-    return keras.utils.get_file(preset.file_name, preset.url, cache_subdir=CACHE_SUBDIR)
+    The folder ``keras.utils.get_file`` uses, with its fallback to ``/tmp/.keras``
+    when the Keras home is not writable.
+    """
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        user = os.path.expanduser("~")
+        home = os.path.join(user if os.access(user, os.W_OK) else "/tmp", ".keras")
+    home = os.path.expanduser(home)
+    try:
+        os.makedirs(home, exist_ok=True)  # as Keras makes its home when imported
+    except OSError:
+        pass
+    if not os.access(home, os.W_OK):
+        home = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
+    return os.path.join(home, CACHE_SUBDIR)
+
+
+def cached_path(preset):
+    """Where ``preset``'s file is (or will be) in the cache; a file put there by hand is used."""
+    return os.path.join(cache_directory(), preset.file_name)
+
+
+def check_file(preset, path):
+    """What is wrong with a downloaded or cached file of ``preset``, or ``None`` when it checks out."""
+    prefix = preset.sha256_prefix
+    try:
+        if prefix:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            got = digest.hexdigest()
+            if not got.startswith(prefix):
+                return f"its sha256 starts with {got[:len(prefix)]}, the published file's with {prefix}"
+            return None
+        if not zipfile.is_zipfile(path):  # the official .npz files are zip archives
+            return f"it {describe_contents(path)}"
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        return None if bad is None else f"its member {bad!r} fails its CRC check"
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        return f"it cannot be read: {error}"
+
+
+def download_preset(preset):
+    """Local path of ``preset``'s file, checked; downloaded once into the Keras cache.
+
+    Raises:
+        DownloadError: the download failed (the message gives the URL and the
+            cache path where a file downloaded by hand is picked up) or the
+            downloaded file does not check out (nothing is cached then).
+    """
+    path = cached_path(preset)
+    corrupt = None
+    if os.path.isfile(path):
+        corrupt = check_file(preset, path)
+        if corrupt is None:
+            return path
+        warnings.warn(f"The cached file {path} of the {preset.name!r} weights is corrupt "
+                      f"({corrupt}); downloading it again.", stacklevel=3)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    remove_stale_temps(directory)  # what killed downloads left
+    temp = os.path.join(directory, f"{temp_prefix()}{uuid.uuid4().hex[:8]}-{preset.file_name}")
+    try:
+        try:
+            keras.utils.get_file(os.path.basename(temp), preset.url, cache_subdir=directory,
+                                 file_hash=preset.sha256)
+        except Exception as error:  # get_file raises a bare Exception for URL failures
+            raise DownloadError(_download_failed(preset, path, error, corrupt)) from error
+        problem = check_file(preset, temp)
+        if problem is not None:
+            raise DownloadError(
+                f"Downloaded {preset.url}, but the file is corrupt ({problem}); nothing was "
+                "cached. Try again; if it persists, download the file by hand and put it at "
+                f"{path}."
+            )
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return path
+
+
+def _download_failed(preset, path, error, corrupt):
+    lines = [
+        f"Could not download the {preset.name!r} weights of Mixer-{preset.variant} from "
+        f"{preset.url}: {error}",
+        f"Offline? Download that URL on another machine and copy the file to {path} "
+        "(the Keras cache: $KERAS_HOME/keras_mixer/, by default ~/.keras/keras_mixer/); "
+        "it is picked up from there.",
+    ]
+    if corrupt:
+        lines.append(f"The file there now is corrupt ({corrupt}): replace it.")
+    return "\n".join(lines)

@@ -2,9 +2,14 @@
 
 A version is written under a dot-name (``.tmp-*``, which TF Serving's poller
 ignores), reloaded with plain TensorFlow and compared with the Keras model
-through both signatures, and only then renamed into place.
+through both signatures, and only then renamed into place. Dot-names that
+killed exports left behind are removed first (:func:`keras_mixer.files.remove_stale_temps`).
+When another export publishes the chosen version meanwhile, an export without
+an explicit version takes the next free number; one with an explicit version
+fails with :class:`FileExistsError`.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -16,6 +21,7 @@ import numpy as np
 from keras_mixer import images as image_policy
 from keras_mixer.deploy import runner, signatures
 from keras_mixer.deploy.signatures import SERVING_BYTES, SERVING_DEFAULT
+from keras_mixer.files import remove_stale_temps, temp_prefix
 
 REPORT_FILE = os.path.join("assets.extra", "export_report.json")
 
@@ -78,13 +84,15 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
 
     base = os.path.join(export_dir, name)
     os.makedirs(base, exist_ok=True)
+    remove_stale_temps(base)  # versions that killed exports left half written
+    explicit = version is not None
     version = next_version(base) if version is None else int(version)
     final = os.path.join(base, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"Version directory already exists: {final}")
     classify, decode, table = signatures.serving_functions(model, labels, top_k)
     # A dot-name is not an integer: TF Serving's poller ignores it until the rename.
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
+    tmp = tempfile.mkdtemp(prefix=temp_prefix(), dir=base)
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -101,14 +109,11 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
                 f"Exported SavedModel differs from the Keras model by {report['max_abs_diff']:.3g} "
                 f"(> tolerance {tolerance}); not publishing it."
             )
-        report.update(name=name, version=version, keras_version=keras.__version__,
+        report.update(name=name, keras_version=keras.__version__,
                       tensorflow_version=tf.__version__, crop_fraction=model.config.crop_fraction,
                       exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-            json.dump(report, f, indent=2)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
-        os.rename(tmp, final)
+        final = publish_version(tmp, base, version, report, explicit)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -116,6 +121,36 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
           f"max |SavedModel - Keras| = {report['max_abs_diff']:.2e}")
     report["path"] = final
     return report
+
+
+def publish_version(tmp, base, version, report, explicit=False):
+    """Rename the finished export ``tmp`` to ``base/<version>``, its report written first.
+
+    If another export took ``version`` meanwhile (two exports started at once),
+    the next free version is used; with ``explicit`` a clear
+    :class:`FileExistsError` is raised instead. Returns the version directory.
+    """
+    for _ in range(1000):
+        final = os.path.join(base, str(version))
+        report["version"] = version
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+            json.dump(report, f, indent=2)
+        if not os.path.exists(final):
+            try:
+                os.rename(tmp, final)
+                return final
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        if explicit:
+            raise FileExistsError(
+                f"Version directory {final} was published by another export while this one "
+                "ran; this export was not published. Pass another version, or none for the "
+                "next free one."
+            )
+        version = next_version(base)
+    raise RuntimeError(f"Could not find a free version under {base}.")
 
 
 def check_saved_model(path, model, labels, top_k, num_images=4, seed=0):

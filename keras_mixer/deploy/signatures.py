@@ -48,11 +48,30 @@ def probability_model(model):
 
 
 def keras_probabilities(model, images, batch_size=32):
-    """What the serving signatures compute, from the Keras model, for images at its size."""
+    """What the serving signatures compute, from the Keras model, for images at its size.
+
+    Refuses what the signatures refuse, with a ``ValueError``: an empty batch
+    (``model.predict`` itself fails on one with Keras' own ``UnboundLocalError``)
+    and NaN or Inf pixels (``model.predict`` returns NaN probabilities for them).
+    """
     import numpy as np
 
+    images = np.asarray(images)
+    check_images(images)
     return np.asarray(probability_model(model).predict(images, batch_size=batch_size, verbose=0),
                       dtype="float64")
+
+
+def check_images(images):
+    """A clear ``ValueError`` for a batch the serving signatures would refuse (NumPy arrays)."""
+    import numpy as np
+
+    if images.ndim != 4:
+        raise ValueError(f"Images must have shape (batch, height, width, channels), got {images.shape}.")
+    if images.shape[0] == 0:
+        raise ValueError("Empty batch: give at least one image.")
+    if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
+        raise ValueError("Images contain NaN or Inf: give pixels in 0-255.")
 
 
 def serving_functions(model, labels=None, top_k=5):
