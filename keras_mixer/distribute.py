@@ -122,7 +122,13 @@ def _tensorflow(strategy, cpu_devices=0, **_):
             strategy = "default"
 
     if strategy == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        except ValueError as error:
+            raise ValueError(
+                f"--strategy tpu found no TPU ({error}): run on a TPU VM, or set TPU_NAME to the "
+                "TPU's name or grpc:// address."
+            ) from None
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         tf_strategy = tf.distribute.TPUStrategy(resolver)
