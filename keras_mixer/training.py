@@ -636,6 +636,19 @@ def _remove_temp_files(run_dir):
                 os.remove(path)
 
 
+def _unshare_ema_arrays(model):
+    """JAX with EMA: give the model's variables arrays of their own after fit().
+
+    Keras swaps the EMA weights in by assigning the optimizer's average variables
+    to the model's, which on JAX makes them share arrays; evaluate() donates the
+    model's arrays, deleting the optimizer's too, and saving the model then fails
+    ("Array has been deleted").
+    """
+    if keras.backend.backend() == "jax" and getattr(model.optimizer, "use_ema", False):
+        for variable in model.trainable_variables:
+            variable.assign(keras.ops.copy(variable.value))
+
+
 def _check_finite_weights(model):
     bad = [v.path for v in model.weights
            if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
@@ -757,6 +770,7 @@ def train(config, callbacks=(), distribution=None):
     else:  # what fit() does after its last epoch: swap in the EMA weights (if any)
         with dist.scope():
             model.optimizer.finalize_variable_values(model.trainable_weights)
+    _unshare_ema_arrays(model)
     _test_kill_point("after_fit")
 
     # fit() has swapped in the EMA weights (if any): check, evaluate and save those.
