@@ -30,13 +30,21 @@ AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_ALIASES = {"train": ("train",), "test": ("test", "val", "validation")}
 
 
+BAD_IMAGES = ("skip", "fail")
+
+
 @dataclasses.dataclass
 class Source:
-    """A split of a dataset: an unbatched ``(uint8 image, label)`` dataset plus metadata."""
+    """A split of a dataset: an unbatched ``(uint8 image, label)`` dataset plus metadata.
+
+    ``unreadable`` lists the ``(path, reason)`` of image files left out because
+    the pipeline's decoder cannot read them (image folders, ``bad_images="skip"``).
+    """
 
     dataset: tf.data.Dataset
     num_examples: int
     class_names: list
+    unreadable: list = dataclasses.field(default_factory=list)
 
     @property
     def num_classes(self):
@@ -57,7 +65,8 @@ class Augmentation:
     mix_prob: float = 1.0
 
 
-def load_source(name="digits", split="train", data_dir=None, shard=(1, 0)):
+def load_source(name="digits", split="train", data_dir=None, shard=(1, 0), class_names=None,
+                bad_images="skip"):
     """Load one split of a dataset by name: ``"digits"``, an image-folder path, or a TFDS name.
 
     Args:
@@ -67,14 +76,54 @@ def load_source(name="digits", split="train", data_dir=None, shard=(1, 0)):
         data_dir: TFDS data directory.
         shard: ``(num_shards, index)``: keep every ``num_shards``-th example
             starting at ``index`` (one shard per process).
+        class_names: the classes this split must have (those of the training
+            split): a ``ValueError`` names the classes that differ.
+        bad_images: image folders: ``"skip"`` files the decoder cannot read
+            (listed in ``Source.unreadable``) or ``"fail"`` with a ``ValueError``
+            listing all of them. Either way before any batch is made.
     """
+    if bad_images not in BAD_IMAGES:
+        raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGES)}, got {bad_images!r}.")
     if name == "digits":
-        return digits_source(split, shard)
-    if os.path.isdir(name):
-        return folder_source(name, split, shard)
-    if os.sep in name or name.startswith("."):
+        source = digits_source(split, shard)
+    elif os.path.isdir(name):
+        source = folder_source(name, split, shard, class_names, bad_images)
+    elif os.sep in name or name.startswith("."):
         raise FileNotFoundError(f"Image folder {name!r} does not exist.")
-    return tfds_source(name, split, data_dir, shard)
+    else:
+        source = tfds_source(name, split, data_dir, shard)
+    if class_names is not None:
+        check_same_classes(class_names, source.class_names, f"{name!r} split {split!r}")
+    return source
+
+
+def load_splits(name="digits", data_dir=None, shard=(1, 0), bad_images="skip"):
+    """``(train, test)`` sources for training: the classes come from the training split, the
+    test split must have the same ones, and there must be at least two."""
+    train = load_source(name, "train", data_dir, shard, bad_images=bad_images)
+    if train.num_classes < 2:
+        raise ValueError(
+            f"Training data {name!r} has {train.num_classes} class ({', '.join(train.class_names)}): "
+            f"a classifier needs at least 2 classes.")
+    test = load_source(name, "test", data_dir, class_names=train.class_names,
+                       bad_images=bad_images)
+    return train, test
+
+
+def check_same_classes(expected, found, where):
+    """Raise a ``ValueError`` naming the classes of ``found`` that differ from ``expected``."""
+    expected, found = list(expected), list(found)
+    if found == expected:
+        return
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+        [f"not in the training split: {', '.join(extra)}"] if extra else [])
+    detail = "; ".join(parts) or "same classes in another order"
+    raise ValueError(
+        f"The classes of {where} differ from the training split's ({detail}). Every split "
+        f"needs the training split's classes: {', '.join(expected)}."
+    )
 
 
 def _shard(dataset, shard):
@@ -115,51 +164,122 @@ def split_root(root, split):
     return root, True  # class folders directly under root: hold out every 10th file.
 
 
-def scan_folder(root):
-    """``(paths, labels, class_names)`` of ``root/class_name/*``, checking every file's header."""
-    class_names = sorted(
+def scan_folder(root, class_names=None):
+    """``(paths, labels, class_names)`` of ``root/class_name/*`` (image files by extension).
+
+    ``class_names`` (the training split's) must be exactly the class folders found;
+    a class folder without images is an error naming it.
+    """
+    found = sorted(
         d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
     )
-    paths, labels = [], []
-    for label, class_name in enumerate(class_names):
+    if class_names is not None:
+        check_same_classes(class_names, found, f"image folder {root!r}")
+    paths, labels, empty = [], [], []
+    for label, class_name in enumerate(found):
         class_dir = os.path.join(root, class_name)
-        for file_name in sorted(os.listdir(class_dir)):
-            if file_name.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(os.path.join(class_dir, file_name))
-                labels.append(label)
+        files = [f for f in sorted(os.listdir(class_dir)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not files:
+            empty.append(class_dir)
+        paths.extend(os.path.join(class_dir, f) for f in files)
+        labels.extend([label] * len(files))
     if not paths:
         raise ValueError(
             f"Image folder {root!r} has no images: expected {root}/<class_name>/<image> files "
             f"with extensions {', '.join(IMAGE_EXTENSIONS)}."
         )
-    for path in paths:
-        images.check_header(path)
-    return paths, labels, class_names
+    if empty:
+        raise ValueError(
+            f"Class folders without images ({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}. "
+            f"Add images or remove the folders (every folder under {root!r} is a class)."
+        )
+    return paths, labels, found
 
 
-def folder_source(root, split="train", shard=(1, 0)):
-    """Images in ``root/[split/]class_name/*``, decoded in parallel (RGB, uint8)."""
+def find_unreadable(paths):
+    """``[(path, reason)]`` of the files that :func:`keras_mixer.images.decode` cannot read.
+
+    Every file is read and decoded in parallel with the pipeline's own decoder, so
+    a file that passes never stops an epoch (a valid header with a corrupt body does
+    not pass).
+    """
+    if not len(paths):
+        return []
+
+    def check(index, path):
+        image = images.decode(tf.io.read_file(path))
+        return index, tf.shape(image)  # uses the decoded image, so decoding runs
+
+    checked = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+    checked = checked.map(check, num_parallel_calls=AUTOTUNE).ignore_errors()
+    readable = {int(index) for index, _ in checked.as_numpy_iterator()}
+    unreadable = []
+    for index, path in enumerate(paths):
+        if index not in readable:
+            try:
+                images.decode(tf.io.read_file(path))
+                reason = "unreadable"
+            except (tf.errors.OpError, ValueError) as error:
+                message = getattr(error, "message", str(error))
+                reason = message.split("}}")[-1].strip().splitlines()[0] if message else "unreadable"
+            unreadable.append((path, reason))
+    return unreadable
+
+
+def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_images="skip"):
+    """Images in ``root/[split/]class_name/*``, decoded in parallel (RGB, uint8).
+
+    Every file of the split is decoded once first (:func:`find_unreadable`):
+    ``bad_images="skip"`` leaves unreadable files out (``Source.unreadable``),
+    ``"fail"`` raises a ``ValueError`` listing all of them.
+    """
     folder, held_out = split_root(root, split)
-    paths, labels, class_names = scan_folder(folder)
+    paths, labels, class_names = scan_folder(folder, class_names)
     if held_out:
         keep = [(i % 10 == 9) == (split != "train") for i in range(len(paths))]
         paths = [p for p, k in zip(paths, keep) if k]
         labels = [label for label, k in zip(labels, keep) if k]
+    unreadable = find_unreadable(paths)
+    if unreadable and bad_images == "fail":
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable)
+        raise ValueError(
+            f"{len(unreadable)} of {len(paths)} images in {folder!r} cannot be decoded:\n"
+            f"{listing}\nRemove or replace them, or skip them with bad_images='skip' "
+            f"(--bad-images skip).")
+    if unreadable:
+        bad = {path for path, _ in unreadable}
+        labels = [label for path, label in zip(paths, labels) if path not in bad]
+        paths = [path for path in paths if path not in bad]
+        if not paths:
+            raise ValueError(f"No readable images in {folder!r}.")
     if split == "train":  # class-sorted files: mix them once, so a shuffle buffer sees every class
         order = np.random.default_rng(0).permutation(len(paths))
         paths, labels = [paths[i] for i in order], [labels[i] for i in order]
-    return files_source(paths, labels, class_names, shard)
+    return files_source(paths, labels, class_names, shard, unreadable)
 
 
-def files_source(paths, labels, class_names, shard=(1, 0)):
-    """Image files with their labels (indices into ``class_names``), decoded in parallel, in order."""
+def files_source(paths, labels, class_names, shard=(1, 0), unreadable=()):
+    """Image files with their labels (indices into ``class_names``), decoded in parallel, in order.
+
+    ``unreadable``: ``(path, reason)`` of the files left out, reported by training.
+    """
     files = _shard(tf.data.Dataset.from_tensor_slices((list(paths), list(labels))), shard)
 
     def decode(path, label):
         return images.decode(tf.io.read_file(path)), label
 
     return Source(files.map(decode, num_parallel_calls=AUTOTUNE),
-                  _shard_count(len(paths), shard), list(class_names))
+                  _shard_count(len(paths), shard), list(class_names), list(unreadable))
+
+
+def prepare_command(name, data_dir="DIR"):
+    """A shell command that downloads and prepares TFDS dataset ``name`` into ``data_dir``.
+
+    Plain ``tensorflow_datasets`` (no ``tfds build``, whose command line needs apache-beam).
+    """
+    code = (f"import tensorflow_datasets as tfds; "
+            f"tfds.builder({name!r}, data_dir={data_dir!r}).download_and_prepare()")
+    return f'python -c "{code}"'
 
 
 def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
@@ -181,9 +301,10 @@ def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
             raise RuntimeError(
                 f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and could not be "
                 f"downloaded ({type(error).__name__}: {error}). Prepare it on a machine with "
-                f"internet access with `tfds build {name} --data_dir DIR` (datasets with manual "
-                f"downloads such as imagenet2012 need `--manual_dir`), copy DIR here and pass "
-                f"--data-dir DIR; or use an image folder or the offline 'digits' data."
+                f"internet access and keras-mixer installed: {prepare_command(name)} "
+                f"(datasets with manual downloads such as imagenet2012 also need "
+                f"download_config=tfds.download.DownloadConfig(manual_dir=...)); copy DIR here "
+                f"and pass --data-dir DIR. Or use an image folder or the offline 'digits' data."
             ) from error
     splits = builder.info.splits
     if split == "test" and splits and "test" not in splits:
@@ -283,12 +404,20 @@ def rand_augment(ops=2, magnitude=10.0, seed=None):
     Kept over Keras core's ``RandAugment``: ~8x faster in tf.data under JAX, measured here
     (``keras-mixer benchmark training`` prints both pipelines' img/s).
     """
+    import keras
     import keras_cv
 
-    return keras_cv.layers.RandAugment(
-        value_range=(0, 255), augmentations_per_image=ops,
-        magnitude=min(magnitude / 10.0, 1.0), magnitude_stddev=0.0, seed=seed,
-    )
+    # Augmentation runs in float32 under any model policy: built under mixed_bfloat16, the
+    # keras-cv layers would compute (and return) bfloat16 (and fail inside RandAugment).
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        return keras_cv.layers.RandAugment(
+            value_range=(0, 255), augmentations_per_image=ops,
+            magnitude=min(magnitude / 10.0, 1.0), magnitude_stddev=0.0, seed=seed,
+        )
+    finally:
+        keras.config.set_dtype_policy(policy)
 
 
 def make_dataset(source, batch_size, image_size, training, augment=Augmentation(), seed=0,
@@ -310,7 +439,8 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         cache: cache decoded images in memory; default when the split is small (< 60k).
         pad_to_batch: (eval) add a third element, sample weights, and pad the last batch
             to full size with weight-0 blanks, so that every batch splits evenly over
-            data-parallel devices while metrics count each real example once.
+            data-parallel devices while the loss and the metrics average over the real
+            examples only (real examples weigh ``padded / real``, see below).
     """
     num_classes = source.num_classes
     size = _size_pair(image_size)
@@ -341,16 +471,22 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
     dataset = tf.data.Dataset.zip((dataset, _seeds(seed)))
     dataset = dataset.map(preprocess, num_parallel_calls=AUTOTUNE)
     if pad_to_batch:
+        # Keras' loss divides each batch's weighted sum by the batch size (blanks included)
+        # and averages batches by their size, i.e. divides by the padded count: weighing
+        # every real example padded / real makes it the mean over the real examples
+        # (and weighted metrics, which divide by the weights' sum, are unchanged).
         blanks = -source.num_examples % batch_size
+        weight = (source.num_examples + blanks) / max(source.num_examples, 1)
         blank = (tf.zeros(size + (3,)), tf.one_hot(0, num_classes), 0.0)
-        dataset = dataset.map(lambda x, y: (x, y, 1.0)).concatenate(
+        dataset = dataset.map(lambda x, y: (x, y, weight)).concatenate(
             tf.data.Dataset.from_tensors(blank).repeat(blanks))
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None
                             else drop_remainder, num_parallel_calls=AUTOTUNE)
     if training and augment.randaug_magnitude > 0 and augment.randaug_ops > 0:
         # keras-cv draws from a seeded generator: deterministic with a sequential map.
         randaug = rand_augment(augment.randaug_ops, augment.randaug_magnitude, seed)
-        dataset = dataset.map(lambda x, y: (tf.clip_by_value(randaug(x), 0.0, 255.0), y))
+        dataset = dataset.map(
+            lambda x, y: (tf.clip_by_value(tf.cast(randaug(x), tf.float32), 0.0, 255.0), y))
     if training and (augment.mixup_alpha > 0 or augment.cutmix_alpha > 0):
         dataset = tf.data.Dataset.zip((dataset, _seeds(seed + 1)))
         dataset = dataset.map(

@@ -1,5 +1,6 @@
 """Training runs: resume after SIGKILL, atomic checkpoints, recipes, the main job's smoke run."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from helpers.processes import ROOT, start_module, worker_env
 
 import keras
-from keras_mixer import training
+from keras_mixer import cli, training
 
 
 def run(args, timeout=400):
@@ -20,10 +21,17 @@ def run(args, timeout=400):
                           timeout=timeout, cwd=ROOT)
 
 
-def run_resume_worker(run_dir, kill_after, timeout=400):
-    """``workers.resume_worker`` in a subprocess; returns ``(returncode, output)``."""
-    proc = start_module("workers.resume_worker", [run_dir, kill_after],
-                        worker_env(keras.backend.backend(), CUDA_VISIBLE_DEVICES=""),
+def run_resume_worker(run_dir, kill_after=-1, timeout=400, kill_at=None, **settings):
+    """``workers.resume_worker`` in a subprocess; returns ``(returncode, output)``.
+
+    ``kill_after``: SIGKILL after that (0-based) epoch; ``kill_at``: at that point of train()
+    (``$KERAS_MIXER_TEST_KILL_AT``); ``settings``: TrainConfig overrides.
+    """
+    env = worker_env(keras.backend.backend(), CUDA_VISIBLE_DEVICES="")
+    env.pop(training.KILL_AT_ENV, None)
+    if kill_at:
+        env[training.KILL_AT_ENV] = kill_at
+    proc = start_module("workers.resume_worker", [run_dir, kill_after, json.dumps(settings)], env,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.communicate(timeout=timeout)[0]
     return proc.returncode, output
@@ -33,21 +41,163 @@ def leftovers(run_dir):
     return [f for _, _, files in os.walk(run_dir) for f in files if ".tmp" in f]
 
 
-def test_resume_after_sigkill_continues_at_next_epoch(tmp_path):
+def history_epochs(run_dir):
+    return [row["epoch"] for row in training.read_history(f"{run_dir}/history.csv")]
+
+
+def test_resume_after_sigkill_survives_torn_files(tmp_path):
+    """Killed mid-backup, then after an epoch, then with torn files: always resumes, and says from what."""
     run_dir = str(tmp_path / "run")
-    returncode, output = run_resume_worker(run_dir, 1)  # SIGKILL right after epoch 2 of 3
+    backup = os.path.join(run_dir, "backup", "process_0")
+    # SIGKILL while the first epoch's backup is being written: only its temporary file exists.
+    returncode, output = run_resume_worker(run_dir, kill_at="during_backup_write@1", epochs=4)
     assert returncode == -9, output[-3000:]
-    assert [row["epoch"] for row in training.read_history(f"{run_dir}/history.csv")] == [0, 1]
-    assert not leftovers(run_dir)
+    assert [f for f in os.listdir(backup) if not f.startswith(".tmp-")] == [] and leftovers(run_dir)
+
+    # Resumes from last.keras (written before the backup), says so; SIGKILL after epoch 3.
+    returncode, output = run_resume_worker(run_dir, 2, epochs=4)
+    assert returncode == -9, output[-3000:]
+    assert f"resuming {run_dir} from {run_dir}/last.keras: 1 of 4 epochs done, training epochs 2-4" \
+        in output, output[-3000:]
+    assert "Epoch 2/4" in output and "Epoch 1/4" not in output
+    assert history_epochs(run_dir) == [0, 1, 2]
+    assert sorted(os.listdir(backup)) == ["epoch-0002.weights.h5", "epoch-0003.weights.h5"]
     keras.saving.load_model(f"{run_dir}/last.keras")  # complete, loadable
 
-    returncode, output = run_resume_worker(run_dir, -1)
+    # The newest backup and last.keras torn: the older backup, named, and the torn ones named.
+    newest = os.path.join(backup, "epoch-0003.weights.h5")
+    with open(newest, "r+b") as f:
+        f.truncate(os.path.getsize(newest) // 2)
+    open(f"{run_dir}/last.keras", "wb").close()
+    returncode, output = run_resume_worker(run_dir, epochs=4)
     assert returncode == 0, output[-3000:]
-    assert "Epoch 3/3" in output
-    assert "Epoch 1/3" not in output and "Epoch 2/3" not in output
-    assert [row["epoch"] for row in training.read_history(f"{run_dir}/history.csv")] == [0, 1, 2]
-    assert json.load(open(f"{run_dir}/results.json"))["epochs"] == 3
+    assert f"passed over {newest}: cannot be read" in output
+    assert f"passed over {run_dir}/last.keras: cannot be read" in output
+    assert f"from {backup}/epoch-0002.weights.h5: 2 of 4 epochs done, training epochs 3-4" in output
+    assert "Epoch 3/4" in output and "Epoch 2/4" not in output
+    assert history_epochs(run_dir) == [0, 1, 2, 3]
+    assert json.load(open(f"{run_dir}/results.json"))["epochs"] == 4
     assert not leftovers(run_dir)
+
+
+def test_kill_after_training_never_trains_again(tmp_path):
+    """Killed after fit, then after the export: each re-run goes on where the last stopped."""
+    run_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "exports")
+    settings = dict(epochs=2, export=True, export_dir=export_dir)
+    versions = lambda: sorted(os.listdir(os.path.join(export_dir, "mixer_digits")))  # noqa: E731
+    returncode, output = run_resume_worker(run_dir, kill_at="after_fit", **settings)
+    assert returncode == -9 and "Epoch 2/2" in output, output[-3000:]
+    assert not os.path.exists(f"{run_dir}/model.keras")
+
+    returncode, output = run_resume_worker(run_dir, kill_at="after_export", **settings)
+    assert returncode == -9, output[-3000:]
+    assert "all 2 epochs done, evaluating and saving the final model" in output
+    assert "Epoch " not in output and "final eval on 359 test images" in output
+    assert versions() == ["1"]
+
+    returncode, output = run_resume_worker(run_dir, **settings)  # the export was done: no second one
+    assert returncode == 0, output[-3000:]
+    assert "Epoch " not in output and "final eval" not in output
+    assert versions() == ["1"]
+    assert json.load(open(f"{run_dir}/state.json"))["stage"] == "finished"
+
+    returncode, output = run_resume_worker(run_dir, **settings)  # finished: says so, does nothing
+    assert returncode == 0, output[-3000:]
+    assert f"{run_dir} is finished (2 epochs): top-1" in output and "Epoch " not in output
+    assert versions() == ["1"]
+
+    returncode, output = run_resume_worker(run_dir, **settings, re_export=True)
+    assert returncode == 0 and "Epoch " not in output, output[-3000:]
+    assert versions() == ["1", "2"]
+    assert history_epochs(run_dir) == [0, 1] and not leftovers(run_dir)
+
+
+def test_run_dir_refuses_other_settings(tmp_path):
+    """A run directory names the settings that differ, before anything is loaded or written."""
+    run_dir = str(tmp_path / "run")
+    original = training.TrainConfig(run_dir=run_dir, num_blocks=4, image_size=8, epochs=3,
+                                    export_dir=str(tmp_path / "exports"))
+    os.makedirs(run_dir)
+    saved = dataclasses.asdict(original)
+    training.write_json(f"{run_dir}/config.json", saved)
+    training.write_json(f"{run_dir}/state.json", {"stage": "training", "config": saved})
+    changed = dataclasses.replace(original, num_blocks=3, learning_rate=0.01)
+    for torn in (None, "config.json", "state.json"):  # a single torn file still guards
+        if torn:
+            training.write_json(f"{run_dir}/config.json", saved)
+            open(f"{run_dir}/{torn}", "w").close()
+        with pytest.raises(ValueError, match=r"num_blocks \(--num-blocks\): 4 in the run, 3 now; "
+                                             r"learning_rate \(--learning-rate\): 0.003"):
+            training.train(changed)
+    assert sorted(os.listdir(run_dir)) == ["config.json", "state.json"]
+    free = dataclasses.replace(original, progress="0", export=False, data_dir="elsewhere",
+                               strategy="default", re_export=True)
+    assert training.check_settings(saved, free) == []
+
+
+class NaNFromStep:
+    """Wraps data.make_dataset: training batches from global step ``step`` on are NaN."""
+
+    def __init__(self, make_dataset, step):
+        self.make_dataset, self.step = make_dataset, step
+
+    def __call__(self, source, *args, training=False, **kwargs):
+        import tensorflow as tf
+
+        dataset = self.make_dataset(source, *args, training=training, **kwargs)
+        if not training:
+            return dataset
+        return dataset.enumerate().map(
+            lambda i, batch: (tf.where(i >= self.step, batch[0] * float("nan"), batch[0]), batch[1]))
+
+
+def test_diverged_run_fails_and_publishes_nothing(tmp_path, monkeypatch):
+    run_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "exports")
+    monkeypatch.setattr(training.data, "make_dataset",
+                        NaNFromStep(training.data.make_dataset, step=5))  # epoch 2, step 2
+    config = training.TrainConfig(run_dir=run_dir, image_size=8, num_blocks=1, hidden_dim=16,
+                                  tokens_mlp_dim=8, channels_mlp_dim=32, epochs=3,
+                                  steps_per_epoch=4, batch_size=16, progress="0",
+                                  export_dir=export_dir)
+    with pytest.raises(training.TrainingDiverged, match=r"loss is nan at epoch 2, step 2\. "
+                                                        r"Nothing of this epoch was saved"):
+        training.train(config)
+    assert not os.path.exists(f"{run_dir}/model.keras") and not os.path.exists(export_dir)
+    assert history_epochs(run_dir) == [0]
+    assert os.listdir(f"{run_dir}/backup/process_0") == ["epoch-0001.weights.h5"]
+    last = keras.saving.load_model(f"{run_dir}/last.keras")
+    assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in last.weights)
+    assert issubclass(training.TrainingDiverged, training.RunError)
+    assert training.RunError in cli.USER_ERRORS  # the command line: "error: ...", exit status 2
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(epochs=0), r"epochs \(--epochs\) must be an integer >= 1, got 0"),
+    (dict(epochs=-2), r"epochs \(--epochs\) must be an integer >= 1"),
+    (dict(batch_size=0), r"batch_size \(--batch-size\) must be an integer >= 1"),
+    (dict(steps_per_epoch=-5), r"steps_per_epoch \(--steps-per-epoch\) must be an integer >= 1"),
+    (dict(learning_rate=float("nan")), r"learning_rate \(--learning-rate\) must be a finite"),
+    (dict(learning_rate=1e30), r"learning_rate .* in \(0.0, 10.0\], got 1e\+30"),
+    (dict(learning_rate=0.0), "learning_rate"),
+    (dict(warmup_epochs=float("inf")), "warmup_epochs"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(ema=-0.1), "ema"),
+    (dict(mix_prob=2.0), "mix_prob"),
+    (dict(grad_accum_steps=0), "grad_accum_steps"),
+    (dict(image_size=10), r"image_size .* multiple of the patch size 4"),
+    (dict(variant="Q/7"), "Unknown Mixer variant"),
+    (dict(recipe="nope"), "recipe"),
+    (dict(progress="3"), "progress"),
+    (dict(bad_images="ignore"), "bad_images"),
+])
+def test_train_config_is_validated_up_front(changes, message):
+    with pytest.raises(ValueError, match=message):
+        training.TrainConfig(**changes)
+
+
+def test_train_cli_refuses_bad_settings(capsys):
+    assert cli.main(["--epochs", "0"], command="train") == 2
+    assert "error: epochs (--epochs) must be an integer >= 1, got 0." in capsys.readouterr().err
 
 
 class FailingSave:
@@ -92,8 +242,10 @@ def test_recipes_build_the_papers_optimizers():
     sgd = training.build_optimizer(training.TrainConfig(recipe="finetune"), 100, 10)
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.9
     assert sgd.global_clipnorm == 1.0 and not sgd.weight_decay
+    unknown = training.TrainConfig()
+    unknown.recipe = "nope"  # TrainConfig refuses it; build_optimizer checks again
     with pytest.raises(ValueError, match="Unknown recipe"):
-        training.build_optimizer(training.TrainConfig(recipe="nope"), 1, 0)
+        training.build_optimizer(unknown, 1, 0)
 
 
 def test_finetune_init_copies_matching_layers(tmp_path):
@@ -124,6 +276,44 @@ def test_main_job_smoke(tmp_path):
     assert model.output_shape == (None, 10)
 
 
+def test_paper_recipe_on_tfds_with_mixed_precision(tmp_path):
+    """The TFDS path end to end (TFDS's own mock data, offline) with the whole paper recipe:
+    RandAugment, MixUp and CutMix, stochastic depth, EMA, mixed precision."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    run_dir = str(tmp_path / "run")
+    config = training.TrainConfig(
+        data="cifar10", data_dir=str(tmp_path / "tfds"), run_dir=run_dir, image_size=16,
+        patch_size=8, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8, channels_mlp_dim=32,
+        epochs=1, steps_per_epoch=2, batch_size=8, flip=True, crop_min_area=0.08,
+        randaug_ops=2, randaug_magnitude=15, mixup_alpha=0.5, cutmix_alpha=1.0, drop_path_rate=0.1,
+        ema=0.99, mixed_precision=True, export=False, progress="0")
+    with tfds.testing.mock_data(num_examples=16):
+        results = training.train(config)
+    assert results["test_examples"] == 16 and np.isfinite(results["loss"])
+    assert 0 <= results["top1"] <= 1 and results["model"].output_shape == (None, 10)
+    assert json.load(open(f"{run_dir}/results.json"))["epochs"] == 1
+
+
+def test_image_folder_run_reports_skipped_images(tmp_path, capsys):
+    from test_data import write_folder
+
+    root = tmp_path / "pets"
+    write_folder(str(root / "train"), per_class=4, size=8)
+    write_folder(str(root / "test"), per_class=2, size=8)
+    png = (root / "train" / "cat" / "1.png").read_bytes()
+    (root / "train" / "cat" / "torn.png").write_bytes(png[:len(png) // 2])
+    run_dir = str(tmp_path / "run")
+    results = training.train(training.TrainConfig(
+        data=str(root), run_dir=run_dir, image_size=8, num_blocks=1, hidden_dim=16,
+        tokens_mlp_dim=8, channels_mlp_dim=32, epochs=1, steps_per_epoch=1, batch_size=4,
+        export=False, progress="0"))
+    assert "skipped 1 undecodable images" in capsys.readouterr().out
+    saved = json.load(open(f"{run_dir}/results.json"))
+    assert saved["unreadable_count"] == results["unreadable_count"] == 1
+    assert saved["unreadable_images"][0]["path"].endswith("torn.png")
+    assert results["test_examples"] == 4
+
+
 def test_main_job_on_two_replicas(tmp_path):
     """train.py data-parallel on 2 CPU devices (jax, tensorflow) or 2 torchrun processes."""
     import socket
@@ -144,8 +334,21 @@ def test_main_job_on_two_replicas(tmp_path):
     assert results["replicas"] == 2, results
     assert results["strategy"] in ("mirrored", "data_parallel", "torch_ddp")
     assert 0 <= results["top1"] <= 1 and results["test_examples"] == 359
-    assert [row["epoch"] for row in training.read_history(f"{run_dir}/history.csv")] == [0]
+    history = training.read_history(f"{run_dir}/history.csv")
+    assert [row["epoch"] for row in history] == [0]
     assert not leftovers(run_dir)
+    # The per-epoch validation (padded batches) and the final evaluation agree, and both are the
+    # mean loss over the 359 real test images.
+    np.testing.assert_allclose(history[0]["val_loss"], results["loss"], rtol=1e-5)
+    np.testing.assert_allclose(history[0]["val_accuracy"], results["top1"], rtol=1e-5)
+    from keras_mixer import data
+
+    test = data.load_source("digits", "test")
+    images, labels = next(iter(data.make_dataset(test, 359, 16, training=False)))
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    probabilities = keras.ops.convert_to_numpy(model.predict(images.numpy(), verbose=0))
+    true_loss = -np.mean(np.log(np.clip((probabilities * labels.numpy()).sum(-1), 1e-7, 1)))
+    np.testing.assert_allclose(results["loss"], true_loss, rtol=1e-4)
 
 
 def test_train_cli_help():

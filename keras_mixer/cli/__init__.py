@@ -17,6 +17,7 @@ from keras_mixer.backend import BackendCallError
 from keras_mixer.checkpoints import CheckpointError
 from keras_mixer.cli import benchmark, convert, evaluate, export, predict, serve, train, visualize
 from keras_mixer.deploy import ServingError
+from keras_mixer.training import RunError
 
 COMMANDS = {
     "train": train,
@@ -31,7 +32,7 @@ COMMANDS = {
 # Errors that say what the user should change; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
                NotADirectoryError, PermissionError, CheckpointError, ServingError,
-               BackendCallError, ImportError)
+               BackendCallError, ImportError, RunError)
 
 
 def _summary(module):

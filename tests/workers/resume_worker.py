@@ -1,8 +1,12 @@
 """A tiny training run on the digits; optionally SIGKILLs itself after an epoch.
 
-Usage: KERAS_BACKEND=... python -m workers.resume_worker RUN_DIR KILL_AFTER_EPOCH  (-1: never)
+Usage: KERAS_BACKEND=... python -m workers.resume_worker RUN_DIR KILL_AFTER_EPOCH [SETTINGS_JSON]
+KILL_AFTER_EPOCH is 0-based (-1: never); SETTINGS_JSON overrides TrainConfig fields.
+``$KERAS_MIXER_TEST_KILL_AT`` kills it at a named point of train() instead
+(see ``keras_mixer.training._test_kill_point``).
 """
 
+import json
 import os
 import signal
 import sys
@@ -20,14 +24,21 @@ class KillAfterEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
+            sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(run_dir, kill_after):
-    config = TrainConfig(run_dir=run_dir, image_size=8, patch_size=4, num_blocks=1, hidden_dim=16,
-                         tokens_mlp_dim=8, channels_mlp_dim=32, epochs=EPOCHS, steps_per_epoch=4,
-                         batch_size=16, export=False, progress="2")
-    train(config, callbacks=[KillAfterEpoch(int(kill_after))])
+def config(run_dir, **overrides):
+    """The tiny run's settings."""
+    settings = dict(run_dir=run_dir, image_size=8, patch_size=4, num_blocks=1, hidden_dim=16,
+                    tokens_mlp_dim=8, channels_mlp_dim=32, epochs=EPOCHS, steps_per_epoch=4,
+                    batch_size=16, export=False, progress="2")
+    return TrainConfig(**{**settings, **overrides})
+
+
+def main(run_dir, kill_after, settings="{}"):
+    train(config(run_dir, **json.loads(settings)), callbacks=[KillAfterEpoch(int(kill_after))])
+    print("worker done")
 
 
 if __name__ == "__main__":
