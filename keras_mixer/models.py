@@ -26,6 +26,7 @@ from keras_mixer.config import (
     token_grid,
 )
 from keras_mixer.files import describe_contents
+from keras_mixer.files import atomic_output
 from keras_mixer.layers import PACKAGE, MixerBlock, PatchEmbedding, layer_norm
 
 # Layer names: the one place that knows them (the properties below give the layers).
@@ -397,6 +398,13 @@ def _damaged_member(path):
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         return f"it cannot be read as a zip archive: {error}"
     return None if bad is None else f"its member {bad!r} fails its CRC check"
+
+
+def save_keras_file(model, path):
+    """Write ``model`` to a ``.keras`` file atomically (a temporary file, then a rename)."""
+    with atomic_output(path) as temp:
+        model.save(temp)
+    return os.fspath(path)
 
 
 def _functional_config(model):

@@ -11,7 +11,7 @@ import pytest
 from helpers.processes import ROOT, start_module, worker_env
 
 import keras
-from keras_mixer import cli, training
+from keras_mixer import cli, models, training
 
 
 def run(args, timeout=400):
@@ -214,7 +214,7 @@ def test_checkpoint_is_replaced_atomically(tmp_path):
     with open(path, "wb") as f:
         f.write(b"previous checkpoint")
     with pytest.raises(KeyboardInterrupt):
-        training.save_atomically(FailingSave(), path)
+        models.save_keras_file(FailingSave(), path)
     assert open(path, "rb").read() == b"previous checkpoint"
     assert os.listdir(tmp_path) == ["last.keras"]
 

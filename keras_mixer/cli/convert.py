@@ -14,8 +14,7 @@ Prints what was loaded. Examples:
 
 from keras_mixer.checkpoints import formats, save_weights
 from keras_mixer.cli.arguments import positive_int
-from keras_mixer.models import load_model, model_from_checkpoint
-from keras_mixer.training import save_atomically
+from keras_mixer.models import load_model, model_from_checkpoint, save_keras_file
 
 OUTPUT_SUFFIXES = (formats.KERAS_MODEL_SUFFIXES + formats.KERAS_WEIGHTS_SUFFIXES
                    + formats.CHECKPOINT_SUFFIXES)
@@ -62,7 +61,7 @@ def run(args):
         model, summary = load_model(args.input, variant=args.variant, image_size=args.image_size,
                                     verbose=False, **model_options(args)), None
     if formats.has_suffix(args.output, formats.KERAS_MODEL_SUFFIXES):
-        save_atomically(model, args.output)
+        save_keras_file(model, args.output)
     else:
         save_weights(model, args.output)
     height, width = model.config.image_size

@@ -22,8 +22,7 @@ import keras
 
 from keras_mixer.cli.arguments import positive_float, positive_int
 from keras_mixer.deploy import TFLITE_MODES, export_onnx, export_saved_model, export_tflite
-from keras_mixer.models import load_model
-from keras_mixer.training import save_atomically
+from keras_mixer.models import load_model, save_keras_file
 
 ARTIFACTS = ("saved-model", "tflite", "onnx", "all")
 
@@ -81,7 +80,7 @@ def export_source(args):
         return
     with tempfile.TemporaryDirectory(prefix="keras_mixer_export_") as work:
         path = os.path.join(work, "model.keras")
-        save_atomically(model, path)
+        save_keras_file(model, path)
         yield path
 
 

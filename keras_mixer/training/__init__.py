@@ -1,0 +1,306 @@
+"""Training with ``model.fit``: recipes, run directory, checkpoints, evaluation.
+
+:func:`train` runs one :class:`TrainConfig` end to end on any backend and
+distribution (see :mod:`keras_mixer.distribute`); ``scripts/train.py`` is its
+command line. The run directory holds::
+
+    config.json        the run's settings (a second copy in state.json)
+    state.json         the run's stage: training, evaluated (results, class names), finished (export)
+    backup/process_i/  epoch-NNNN.weights.h5: model + optimizer after the last two epochs
+    last.keras         model after the latest epoch (written atomically)
+    best.keras         model with the best validation accuracy so far (atomically)
+    model.keras        the final model (after the last epoch; EMA weights if any)
+    history.csv        per-epoch metrics          logs/   TensorBoard
+    curves.png         loss / accuracy curves     results.json   final evaluation
+
+Re-running a command goes on from where its run directory stands: a killed
+run resumes after its last whole epoch (from the newest readable backup, else
+``last.keras``, else the older backup), a run killed after training goes on at
+the evaluation or the export without training again, and a finished run says so
+and stops (``re_export`` exports it again). A run directory refuses settings
+that differ from its own (other than :data:`FREE_SETTINGS`). Every file is
+written through a temporary file and a rename, so a kill leaves the previous
+version whole; a loss that stops being finite stops training before anything of
+that epoch is saved (:class:`DivergenceGuard`), and nothing is exported.
+"""
+
+import dataclasses
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_mixer import data, deploy, distribute, models
+from keras_mixer.training.config import FREE_SETTINGS, RECIPES, TrainConfig
+from keras_mixer.training.recipe import (
+    NO_WEIGHT_DECAY,
+    WarmupLinearDecay,
+    build_model,
+    build_optimizer,
+    compile_model,
+    initialize_from,
+    learning_rate_schedule,
+)
+# The public API of training (also what tests and the benchmark use) is re-exported here.
+from keras_mixer.training.rundir import (
+    KILL_AT_ENV,
+    STATE_FILE,
+    AtomicCheckpoint,
+    DivergenceGuard,
+    RunBackup,
+    RunError,
+    TrainingDiverged,
+    checkpoint_callbacks,
+    check_settings,
+    open_run_dir,
+    plot_history,
+    read_history,
+    restore_training_state,
+    write_json,
+    _remove_temp_files,
+    _test_kill_point,
+)
+
+
+def export_name(config):
+    """The export's model name (``--export-name``, default ``mixer``)."""
+    return config.export_name
+
+
+def export_model(model_path, config, class_names, version=None):
+    """Export the saved model to ``<export_dir>/<name>/<version>/`` for TF Serving."""
+    return deploy.export_saved_model(model_path, export_dir=config.export_dir,
+                                     name=export_name(config), version=version, labels=class_names)
+
+
+def _has_tensorboard():
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def _unshare_ema_arrays(model):
+    """JAX with EMA: give the model's variables arrays of their own after fit().
+
+    Keras swaps the EMA weights in by assigning the optimizer's average variables
+    to the model's, which on JAX makes them share arrays; evaluate() donates the
+    model's arrays, deleting the optimizer's too, and saving the model then fails
+    ("Array has been deleted").
+    """
+    if keras.backend.backend() == "jax" and getattr(model.optimizer, "use_ema", False):
+        for variable in model.trainable_variables:
+            variable.assign(keras.ops.copy(variable.value))
+
+
+def _check_finite_weights(model):
+    bad = [v.path for v in model.weights
+           if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+    if bad:
+        raise TrainingDiverged(
+            f"Training diverged: {len(bad)} weights are not finite ({', '.join(bad[:3])}...). "
+            f"No model.keras was written and nothing was exported. Lower --learning-rate, in "
+            f"a new --run-dir.")
+
+
+def _report_unreadable(sources):
+    """``[{"split", "path", "reason"}]`` of the images left out, printed one per line."""
+    found = [{"split": split, "path": path, "reason": reason}
+             for split, source in sources.items() for path, reason in source.unreadable]
+    if found:
+        print(f"skipped {len(found)} undecodable images (--bad-images fail refuses them instead):")
+        for item in found:
+            print(f"  {item['split']}: {item['path']}: {item['reason']}")
+    return found
+
+
+def train(config, callbacks=(), distribution=None):
+    """Train ``config`` with ``model.fit``; returns a dict with the final evaluation.
+
+    Goes on from where ``config.run_dir`` stands (see the module docstring).
+
+    Args:
+        config: a :class:`TrainConfig`.
+        callbacks: extra Keras callbacks (run after the run directory's own).
+        distribution: a :class:`keras_mixer.distribute.Distribution`; default
+            :func:`keras_mixer.distribute.setup_distribution` from ``config``.
+
+    Raises:
+        ValueError: a setting that cannot work, data that do not fit (class
+            folders), or settings that differ from the run directory's.
+        TrainingDiverged: the loss stopped being finite (nothing is saved as the
+            final model or exported).
+        RunError: the run directory has training state that cannot be resumed.
+    """
+    start = time.time()
+    config.validate()
+    run_dir = config.run_dir
+    state = open_run_dir(config)  # before anything slow: refuses other settings at once
+    dist = distribution or distribute.setup_distribution(config.strategy, config.cpu_devices,
+                                                         config.model_parallel)
+    chief = dist.is_chief
+    if state["stage"] in ("evaluated", "finished"):
+        if chief and state["stage"] == "evaluated":
+            print(f"resuming {run_dir}: trained ({config.epochs} epochs) and evaluated; exporting")
+        return _finish(config, state, chief, start)
+
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    train_source, test_source = data.load_splits(config.data, config.data_dir, shard=dist.shard,
+                                                 bad_images=config.bad_images)
+    unreadable = _report_unreadable({"train": train_source, "test": test_source}) if chief else []
+    global_examples = train_source.num_examples * dist.shard[0]
+    steps = config.steps_per_epoch or global_examples // config.batch_size
+    if steps < 1:
+        raise ValueError(f"{global_examples} training examples make no batch of {config.batch_size}: "
+                         f"lower --batch-size.")
+    batch_size = dist.pipeline_batch_size(config.batch_size)
+    train_data = data.make_dataset(
+        train_source, batch_size, config.image_size, training=True,
+        augment=config.augmentation(), seed=config.seed, repeat=True,  # same order everywhere
+    )
+    # Data parallel: pad the last eval batch with weight-0 blanks so it splits evenly.
+    pad = dist.replicas > 1
+    test_data = data.make_dataset(test_source, batch_size, config.image_size, training=False,
+                                  crop_fraction=config.crop_fraction, pad_to_batch=pad)
+    total_steps = steps * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps))
+
+    with dist.scope():
+        model = build_model(config, train_source.num_classes)
+        compile_model(model, config, total_steps, warmup_steps)
+        model.optimizer.build(model.trainable_variables)
+    dist.prepare_model(model)
+
+    os.makedirs(run_dir, exist_ok=True)
+    if chief:
+        _remove_temp_files(run_dir)
+        if state["stage"] == "new":
+            write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
+            state = {"stage": "training", "config": dataclasses.asdict(config)}
+            write_json(os.path.join(run_dir, STATE_FILE), state)
+    with dist.scope():
+        done, restored_from, problems = restore_training_state(model, run_dir, steps, config)
+    if chief:
+        for problem in problems:
+            print(f"resume: passed over {problem}")
+        if restored_from and done < config.epochs:
+            todo = (f"epochs {done + 1}-{config.epochs}" if done + 1 < config.epochs
+                    else f"epoch {config.epochs}")
+            print(f"resuming {run_dir} from {restored_from}: {done} of {config.epochs} epochs "
+                  f"done, training {todo}")
+        elif restored_from:
+            print(f"resuming {run_dir} from {restored_from}: all {config.epochs} epochs done, "
+                  f"evaluating and saving the final model")
+
+    own = [DivergenceGuard(config.learning_rate)]
+    if chief or dist.name == "multi_worker":
+        own += checkpoint_callbacks(run_dir, write=chief)
+    if chief:
+        own.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True))
+        if _has_tensorboard():
+            own.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")))
+        else:
+            print("TensorBoard logs skipped: the tensorboard package is not installed")
+    # Last among our own: an epoch counts as done once everything above is written.
+    own.append(RunBackup(os.path.join(run_dir, "backup", f"process_{dist.process_index}")))
+
+    verbose = config.progress if config.progress == "auto" else int(config.progress)
+    if done < config.epochs:
+        model.fit(train_data, epochs=config.epochs, initial_epoch=done, steps_per_epoch=steps,
+                  validation_data=test_data, callbacks=own + list(callbacks),
+                  verbose=verbose if chief else 0)
+    else:  # what fit() does after its last epoch: swap in the EMA weights (if any)
+        with dist.scope():
+            model.optimizer.finalize_variable_values(model.trainable_weights)
+    _unshare_ema_arrays(model)
+    _test_kill_point("after_fit")
+
+    # fit() has swapped in the EMA weights (if any): check, evaluate and save those.
+    _check_finite_weights(model)
+    results = model.evaluate(test_data, return_dict=True, verbose=0)
+    if not np.isfinite(results["loss"]):
+        raise TrainingDiverged(
+            f"The trained model's test loss is {results['loss']}: no model.keras was written and "
+            f"nothing was exported. Lower --learning-rate, in a new --run-dir.")
+    results = {"top1": float(results["accuracy"]), "top5": float(results["top5"]),
+               "loss": float(results["loss"]), "test_examples": test_source.num_examples,
+               "epochs": config.epochs, "backend": keras.backend.backend(),
+               "strategy": dist.name, "replicas": dist.replicas,
+               "unreadable_count": len(unreadable), "unreadable_images": unreadable,
+               "seconds": round(time.time() - start, 1)}
+    model_path = os.path.join(run_dir, "model.keras")
+    if chief:
+        models.save_keras_file(model, model_path)
+    elif dist.name == "multi_worker":  # every TF worker takes part in saving
+        scratch = os.path.join(run_dir, f".worker-{os.getpid()}-model.keras")
+        models.save_keras_file(model, scratch)
+        os.remove(scratch)
+    _test_kill_point("after_model_save")
+    if chief:
+        write_json(os.path.join(run_dir, "results.json"), results)
+        plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
+        print(f"final eval on {test_source.num_examples} test images: top-1 {results['top1']:.4f}, "
+              f"top-5 {results['top5']:.4f}, loss {results['loss']:.4f} "
+              f"({results['backend']}, {dist.name} x{dist.replicas}, {results['seconds']} s); "
+              f"model: {model_path}")
+    state = dict(state, stage="evaluated", results=results,
+                 class_names=list(train_source.class_names))
+    if chief:
+        write_json(os.path.join(run_dir, STATE_FILE), state)
+    _test_kill_point("after_results")
+    return _finish(config, state, chief, start, model)
+
+
+def _export_once(config, state):
+    """Export the run's model.keras; a version planned by a killed attempt is reused, so a
+    re-run publishes no duplicate (a new version only when a finished run is re-exported)."""
+    run_dir = config.run_dir
+    base = os.path.abspath(os.path.join(config.export_dir, export_name(config)))
+    planned = state.get("export_planned") or {}
+    if state["stage"] != "finished" and planned.get("base") == base:
+        version = planned["version"]
+        if os.path.isdir(os.path.join(base, str(version))):  # published (atomically) before a kill
+            return os.path.join(config.export_dir, export_name(config), str(version))
+    else:
+        version = deploy.next_version(base)
+        state["export_planned"] = {"base": base, "version": version}
+        write_json(os.path.join(run_dir, STATE_FILE), state)
+    path = export_model(os.path.join(run_dir, "model.keras"), config, state.get("class_names"),
+                        version=version)
+    _test_kill_point("after_export")
+    return path
+
+
+def _finish(config, state, chief, start, model=None):
+    """The steps after the evaluation: export (once), then mark the run finished."""
+    run_dir = config.run_dir
+    results = dict(state["results"])
+    if chief:
+        finished = state["stage"] == "finished"
+        if finished and not config.re_export and (state.get("export") or not config.export):
+            exported = f"; exported: {state['export']}" if state.get("export") else ""
+            print(f"{run_dir} is finished ({results['epochs']} epochs): top-1 {results['top1']:.4f}, "
+                  f"top-5 {results['top5']:.4f}, loss {results['loss']:.4f}; model: "
+                  f"{os.path.join(run_dir, 'model.keras')}{exported}. Nothing to do (--re-export "
+                  f"exports it again; a new --run-dir trains again).")
+        elif config.export:
+            state["export"] = _export_once(config, state)
+            print(f"exported: {state['export']}")
+        state["stage"] = "finished"
+        write_json(os.path.join(run_dir, STATE_FILE), state)
+    if state.get("export"):
+        results["export"] = state["export"]
+    results["model"] = model if model is not None else models.load_keras_file(
+        os.path.join(run_dir, "model.keras"), compile=False)
+    return results
+
+
+__all__ = [
+    "FREE_SETTINGS", "KILL_AT_ENV", "NO_WEIGHT_DECAY", "RECIPES", "AtomicCheckpoint", "DivergenceGuard",
+    "RunBackup", "RunError", "TrainConfig", "TrainingDiverged", "WarmupLinearDecay",
+    "build_model", "build_optimizer", "check_settings", "checkpoint_callbacks", "compile_model",
+    "initialize_from", "learning_rate_schedule", "open_run_dir", "plot_history", "read_history",
+    "restore_training_state", "train", "write_json",
+]

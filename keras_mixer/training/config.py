@@ -1,0 +1,165 @@
+"""The settings of a training run: :class:`TrainConfig`, checked before anything runs.
+
+``keras-mixer train`` has one flag per field.
+"""
+
+import dataclasses
+import math
+
+from keras_mixer import config as mixer_config
+from keras_mixer import data, distribute
+
+RECIPES = ("pretrain", "finetune")
+
+DECAYS = (None, "linear", "cosine")
+
+PROGRESS = ("auto", "0", "1", "2")
+
+MAX_LEARNING_RATE = 10.0  # above this a Mixer only diverges: a typo (1e30, 3e3) is refused
+
+# Settings that may differ between the commands of one run directory: where and how the
+# run goes, not what it trains. Any other difference is refused (see check_settings).
+FREE_SETTINGS = ("data_dir", "bad_images", "strategy", "cpu_devices", "model_parallel", "run_dir",
+                 "progress", "export", "export_dir", "export_name", "re_export")
+
+
+def _field(default, help):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+
+
+class TrainConfig:
+    """Every setting of a training run (``scripts/train.py`` has one flag per field).
+
+    The defaults are the main job: a small Mixer on the offline digits data.
+    """
+
+    # data
+    data: str = _field("digits", "\"digits\", an image folder, or a TFDS name")
+    data_dir: str = _field(None, "TFDS data directory")
+    image_size: int = _field(16, "input side in pixels (multiple of the patch size)")
+    crop_fraction: float = _field(1.0, "eval center crop (1.0: resize only)")
+    # model: a paper variant ("B/16") or "custom" with the sizes below
+    variant: str = _field("custom", "paper variant (S/32, B/16, ...) or \"custom\" (the sizes below)")
+    patch_size: int = _field(4, "custom Mixer: patch side P")
+    num_blocks: int = _field(4, "custom Mixer: number of blocks")
+    hidden_dim: int = _field(64, "custom Mixer: token width C")
+    tokens_mlp_dim: int = _field(32, "custom Mixer: D_S")
+    channels_mlp_dim: int = _field(256, "custom Mixer: D_C")
+    drop_path_rate: float = _field(0.0, "stochastic depth of the last block (paper: 0.1)")
+    init: str = _field(None, "start from a .keras model or weights file (matching layers)")
+    # recipe
+    recipe: str = _field("pretrain", "pretrain: AdamW + linear warmup/decay; finetune: SGD + cosine")
+    epochs: int = _field(25, "training epochs")
+    batch_size: int = _field(64, "global batch size")
+    learning_rate: float = _field(3e-3, "peak learning rate (after warmup)")
+    weight_decay: float = _field(0.05, "pretrain only (AdamW); never on LayerNorm or biases")
+    warmup_epochs: float = _field(1.0, "linear warmup length in epochs")
+    decay: str = _field(None, "\"linear\" or \"cosine\"; default: linear (pretrain), cosine (finetune)")
+    clipnorm: float = _field(1.0, "global-norm gradient clipping (0: off)")
+    momentum: float = _field(0.9, "finetune (SGD)")
+    label_smoothing: float = _field(0.0, "label smoothing of the loss")
+    grad_accum_steps: int = _field(1, "optimizer steps accumulate this many batches (1: off)")
+    mixed_precision: bool = _field(False, "mixed_bfloat16")
+    ema: float = _field(0.0, "EMA momentum of the weights (0: off), e.g. 0.999")
+    # augmentation (training)
+    inception_crop: bool = _field(True, "random-area crop (else plain resize)")
+    crop_min_area: float = _field(0.5, "inception crop: smallest area fraction (paper: 0.08)")
+    flip: bool = _field(False, "digits are not mirror-symmetric; turn on for natural images")
+    randaug_ops: int = _field(2, "RandAugment: ops per image")
+    randaug_magnitude: float = _field(0.0, "0: off; paper 10-20 (keras-cv saturates at 10)")
+    mixup_alpha: float = _field(0.0, "MixUp Beta(a, a) (0: off; paper pretrain mixup p 0.5)")
+    cutmix_alpha: float = _field(0.0, "CutMix Beta(a, a) (0: off)")
+    mix_prob: float = _field(1.0, "probability that a batch is mixed")
+    # distribution
+    strategy: str = _field("auto", "auto, default, mirrored, multi_worker, tpu (tensorflow); data_parallel, model_parallel (jax); torch_ddp (torch, under torchrun)")
+    cpu_devices: int = _field(0, "split the CPU into N devices (tensorflow, jax)")
+    model_parallel: int = _field(0, "jax: size of the model mesh axis")
+    # run
+    run_dir: str = _field("runs/main", "run directory (re-running the same command resumes it)")
+    seed: int = _field(0, "seed of init, shuffling and augmentation")
+    steps_per_epoch: int = _field(None, "default: training examples // batch size")
+    progress: str = _field("auto", "Keras progress display: auto, 0 (none), 1 (bar), 2 (a line per epoch)")
+    export: bool = _field(True, "export the final model to saved_models/")
+    export_dir: str = _field("saved_models", "export directory")
+    export_name: str = _field("mixer", "served model name: saved_models/NAME/VERSION (TF Serving, "
+                                       "serving/models.config and keras-mixer predict use 'mixer')")
+    re_export: bool = _field(False, "export a finished run again (as a new version)")
+    bad_images: str = _field("skip", "image folders: skip undecodable images (listed in the log and "
+                                     "results.json) or fail listing them")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raise a ``ValueError`` naming the first setting that cannot work."""
+
+        def fail(field, rule):
+            flag = "--" + field.replace("_", "-")
+            raise ValueError(f"{field} ({flag}) {rule}, got {getattr(self, field)!r}.")
+
+        def integer(field, minimum, optional=False):
+            value = getattr(self, field)
+            if optional and value is None:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                fail(field, f"must be an integer >= {minimum}")
+
+        def number(field, low, high=math.inf, low_open=False, high_open=False):
+            value = getattr(self, field)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and (value > low if low_open else value >= low) \
+                and (value < high if high_open else value <= high)
+            if not ok:
+                interval = (("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]"))
+                fail(field, f"must be a finite number in {interval}" if high != math.inf else
+                     f"must be a finite number {'>' if low_open else '>='} {low}")
+
+        def choice(field, choices):
+            if getattr(self, field) not in choices:
+                fail(field, f"must be one of {', '.join(map(str, choices))}")
+
+        if not isinstance(self.data, str) or not self.data:
+            fail("data", "must name a dataset (digits, an image folder or a TFDS name)")
+        for field in ("epochs", "batch_size", "image_size", "grad_accum_steps"):
+            integer(field, 1)
+        integer("steps_per_epoch", 1, optional=True)
+        for field in ("randaug_ops", "cpu_devices", "model_parallel"):
+            integer(field, 0)
+        integer("seed", 0)
+        number("learning_rate", 0.0, MAX_LEARNING_RATE, low_open=True)
+        for field in ("weight_decay", "warmup_epochs", "clipnorm", "randaug_magnitude",
+                      "mixup_alpha", "cutmix_alpha"):
+            number(field, 0.0)
+        for field in ("momentum", "label_smoothing", "ema", "drop_path_rate"):
+            number(field, 0.0, 1.0, high_open=True)
+        for field in ("crop_fraction", "crop_min_area"):
+            number(field, 0.0, 1.0, low_open=True)
+        number("mix_prob", 0.0, 1.0)
+        choice("recipe", RECIPES)
+        choice("decay", DECAYS)
+        choice("strategy", distribute.STRATEGIES)
+        choice("bad_images", data.BAD_IMAGES)
+        if str(self.progress) not in PROGRESS:
+            fail("progress", f"must be one of {', '.join(PROGRESS)}")
+        if self.variant == "custom":
+            for field in mixer_config.ARCHITECTURE_FIELDS:
+                integer(field, 1)
+            patch = self.patch_size
+        else:
+            try:
+                patch = mixer_config.VARIANTS[mixer_config.canonical_variant(self.variant)].patch_size
+            except ValueError as error:
+                raise ValueError(f"variant (--variant): {error}") from None
+        if self.image_size % patch:
+            fail("image_size", f"must be a multiple of the patch size {patch}")
+
+    def augmentation(self):
+        return data.Augmentation(
+            inception_crop=self.inception_crop, crop_min_area=self.crop_min_area,
+            flip=self.flip, randaug_ops=self.randaug_ops,
+            randaug_magnitude=self.randaug_magnitude, mixup_alpha=self.mixup_alpha,
+            cutmix_alpha=self.cutmix_alpha, mix_prob=self.mix_prob,
+        )
