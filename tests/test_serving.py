@@ -1,6 +1,7 @@
 """gRPC and REST clients against the development server (a TF Serving stand-in) and the CLI around it."""
 
 import concurrent.futures
+import json
 import os
 import re
 import queue
@@ -145,6 +146,14 @@ def test_rest_status_codes(server):
     assert response.status_code == 200 and len(response.json()["outputs"]["probabilities"]) == 2
     assert requests.post(server["rest"] + "/v1/models/nope:predict", json=columnar,
                          timeout=30).status_code == 404
+    # Deeply nested JSON (parser recursion) and deep instances: a 400 with a reason, not a dropped
+    # connection; the server keeps answering.
+    for body in (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                 json.dumps({"instances": [[[[[[[[0]]]]]]]] * 2}).encode()):
+        response = requests.post(url, data=body, timeout=30)
+        assert response.status_code == 400 and response.json()["error"], response.text[:200]
+    response = requests.post(url, json=columnar, timeout=30)
+    assert response.status_code == 200
 
 
 def test_unknown_model_and_version(server, exported_mixer):

@@ -344,6 +344,8 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             except ValueError as error:
                 raise _invalid(f"JSON parse error: {error}") from None
+            except RecursionError:
+                raise _invalid("JSON parse error: the request nests too deeply") from None
             if not isinstance(body, dict):
                 raise _invalid("request body must be a JSON object")
             signature_name = body.get("signature_name") or SERVING_DEFAULT
@@ -351,7 +353,11 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
             if signature_name not in signature_defs:
                 raise _invalid(f"Serving signature name: \"{signature_name}\" not found in signature def")
             input_infos = signature_defs[signature_name].inputs
-            inputs, columnar = self._inputs(body, input_infos)
+            try:
+                inputs, columnar = self._inputs(body, input_infos)
+            except (RecursionError, ValueError, TypeError) as error:
+                reason = "it nests too deeply" if isinstance(error, RecursionError) else error
+                raise _invalid(f"cannot read the inputs: {reason}") from None
             version, outputs = self.repository.predict(name, version, label, signature_name, inputs)
         except RequestError as error:
             self._reply(HTTP_STATUS.get(error.code, 500), {"error": str(error)})
