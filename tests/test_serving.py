@@ -320,3 +320,11 @@ def test_serve_command_answers_predict_script(exported_mixer, tmp_path):
     reader.join(timeout=60)
     assert process.returncode == 0, process.stderr.read()[-3000:]
     assert "Stopped.\n" in list(output.queue)
+
+
+def test_client_errors_are_importable_from_the_package():
+    """The README names them as keras_mixer.X."""
+    import keras_mixer
+
+    for name in ("ServingError", "ServerUnavailableError", "ModelNotFoundError", "InvalidInputError"):
+        assert issubclass(getattr(keras_mixer, name), keras_mixer.ServingError), name
