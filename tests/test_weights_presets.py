@@ -227,6 +227,23 @@ def test_offline_download_names_the_url_and_the_cache_path(tmp_path, monkeypatch
     assert presets.download_preset(preset) == str(path)
 
 
+def test_offline_preset_in_a_command_is_one_error_line(tmp_path, monkeypatch, cache, capsys):
+    """`visualize gallery imagenet1k` offline: the download's message, no traceback."""
+    from keras_mixer import cli
+
+    def offline(url, filename, reporthook=None):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"\x89PNG")
+    status = cli.main(["gallery", "gsam", "--variant", "S/32", "--out", str(tmp_path / "g.png"),
+                       str(image)], command="visualize", prog="visualize.py")
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert err.startswith("error: Could not download the 'gsam' weights of Mixer-S/32 from "), err
+
+
 def test_download_removes_what_killed_downloads_left(tmp_path, monkeypatch, cache):
     source = small_npz(tmp_path / "Mixer-S_32.npz")
     preset = local_preset(monkeypatch, source)

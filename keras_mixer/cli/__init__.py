@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from keras_mixer.backend import BackendCallError
-from keras_mixer.checkpoints import CheckpointError
+from keras_mixer.checkpoints import CheckpointError, DownloadError
 from keras_mixer.cli import benchmark, convert, evaluate, export, predict, serve, train, visualize
 from keras_mixer.deploy import ServingError
 from keras_mixer.training import RunError
@@ -32,7 +32,7 @@ COMMANDS = {
 # Errors that say what the user should change; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
                NotADirectoryError, PermissionError, CheckpointError, ServingError,
-               BackendCallError, ImportError, RunError)
+               BackendCallError, DownloadError, ImportError, RunError)
 
 
 def _summary(module):
