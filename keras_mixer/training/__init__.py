@@ -42,7 +42,6 @@ from keras_mixer.training.recipe import (
     initialize_from,
     learning_rate_schedule,
 )
-# The public API of training (also what tests and the benchmark use) is re-exported here.
 from keras_mixer.training.rundir import (
     KILL_AT_ENV,
     STATE_FILE,
@@ -58,20 +57,15 @@ from keras_mixer.training.rundir import (
     read_history,
     restore_training_state,
     write_json,
-    _remove_temp_files,
-    _test_kill_point,
+    kill_point,
+    remove_temp_files,
 )
-
-
-def export_name(config):
-    """The export's model name (``--export-name``, default ``mixer``)."""
-    return config.export_name
 
 
 def export_model(model_path, config, class_names, version=None):
     """Export the saved model to ``<export_dir>/<name>/<version>/`` for TF Serving."""
     return deploy.export_saved_model(model_path, export_dir=config.export_dir,
-                                     name=export_name(config), version=version, labels=class_names)
+                                     name=config.export_name, version=version, labels=class_names)
 
 
 def _has_tensorboard():
@@ -151,6 +145,11 @@ def train(config, callbacks=(), distribution=None):
                                                  bad_images=config.bad_images)
     unreadable = _report_unreadable({"train": train_source, "test": test_source}) if chief else []
     global_examples = train_source.num_examples * dist.shard[0]
+    if chief:
+        print(f"training {config.architecture_description()} at {config.image_size}px on "
+              f"{config.data}: {global_examples} training / {test_source.num_examples} test images, "
+              f"{train_source.num_classes} classes; {keras.backend.backend()} backend, "
+              f"{dist.name} x{dist.replicas}; run directory {run_dir}")
     steps = config.steps_per_epoch or global_examples // config.batch_size
     if steps < 1:
         raise ValueError(f"{global_examples} training examples make no batch of {config.batch_size}: "
@@ -175,7 +174,7 @@ def train(config, callbacks=(), distribution=None):
 
     os.makedirs(run_dir, exist_ok=True)
     if chief:
-        _remove_temp_files(run_dir)
+        remove_temp_files(run_dir)
         if state["stage"] == "new":
             write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
             state = {"stage": "training", "config": dataclasses.asdict(config)}
@@ -210,12 +209,12 @@ def train(config, callbacks=(), distribution=None):
     if done < config.epochs:
         model.fit(train_data, epochs=config.epochs, initial_epoch=done, steps_per_epoch=steps,
                   validation_data=test_data, callbacks=own + list(callbacks),
-                  verbose=verbose if chief else 0)
+                  verbose=verbose if chief else 0, shuffle=False)  # tf.data shuffles already
     else:  # what fit() does after its last epoch: swap in the EMA weights (if any)
         with dist.scope():
             model.optimizer.finalize_variable_values(model.trainable_weights)
     _unshare_ema_arrays(model)
-    _test_kill_point("after_fit")
+    kill_point("after_fit")
 
     # fit() has swapped in the EMA weights (if any): check, evaluate and save those.
     _check_finite_weights(model)
@@ -237,7 +236,7 @@ def train(config, callbacks=(), distribution=None):
         scratch = os.path.join(run_dir, f".worker-{os.getpid()}-model.keras")
         models.save_keras_file(model, scratch)
         os.remove(scratch)
-    _test_kill_point("after_model_save")
+    kill_point("after_model_save")
     if chief:
         write_json(os.path.join(run_dir, "results.json"), results)
         plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
@@ -249,7 +248,7 @@ def train(config, callbacks=(), distribution=None):
                  class_names=list(train_source.class_names))
     if chief:
         write_json(os.path.join(run_dir, STATE_FILE), state)
-    _test_kill_point("after_results")
+    kill_point("after_results")
     return _finish(config, state, chief, start, model)
 
 
@@ -257,19 +256,19 @@ def _export_once(config, state):
     """Export the run's model.keras; a version planned by a killed attempt is reused, so a
     re-run publishes no duplicate (a new version only when a finished run is re-exported)."""
     run_dir = config.run_dir
-    base = os.path.abspath(os.path.join(config.export_dir, export_name(config)))
+    base = os.path.abspath(os.path.join(config.export_dir, config.export_name))
     planned = state.get("export_planned") or {}
     if state["stage"] != "finished" and planned.get("base") == base:
         version = planned["version"]
         if os.path.isdir(os.path.join(base, str(version))):  # published (atomically) before a kill
-            return os.path.join(config.export_dir, export_name(config), str(version))
+            return os.path.join(config.export_dir, config.export_name, str(version))
     else:
         version = deploy.next_version(base)
         state["export_planned"] = {"base": base, "version": version}
         write_json(os.path.join(run_dir, STATE_FILE), state)
     path = export_model(os.path.join(run_dir, "model.keras"), config, state.get("class_names"),
                         version=version)
-    _test_kill_point("after_export")
+    kill_point("after_export")
     return path
 
 

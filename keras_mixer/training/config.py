@@ -156,7 +156,16 @@ class TrainConfig:
         if self.image_size % patch:
             fail("image_size", f"must be a multiple of the patch size {patch}")
 
+    def architecture_description(self):
+        """``"Mixer-B/16 (patch 16, ...)"`` or the custom sizes, for the run's first line."""
+        if self.variant == "custom":
+            return "a Mixer (" + mixer_config.MixerConfig(
+                self.patch_size, self.num_blocks, self.hidden_dim, self.tokens_mlp_dim,
+                self.channels_mlp_dim).describe() + ")"
+        return mixer_config.VARIANTS[mixer_config.canonical_variant(self.variant)].describe()
+
     def augmentation(self):
+        """The :class:`keras_mixer.data.Augmentation` of these settings."""
         return data.Augmentation(
             inception_crop=self.inception_crop, crop_min_area=self.crop_min_area,
             flip=self.flip, randaug_ops=self.randaug_ops,

@@ -22,7 +22,7 @@ STATE_FILE = "state.json"
 
 BACKUP_NAME = "epoch-{:04d}.weights.h5"
 
-# Test hook: SIGKILL the process at a named point of train() (see _test_kill_point).
+# Test hook: SIGKILL the process at a named point of train() (see kill_point).
 KILL_AT_ENV = "KERAS_MIXER_TEST_KILL_AT"
 
 
@@ -125,7 +125,7 @@ def plot_history(csv_path, png_path):
     plt.close(fig)
 
 
-def _test_kill_point(point, epoch=None):
+def kill_point(point, epoch=None):
     """Test hook: SIGKILL this process here when ``$KERAS_MIXER_TEST_KILL_AT`` names ``point``.
 
     ``point`` or ``point@EPOCH`` (1-based; for points inside an epoch). The points,
@@ -202,7 +202,7 @@ class RunBackup(keras.callbacks.Callback):
         final = os.path.join(self.directory, BACKUP_NAME.format(epoch + 1))
         with atomic_output(final) as temp:
             self.model.save_weights(temp)
-            _test_kill_point("during_backup_write", epoch + 1)
+            kill_point("during_backup_write", epoch + 1)
         for old in list_backups(self.directory)[self.keep:]:
             os.remove(old)
 
@@ -323,7 +323,7 @@ def open_run_dir(config):
     return state
 
 
-def _remove_temp_files(run_dir):
+def remove_temp_files(run_dir):
     """Remove temporary files that a killed run left (``.tmp-*``; never read by anything)."""
     for pattern in (os.path.join(run_dir, TEMP_PREFIX + "*"),
                     os.path.join(run_dir, "backup", "*", TEMP_PREFIX + "*")):

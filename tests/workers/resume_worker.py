@@ -3,7 +3,7 @@
 Usage: KERAS_BACKEND=... python -m workers.resume_worker RUN_DIR KILL_AFTER_EPOCH [SETTINGS_JSON]
 KILL_AFTER_EPOCH is 0-based (-1: never); SETTINGS_JSON overrides TrainConfig fields.
 ``$KERAS_MIXER_TEST_KILL_AT`` kills it at a named point of train() instead
-(see ``keras_mixer.training.rundir._test_kill_point``).
+(see ``keras_mixer.training.rundir.kill_point``).
 """
 
 import json
