@@ -45,8 +45,8 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
         data: ``root/<class>/<image>``, or a folder with a ``test`` split of those.
         crop_fraction: central-square crop before resizing (:mod:`keras_mixer.images`).
             Default: the ``.keras`` model's ``config.crop_fraction``; a SavedModel's
-            crop is baked into its signature (a different value is refused); a
-            ``.tflite`` file does not record one, so it must be given.
+            crop is baked into its signature and a ``.tflite`` file's is recorded
+            beside it (``NAME.MODE.tflite.json``): a different value is refused.
         out: optional CSV path (written atomically): ``path,label,prediction,score``,
             one row per image, class names, score = probability of the prediction.
         batch_size: images per model call.
@@ -199,11 +199,18 @@ def _check_labels(model_labels, class_names, labels_file):
 
 
 def _tflite_probabilities(path, paths, labels, class_names, crop_fraction, batch_size):
-    if crop_fraction is None:
+    recorded = (tflite.read_info(path) or {}).get("crop_fraction")
+    if crop_fraction is None and recorded is None:
         raise ValueError(
-            f"A .tflite file does not record the crop its model was evaluated with: pass "
-            f"--crop-fraction (the .keras model's config.crop_fraction; 1.0 for no crop) to "
-            f"evaluate {path}.")
+            f"{path} has no {os.path.basename(path)}{tflite.INFO_SUFFIX} beside it recording the crop "
+            f"its model was evaluated with: pass --crop-fraction (the .keras model's "
+            f"config.crop_fraction; 1.0 for no crop).")
+    if crop_fraction is not None and recorded is not None and abs(crop_fraction - recorded) > 1e-9:
+        raise ValueError(
+            f"{path} was exported from a model evaluated with crop_fraction {recorded} "
+            f"({os.path.basename(path)}{tflite.INFO_SUFFIX}); --crop-fraction {crop_fraction} "
+            "would not be what the model expects. Leave it out.")
+    crop_fraction = recorded if crop_fraction is None else crop_fraction
     interpreter = tf.lite.Interpreter(model_path=path)
     input_shape = tuple(interpreter.get_input_details()[0]["shape"])
     output_shape = tuple(interpreter.get_output_details()[0]["shape"])

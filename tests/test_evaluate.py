@@ -19,7 +19,7 @@ import tensorflow as tf
 from helpers.processes import run_script
 
 from keras_mixer import cli, data, deploy, images, models
-from keras_mixer.deploy import saved_model, signatures
+from keras_mixer.deploy import saved_model, signatures, tflite
 from keras_mixer.evaluate import evaluate
 from keras_mixer.training import TrainConfig, train
 
@@ -110,13 +110,20 @@ def test_keras_and_saved_model_agree_image_by_image(trained, tmp_path):
 def test_tflite_file_agrees_with_keras(trained, tmp_path):
     (row,) = deploy.export_tflite(trained.keras_path, str(tmp_path), name="photos",
                                   modes=["float32"])
-    from_tflite = evaluate(row["path"], trained.folder, crop_fraction=CROP, log=None)
+    info = tflite.read_info(row["path"])  # the crop travels with the file
+    assert info["crop_fraction"] == CROP and info["image_size"] == [16, 16]
+    from_tflite = evaluate(row["path"], trained.folder, log=None)
     from_keras = evaluate(trained.keras_path, trained.folder, log=None)
     assert from_tflite["kind"] == "tflite" and from_tflite["num_images"] == trained.num_images
     assert agreement(from_tflite, from_keras) >= 0.995
     np.testing.assert_allclose(from_tflite["probabilities"], from_keras["probabilities"], atol=1e-4)
-    with pytest.raises(ValueError, match="does not record the crop"):
+    with pytest.raises(ValueError, match="Leave it out"):
+        evaluate(row["path"], trained.folder, crop_fraction=1.0, log=None)
+    os.remove(row["path"] + tflite.INFO_SUFFIX)
+    with pytest.raises(ValueError, match="pass --crop-fraction"):
         evaluate(row["path"], trained.folder, log=None)
+    assert evaluate(row["path"], trained.folder, crop_fraction=CROP, log=None)["top1"] == \
+        from_tflite["top1"]
 
 
 def test_served_bytes_see_the_pixels_of_the_image_policy(trained, tmp_path):

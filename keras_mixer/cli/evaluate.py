@@ -9,11 +9,11 @@ printed is `top-1 X top-5 Y on N images`. Examples:
 
   keras-mixer evaluate runs/main/model.keras --data photos/
   keras-mixer evaluate saved_models/mixer --data photos/ --out predictions.csv
-  keras-mixer evaluate saved_models/mixer.float32.tflite --data photos/ --crop-fraction 0.875
+  keras-mixer evaluate saved_models/mixer.float32.tflite --data photos/
 
 --crop-fraction defaults to the .keras model's own (config.crop_fraction); a
-SavedModel's crop is baked into its signature (another value is an error); a
-.tflite file does not record one, so give it.
+SavedModel's crop is baked into its signature and a .tflite file's is recorded
+beside it (NAME.MODE.tflite.json): another value is an error.
 """
 
 from keras_mixer.evaluate import evaluate

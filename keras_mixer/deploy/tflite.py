@@ -6,6 +6,7 @@ input ``(1, H, W, 3)`` float32 0-255 (uint8 for ``int8``), output probabilities.
 Calibration and check images go through the image policy (:mod:`keras_mixer.images`).
 """
 
+import json
 import os
 import time
 
@@ -13,9 +14,19 @@ import numpy as np
 
 from keras_mixer import images as image_policy
 from keras_mixer.deploy import runner, signatures
-from keras_mixer.files import atomic_output
+from keras_mixer.files import atomic_output, write_text
 
 TFLITE_MODES = ("float32", "float16", "dynamic_int8", "int8")
+INFO_SUFFIX = ".json"  # beside each file: NAME.MODE.tflite.json (crop, image size, the check's numbers)
+
+
+def read_info(path):
+    """The sidecar ``PATH.json`` that :func:`export_tflite` writes beside a ``.tflite`` file, or ``None``."""
+    try:
+        with open(os.fspath(path) + INFO_SUFFIX, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
 
 
 def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_MODES,
@@ -123,6 +134,11 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
                        max_abs_error=float(np.max(np.abs(got - expected))),
                        top1_agreement=float(np.mean(got.argmax(-1) == expected.argmax(-1))),
                        latency_ms=latency, num_eval_images=len(eval_images))
+        # Mobile code and `keras-mixer evaluate` read how images must be prepared from here.
+        write_text(final + INFO_SUFFIX, json.dumps(dict(
+            row, crop_fraction=model.config.crop_fraction, image_size=[height, width],
+            num_classes=model.config.num_classes, input="(1, H, W, 3) pixels 0-255, "
+            + ("uint8" if mode == "int8" else "float32"), output="probabilities"), indent=2) + "\n")
         rows.append(row)
         print(f"TFLite {mode:>12}: {row['size_bytes'] / 1e6:8.3f} MB  max|err| {row['max_abs_error']:.2e}  "
               f"top-1 agreement {row['top1_agreement']:.3f}  {latency:.3f} ms  -> {final}")
