@@ -37,6 +37,9 @@ class Distribution:
     ``replicas`` counts data-parallel replicas over all processes; ``shard``
     is ``(num_shards, index)`` of the data this process reads itself (torch:
     one shard per process; tensorflow/jax: Keras splits the global batch).
+    ``collective_saves``: saving a model is a collective operation (TF multi-worker,
+    multi-process JAX: reading a variable's global array), so every process saves in
+    step with the chief (the others into scratch files).
     """
 
     name: str
@@ -45,6 +48,7 @@ class Distribution:
     process_count: int = 1
     shard: tuple = (1, 0)
     strategy: object = None
+    collective_saves: bool = False
 
     @property
     def is_chief(self):
@@ -141,7 +145,7 @@ def _tensorflow(strategy, cpu_devices=0, **_):
         task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
         return Distribution("multi_worker", tf_strategy.num_replicas_in_sync,
                             process_index=int(task.get("index", 0)), process_count=workers,
-                            strategy=tf_strategy)
+                            strategy=tf_strategy, collective_saves=True)
     if strategy == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -170,7 +174,8 @@ def _jax(strategy, model_parallel=0, **_):
     if strategy == "auto":
         strategy = "model_parallel" if model_parallel > 1 else (
             "data_parallel" if len(devices) > 1 else "default")
-    info = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    info = dict(process_index=jax.process_index(), process_count=jax.process_count(),
+                collective_saves=jax.process_count() > 1)
     if strategy == "default":
         return Distribution("default", 1, **info)
     if strategy == "data_parallel":
