@@ -15,17 +15,25 @@
   trainable parameter while ``model.fit`` runs unchanged, and each process
   reads its own shard of the data.
 
+A process whose peer dies does not wait forever: ``$KERAS_MIXER_COLLECTIVE_TIMEOUT``
+(seconds) bounds it -- torch: the process group's timeout
+(``init_process_group(timeout=...)``, default 30 minutes); jax: the distributed
+service's heartbeat timeout (``jax.distributed.initialize(heartbeat_timeout_seconds=...)``,
+default 100 s), after which the surviving processes are terminated with an error.
+
 Must run before the model is built (and for TF's logical CPUs / JAX's
 ``XLA_FLAGS``, before the backend initialises its devices).
 """
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 
 import keras
 
+COLLECTIVE_TIMEOUT_ENV = "KERAS_MIXER_COLLECTIVE_TIMEOUT"
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "data_parallel",
               "model_parallel", "torch_ddp")
 
@@ -169,7 +177,18 @@ def _jax(strategy, model_parallel=0, **_):
     if strategy not in supported:
         raise _unsupported(strategy, "jax", supported)
     if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1:
-        keras.distribution.initialize()  # jax.distributed.initialize from KERAS_DISTRIBUTION_*
+        timeout = collective_timeout()
+        if timeout is None:
+            keras.distribution.initialize()  # jax.distributed.initialize from KERAS_DISTRIBUTION_*
+        else:  # what keras.distribution.initialize does, with the heartbeat timeout
+            from keras.src.backend.jax.distribution_lib import initialize_rng
+
+            jax.distributed.initialize(
+                coordinator_address=os.environ["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",")[0],
+                num_processes=int(os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
+                process_id=int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"]),
+                heartbeat_timeout_seconds=max(1, round(timeout)))
+            initialize_rng()
     devices = jax.devices()
     if strategy == "auto":
         strategy = "model_parallel" if model_parallel > 1 else (
@@ -227,10 +246,27 @@ def _torch(strategy, **_):
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        timeout = collective_timeout()
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=None if timeout is None
+                                else datetime.timedelta(seconds=timeout))
     rank = dist.get_rank()
     return Distribution("torch_ddp", world_size, process_index=rank, process_count=world_size,
                         shard=(world_size, rank))
+
+
+def collective_timeout():
+    """``$KERAS_MIXER_COLLECTIVE_TIMEOUT`` in seconds, ``None`` when unset (backend default)."""
+    value = os.environ.get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise ValueError(f"{COLLECTIVE_TIMEOUT_ENV}={value!r}: give a positive number of seconds.")
+    return seconds
 
 
 def _torch_average_gradients(model, world_size):
