@@ -435,7 +435,9 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         crop_fraction: eval center crop (1.0 = resize only).
         shuffle_buffer: shuffle buffer size (capped at the split size).
         repeat: repeat forever (for a fixed number of steps).
-        drop_remainder: default: ``training``.
+        drop_remainder: default: ``training`` or ``pad_to_batch``, so that the batch
+            dimension is static (multi-process JAX: Keras' ``distribute_tf_dataset``
+            reads the global batch size from the pipeline to split it over processes).
         cache: cache decoded images in memory; default when the split is small (< 60k).
         pad_to_batch: (eval) add a third element, sample weights, and pad the last batch
             to full size with weight-0 blanks, so that every batch splits evenly over
@@ -480,8 +482,9 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         blank = (tf.zeros(size + (3,)), tf.one_hot(0, num_classes), 0.0)
         dataset = dataset.map(lambda x, y: (x, y, weight)).concatenate(
             tf.data.Dataset.from_tensors(blank).repeat(blanks))
-    dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None
-                            else drop_remainder, num_parallel_calls=AUTOTUNE)
+    if drop_remainder is None:  # padded batches are all full: nothing is dropped
+        drop_remainder = training or pad_to_batch
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     if training and augment.randaug_magnitude > 0 and augment.randaug_ops > 0:
         # keras-cv draws from a seeded generator: deterministic with a sequential map.
         randaug = rand_augment(augment.randaug_ops, augment.randaug_magnitude, seed)

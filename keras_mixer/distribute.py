@@ -15,17 +15,25 @@
   trainable parameter while ``model.fit`` runs unchanged, and each process
   reads its own shard of the data.
 
+A process whose peer dies does not wait forever: ``$KERAS_MIXER_COLLECTIVE_TIMEOUT``
+(seconds) bounds it -- torch: the process group's timeout
+(``init_process_group(timeout=...)``, default 30 minutes); jax: the distributed
+service's heartbeat timeout (``jax.distributed.initialize(heartbeat_timeout_seconds=...)``,
+default 100 s), after which the surviving processes are terminated with an error.
+
 Must run before the model is built (and for TF's logical CPUs / JAX's
 ``XLA_FLAGS``, before the backend initialises its devices).
 """
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 
 import keras
 
+COLLECTIVE_TIMEOUT_ENV = "KERAS_MIXER_COLLECTIVE_TIMEOUT"
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "data_parallel",
               "model_parallel", "torch_ddp")
 
@@ -37,6 +45,9 @@ class Distribution:
     ``replicas`` counts data-parallel replicas over all processes; ``shard``
     is ``(num_shards, index)`` of the data this process reads itself (torch:
     one shard per process; tensorflow/jax: Keras splits the global batch).
+    ``collective_saves``: saving a model is a collective operation (TF multi-worker,
+    multi-process JAX: reading a variable's global array), so every process saves in
+    step with the chief (the others into scratch files).
     """
 
     name: str
@@ -45,6 +56,7 @@ class Distribution:
     process_count: int = 1
     shard: tuple = (1, 0)
     strategy: object = None
+    collective_saves: bool = False
 
     @property
     def is_chief(self):
@@ -141,7 +153,7 @@ def _tensorflow(strategy, cpu_devices=0, **_):
         task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
         return Distribution("multi_worker", tf_strategy.num_replicas_in_sync,
                             process_index=int(task.get("index", 0)), process_count=workers,
-                            strategy=tf_strategy)
+                            strategy=tf_strategy, collective_saves=True)
     if strategy == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -165,12 +177,24 @@ def _jax(strategy, model_parallel=0, **_):
     if strategy not in supported:
         raise _unsupported(strategy, "jax", supported)
     if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1:
-        keras.distribution.initialize()  # jax.distributed.initialize from KERAS_DISTRIBUTION_*
+        timeout = collective_timeout()
+        if timeout is None:
+            keras.distribution.initialize()  # jax.distributed.initialize from KERAS_DISTRIBUTION_*
+        else:  # what keras.distribution.initialize does, with the heartbeat timeout
+            from keras.src.backend.jax.distribution_lib import initialize_rng
+
+            jax.distributed.initialize(
+                coordinator_address=os.environ["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",")[0],
+                num_processes=int(os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
+                process_id=int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"]),
+                heartbeat_timeout_seconds=max(1, round(timeout)))
+            initialize_rng()
     devices = jax.devices()
     if strategy == "auto":
         strategy = "model_parallel" if model_parallel > 1 else (
             "data_parallel" if len(devices) > 1 else "default")
-    info = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    info = dict(process_index=jax.process_index(), process_count=jax.process_count(),
+                collective_saves=jax.process_count() > 1)
     if strategy == "default":
         return Distribution("default", 1, **info)
     if strategy == "data_parallel":
@@ -222,10 +246,27 @@ def _torch(strategy, **_):
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        timeout = collective_timeout()
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=None if timeout is None
+                                else datetime.timedelta(seconds=timeout))
     rank = dist.get_rank()
     return Distribution("torch_ddp", world_size, process_index=rank, process_count=world_size,
                         shard=(world_size, rank))
+
+
+def collective_timeout():
+    """``$KERAS_MIXER_COLLECTIVE_TIMEOUT`` in seconds, ``None`` when unset (backend default)."""
+    value = os.environ.get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise ValueError(f"{COLLECTIVE_TIMEOUT_ENV}={value!r}: give a positive number of seconds.")
+    return seconds
 
 
 def _torch_average_gradients(model, world_size):

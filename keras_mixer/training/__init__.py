@@ -194,7 +194,7 @@ def train(config, callbacks=(), distribution=None):
                   f"evaluating and saving the final model")
 
     own = [DivergenceGuard(config.learning_rate)]
-    if chief or dist.name == "multi_worker":
+    if chief or dist.collective_saves:
         own += checkpoint_callbacks(run_dir, write=chief)
     if chief:
         own.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True))
@@ -232,7 +232,7 @@ def train(config, callbacks=(), distribution=None):
     model_path = os.path.join(run_dir, "model.keras")
     if chief:
         models.save_keras_file(model, model_path)
-    elif dist.name == "multi_worker":  # every TF worker takes part in saving
+    elif dist.collective_saves:  # every process takes part in saving
         scratch = os.path.join(run_dir, f".worker-{os.getpid()}-model.keras")
         models.save_keras_file(model, scratch)
         os.remove(scratch)

@@ -3,7 +3,8 @@
 Run in a fresh process (device counts are fixed at import):
   KERAS_BACKEND=... python -m workers.training_worker STRATEGY CPU_DEVICES RECIPE OUT.npz [MODEL_PARALLEL]
 The data are fixed random images; every process reads the same global batches
-(torch: its own shard of them), with no shuffling or augmentation.
+(torch: its own shard of them), with no shuffling or augmentation. Multi-process:
+started as several processes by the KERAS_DISTRIBUTION_* variables (jax) or torchrun.
 """
 
 import sys
@@ -36,8 +37,10 @@ def main(strategy, cpu_devices, recipe, out, model_parallel="0"):
         training.compile_model(model, config, total_steps=10, warmup_steps=0)
     dist.prepare_model(model)
     model.fit(dataset, epochs=1, steps_per_epoch=STEPS, verbose=0)
+    # Every process reads the weights (multi-process JAX: global arrays); the chief saves them.
+    arrays = [np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights]
     if dist.is_chief:
-        np.savez(out, *[np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights])
+        np.savez(out, *arrays)
     print(f"done {dist.name} replicas={dist.replicas}")
 
 
