@@ -5,11 +5,11 @@ The model is a .keras file saved on any backend (or a checkpoint: .npz, .pth,
 a .weights.h5 file or a preset). Every artifact is checked against the Keras
 model, then published atomically. Examples:
 
-  keras-mixer export saved-model runs/model.keras --labels labels.txt    # saved_models/mixer/1/
-  keras-mixer export all runs/model.keras --representative-images calib.npy
+  keras-mixer export saved-model runs/main/model.keras --labels labels.txt    # saved_models/mixer/1/
+  keras-mixer export all runs/main/model.keras --representative-images calib.npy
   keras-mixer export saved-model --variant B/16 --weights b16.weights.h5 --name mixer_b16
-  keras-mixer export tflite runs/model.keras --modes float32 float16 dynamic_int8
-  keras-mixer export onnx runs/model.keras                      # needs pip install ".[onnx]"
+  keras-mixer export tflite runs/main/model.keras --modes float32 float16 dynamic_int8
+  keras-mixer export onnx runs/main/model.keras                      # needs pip install ".[onnx]"
 
 'all' is the SavedModel and the TFLite files.
 """
