@@ -138,5 +138,6 @@ def test_export_command(exported_mixer, tmp_path, capsys):
     assert "Skipping TFLite int8: it needs --representative-images." in lines
     assert lines[-2:] == [f"Wrote {os.path.join(export_dir, 'tiny', '1')}",
                           f"Wrote {os.path.join(export_dir, 'tiny.float32.tflite')}"]
-    assert sorted(os.listdir(export_dir)) == ["tiny", "tiny.float32.tflite"]
+    assert sorted(os.listdir(export_dir)) == ["tiny", "tiny.float32.tflite",
+                                              "tiny.float32.tflite.json"]
     assert os.listdir(os.path.join(export_dir, "tiny")) == ["1"]

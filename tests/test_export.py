@@ -185,7 +185,8 @@ def test_tflite_modes_match_keras(exported_mixer, tmp_path):
                                 representative_images=images[:16], eval_images=images)
     by_mode = {row["mode"]: row for row in rows}
     assert list(by_mode) == list(deploy.TFLITE_MODES)
-    assert sorted(os.listdir(tmp_path)) == sorted(f"tiny.{m}.tflite" for m in deploy.TFLITE_MODES)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        f"tiny.{m}.tflite{info}" for m in deploy.TFLITE_MODES for info in ("", ".json"))
     print("\nmode          size_kB  max_abs_err  top1_agree  latency_ms")
     for row in rows:
         assert os.path.getsize(row["path"]) == row["size_bytes"]
