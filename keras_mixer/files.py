@@ -130,11 +130,6 @@ def write_text(path, text):
     return path
 
 
-def write_lines(path, lines):
-    """Write one line per item, atomically."""
-    return write_text(path, "".join(f"{line}\n" for line in lines))
-
-
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

@@ -15,7 +15,7 @@ import sys
 import keras
 import numpy as np
 
-from keras_mixer.files import TEMP_PREFIX, atomic_output
+from keras_mixer.files import TEMP_PREFIX, atomic_output, write_text
 from keras_mixer.training.config import FREE_SETTINGS, TrainConfig
 
 STATE_FILE = "state.json"
@@ -87,8 +87,8 @@ def checkpoint_callbacks(run_dir, write=True, monitor="val_accuracy"):
 
 
 def write_json(path, obj):
-    with atomic_output(path) as temp, open(temp, "w") as f:
-        json.dump(obj, f, indent=2)
+    """``obj`` as indented JSON at ``path``, atomically."""
+    return write_text(path, json.dumps(obj, indent=2))
 
 
 def read_history(csv_path):
