@@ -110,13 +110,17 @@ def load_splits(name="digits", data_dir=None, shard=(1, 0), bad_images="skip"):
     return train, test
 
 
+def class_differences(expected, found):
+    """``(missing, extra)``: the classes of ``expected`` not in ``found``, and the other way round."""
+    return [c for c in expected if c not in found], [c for c in found if c not in expected]
+
+
 def check_same_classes(expected, found, where):
     """Raise a ``ValueError`` naming the classes of ``found`` that differ from ``expected``."""
     expected, found = list(expected), list(found)
     if found == expected:
         return
-    missing = [c for c in expected if c not in found]
-    extra = [c for c in found if c not in expected]
+    missing, extra = class_differences(expected, found)
     parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
         [f"not in the training split: {', '.join(extra)}"] if extra else [])
     detail = "; ".join(parts) or "same classes in another order"

@@ -184,8 +184,7 @@ def _read_bytes(path):
 def _check_labels(model_labels, class_names, labels_file):
     if model_labels == class_names:
         return
-    missing = [name for name in model_labels if name not in class_names]
-    extra = [name for name in class_names if name not in model_labels]
+    missing, extra = datasets.class_differences(model_labels, class_names)
     details = []
     if missing:
         details.append(f"not in the folder: {', '.join(missing)}")
