@@ -14,6 +14,7 @@ import zipfile
 import zlib
 
 import keras
+import numpy as np
 
 from keras_mixer import checkpoints
 from keras_mixer.checkpoints import formats, keys, presets, tiling
@@ -101,6 +102,9 @@ class MlpMixer(keras.Model):
             image's shorter side before resizing (``keras_mixer.images``); kept
             in the config so that it travels into exports.
         name: model name.
+        dtype: a Keras dtype policy for every layer (``"bfloat16"``,
+            ``"mixed_bfloat16"``, ...); default Keras' global policy. LayerNorm
+            statistics and the outputs stay float32 under any policy.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class MlpMixer(keras.Model):
         layer_norm_epsilon=LAYER_NORM_EPSILON,
         crop_fraction=1.0,
         name="mlp_mixer",
+        dtype=None,
         **kwargs,
     ):
         # === Config === (validated before anything is built)
@@ -137,9 +142,13 @@ class MlpMixer(keras.Model):
             drop_path_rate=drop_path_rate, dropout=dropout, crop_fraction=crop_fraction,
             name=name,
         )
-        # === Functional model ===
-        inputs = _model_input(input_tensor, config.image_shape)
-        super().__init__(inputs=inputs, outputs=_mixer_graph(inputs, config), name=name, **kwargs)
+        # === Functional model === (every layer under the model's dtype policy)
+        policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
+        with dtype_policy(policy):
+            inputs = _model_input(input_tensor, config.image_shape)
+            outputs = _mixer_graph(inputs, config)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self.dtype_policy = policy  # a functional model keeps no dtype of its own
         self._mixer_config = config
         if weights is not None:
             checkpoints.load_weights(self, weights)
@@ -170,11 +179,63 @@ class MlpMixer(keras.Model):
     def get_config(self):
         config = self.config.to_kwargs()
         config.update(name=self.name, trainable=self.trainable)
+        if self.dtype_policy.name != "float32":
+            config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
         return config
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+class dtype_policy:
+    """``with dtype_policy("bfloat16"):`` sets Keras' global dtype policy for the block."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __enter__(self):
+        self.previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.policy)
+
+    def __exit__(self, *exc):
+        keras.config.set_dtype_policy(self.previous)
+
+
+def with_dtype(model, dtype):
+    """The same Mixer (same weights) computing under the Keras dtype policy ``dtype``.
+
+    ``model`` itself when it already has that policy; else a new :class:`MlpMixer`
+    whose variables hold ``model``'s weights cast to the policy's variable dtype.
+    """
+    policy = keras.dtype_policies.get(dtype)
+    if policy.name == model.dtype_policy.name:
+        return model
+    copy = MlpMixer(**model.config.to_kwargs(), dtype=policy)
+    for target, source in zip(copy.weights, model.weights):
+        target.assign(keras.ops.cast(source, target.dtype))
+    return copy
+
+
+def drift(expected, actual):
+    """How far ``actual`` outputs (logits or probabilities) are from ``expected`` ones.
+
+    Returns ``top1_agreement`` (fraction of rows with the same arg-max),
+    ``relative_error`` (``||actual - expected|| / ||expected||`` over all
+    values) and ``max_abs_error``.
+    """
+    expected = np.asarray(expected, dtype="float64")
+    actual = np.asarray(actual, dtype="float64")
+    if expected.shape != actual.shape or expected.ndim != 2:
+        raise ValueError(f"Compare outputs of the same (batch, classes) shape, got "
+                         f"{expected.shape} and {actual.shape}.")
+    norm = np.linalg.norm(expected)
+    return dict(
+        top1_agreement=float(np.mean(expected.argmax(-1) == actual.argmax(-1))),
+        relative_error=float(np.linalg.norm(actual - expected) / norm) if norm else float("inf"),
+        max_abs_error=float(np.max(np.abs(actual - expected))),
+        num_images=int(expected.shape[0]),
+    )
 
 
 def _input_shape(input_tensor, input_shape):
