@@ -237,3 +237,52 @@ def test_onnx_export(exported_mixer, tmp_path):
     images = exported_mixer.images.astype("float32")
     got = session.run(None, {session.get_inputs()[0].name: images})[0]
     np.testing.assert_allclose(got, exported_mixer.expected, atol=1e-5)
+
+
+def _matmul_dtypes(concrete_function):
+    """The dtypes of every matrix product in a signature's graph and the functions it calls."""
+    graph = concrete_function.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return {tf.dtypes.as_dtype(n.attr["T"].type).name for n in nodes
+            if n.op in ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "_MklMatMul", "Conv2D")}
+
+
+def test_bfloat16_saved_model_keeps_the_interface(exported_mixer, tmp_path, capfd):
+    from keras_mixer import cli
+
+    assert cli.main(["export", "saved-model", exported_mixer.keras_path, "--dtype", "bfloat16",
+                     "--export-dir", str(tmp_path), "--name", "bf16"]) == 0
+    assert "bfloat16 drift against float32" in capfd.readouterr().out  # (a subprocess off TF)
+    version_dir = str(tmp_path / "bf16" / "1")
+    with open(os.path.join(version_dir, saved_model.REPORT_FILE)) as f:
+        report = json.load(f)
+    assert report["dtype"] == "bfloat16" and report["max_abs_diff"] <= 1e-4  # vs Keras in bf16
+    assert report["drift_vs_float32"]["relative_error"] < 0.05
+
+    ours, reference = (tf.saved_model.load(d, tags=["serve"])
+                       for d in (version_dir, exported_mixer.version_dir))
+    assert set(ours.signatures) == set(reference.signatures)
+    for name in ours.signatures:
+        mine, theirs = ours.signatures[name], reference.signatures[name]
+        assert mine.structured_input_signature == theirs.structured_input_signature
+        assert mine.structured_outputs.keys() - {"top_k_labels"} == theirs.structured_outputs.keys() - {"top_k_labels"}
+        for key, spec in mine.structured_outputs.items():
+            assert spec.dtype == theirs.structured_outputs[key].dtype, key
+    assert _matmul_dtypes(ours.signatures["serving_default"]) == {"bfloat16"}
+    assert _matmul_dtypes(reference.signatures["serving_default"]) == {"float32"}
+
+    images = tf.constant(exported_mixer.images, tf.float32)
+    got = ours.signatures["serving_default"](images=images)["probabilities"]
+    assert got.dtype == tf.float32
+    drift = keras_mixer.models.drift(exported_mixer.expected, got.numpy())
+    assert drift["relative_error"] < 0.05 and drift["top1_agreement"] >= 0.8, drift
+
+
+def test_dtype_flag_is_for_the_saved_model(exported_mixer, tmp_path, capsys):
+    from keras_mixer import cli
+
+    assert cli.main(["export", "tflite", exported_mixer.keras_path, "--dtype", "bfloat16",
+                     "--export-dir", str(tmp_path)]) == 2
+    assert "--dtype bfloat16 applies to the SavedModel" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="Unknown SavedModel dtype"):
+        deploy.export_saved_model(exported_mixer.keras_path, str(tmp_path), dtype="float16")

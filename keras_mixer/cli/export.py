@@ -8,6 +8,7 @@ model, then published atomically. Examples:
   keras-mixer export saved-model runs/main/model.keras --labels labels.txt    # saved_models/mixer/1/
   keras-mixer export all runs/main/model.keras --representative-images calib.npy
   keras-mixer export saved-model --variant B/16 --weights b16.weights.h5 --name mixer_b16
+  keras-mixer export saved-model runs/main/model.keras --dtype bfloat16  # bf16 matmuls (AMX CPUs)
   keras-mixer export tflite runs/main/model.keras --modes float32 float16 dynamic_int8
   keras-mixer export onnx runs/main/model.keras                      # needs pip install ".[onnx]"
 
@@ -22,6 +23,7 @@ import keras
 
 from keras_mixer.cli.arguments import positive_float, positive_int
 from keras_mixer.deploy import TFLITE_MODES, export_onnx, export_saved_model, export_tflite
+from keras_mixer.deploy.saved_model import DTYPES
 from keras_mixer.models import load_model, save_keras_file
 
 ARTIFACTS = ("saved-model", "tflite", "onnx", "all")
@@ -45,6 +47,9 @@ def add_arguments(parser):
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes in top_k_* outputs")
     parser.add_argument("--tolerance", type=positive_float, default=1e-4,
                         help="largest accepted |export - Keras| on sample inputs")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="SavedModel compute dtype (bfloat16: bf16 matmuls, float32 in and "
+                             "out; the report gives its drift against float32)")
     parser.add_argument("--modes", nargs="+", default=list(TFLITE_MODES), choices=TFLITE_MODES,
                         help="TFLite modes")
     parser.add_argument("--representative-images",
@@ -85,11 +90,15 @@ def export_source(args):
 
 
 def run(args):
+    if args.dtype != "float32" and args.artifact not in ("saved-model", "all"):
+        raise ValueError(f"--dtype {args.dtype} applies to the SavedModel; TFLite has --modes, "
+                         "ONNX is float32.")
     written = []
     with export_source(args) as model:
         if args.artifact in ("saved-model", "all"):
             written.append(export_saved_model(model, args.export_dir, args.name, args.version,
-                                              args.labels, args.top_k, args.tolerance))
+                                              args.labels, args.top_k, args.tolerance,
+                                              dtype=args.dtype))
         if args.artifact in ("tflite", "all"):
             modes = [m for m in args.modes if m != "int8" or args.representative_images]
             if len(modes) < len(args.modes):

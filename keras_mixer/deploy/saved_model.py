@@ -19,15 +19,17 @@ import time
 import numpy as np
 
 from keras_mixer import images as image_policy
+from keras_mixer import models
 from keras_mixer.deploy import runner, signatures
 from keras_mixer.deploy.signatures import SERVING_BYTES, SERVING_DEFAULT
 from keras_mixer.files import remove_stale_temps, temp_prefix
 
 REPORT_FILE = os.path.join("assets.extra", "export_report.json")
+DTYPES = ("float32", "bfloat16")
 
 
 def export_saved_model(model, export_dir="saved_models", name="mixer", version=None,
-                       labels=None, top_k=5, tolerance=1e-4):
+                       labels=None, top_k=5, tolerance=1e-4, dtype="float32"):
     """Export a Mixer as a TF Serving SavedModel ``<export_dir>/<name>/<version>/``.
 
     Args:
@@ -40,18 +42,29 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
             line); adds ``top_k_labels`` to the outputs.
         top_k: number of top classes returned.
         tolerance: largest accepted difference between the reloaded SavedModel
-            and the Keras model on sample inputs.
+            and the Keras model (under ``dtype``) on sample inputs.
+        dtype: ``"bfloat16"`` computes under Keras' ``bfloat16`` policy (matmuls
+            in bf16: fast on CPUs with AMX); the signatures still take and return
+            float32, and the report adds the drift against float32.
 
     Returns:
         The path of the new version directory. The check's numbers are in its
         ``assets.extra/export_report.json`` (ignored by TF Serving).
     """
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown SavedModel dtype {dtype!r}; choose from {DTYPES}.")
     if version is not None and os.path.exists(os.path.join(export_dir, name, str(int(version)))):
         raise FileExistsError(
             f"Version directory already exists: {os.path.join(export_dir, name, str(version))}")
     report = runner.on_tensorflow(
         "keras_mixer.deploy.saved_model:write_saved_model", model, export_dir=export_dir,
-        name=name, version=version, labels=read_labels(labels), top_k=top_k, tolerance=tolerance)
+        name=name, version=version, labels=read_labels(labels), top_k=top_k, tolerance=tolerance,
+        dtype=dtype)
+    if "drift_vs_float32" in report:  # printed here: the export may run in a subprocess
+        drift = report["drift_vs_float32"]
+        print(f"{dtype} drift against float32 on {drift['num_images']} sample images: top-1 "
+              f"agreement {drift['top1_agreement']:.2f}, relative error of the probabilities "
+              f"{drift['relative_error']:.2e}")
     return report["path"]
 
 
@@ -77,10 +90,13 @@ def next_version(base_dir):
 
 
 def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=5,
-                      tolerance=1e-4):
+                      tolerance=1e-4, dtype="float32"):
     """The export itself (TensorFlow backend); returns the check's report with ``path``."""
     import keras
     import tensorflow as tf
+
+    reference = models.with_dtype(model, "float32")
+    model = reference if dtype == "float32" else models.with_dtype(model, dtype)
 
     base = os.path.join(export_dir, name)
     os.makedirs(base, exist_ok=True)
@@ -103,13 +119,14 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
         archive.add_endpoint(SERVING_BYTES, decode, input_signature=[
             tf.TensorSpec((None,), tf.string, name=signatures.BYTES_INPUT)])
         archive.write_out(tmp, verbose=False)
-        report = check_saved_model(tmp, model, labels, top_k)
+        report = check_saved_model(tmp, model, labels, top_k,
+                                   reference=None if model is reference else reference)
         if not report["max_abs_diff"] <= tolerance:  # also refuses NaN
             raise RuntimeError(
                 f"Exported SavedModel differs from the Keras model by {report['max_abs_diff']:.3g} "
                 f"(> tolerance {tolerance}); not publishing it."
             )
-        report.update(name=name, keras_version=keras.__version__,
+        report.update(name=name, dtype=dtype, keras_version=keras.__version__,
                       tensorflow_version=tf.__version__, crop_fraction=model.config.crop_fraction,
                       exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
@@ -153,8 +170,12 @@ def publish_version(tmp, base, version, report, explicit=False):
     raise RuntimeError(f"Could not find a free version under {base}.")
 
 
-def check_saved_model(path, model, labels, top_k, num_images=4, seed=0):
-    """Reload with plain TensorFlow and compare both signatures with the Keras model."""
+def check_saved_model(path, model, labels, top_k, num_images=4, seed=0, reference=None):
+    """Reload with plain TensorFlow and compare both signatures with the Keras model.
+
+    With a float32 ``reference`` model (for a reduced-precision ``model``) the
+    report adds ``drift_vs_float32`` (:func:`keras_mixer.models.drift`).
+    """
     import tensorflow as tf
 
     config = model.config
@@ -181,6 +202,10 @@ def check_saved_model(path, model, labels, top_k, num_images=4, seed=0):
         got = from_arrays["top_k_labels"].numpy()[:, 0].astype(str)
         if list(got) != [labels[i] for i in top[:, 0]]:
             raise RuntimeError("Exported SavedModel's top_k_labels do not match the labels.")
-    return dict(max_abs_diff=max(diffs), max_abs_diff_images=diffs[0], max_abs_diff_bytes=diffs[1],
-                top_k=k, num_classes=int(expected.shape[-1]), labels=labels is not None,
-                signatures=sorted(loaded.signatures.keys()))
+    report = dict(max_abs_diff=max(diffs), max_abs_diff_images=diffs[0],
+                  max_abs_diff_bytes=diffs[1], top_k=k, num_classes=int(expected.shape[-1]),
+                  labels=labels is not None, signatures=sorted(loaded.signatures.keys()))
+    if reference is not None:
+        report["drift_vs_float32"] = models.drift(
+            signatures.keras_probabilities(reference, prepared), from_arrays["probabilities"])
+    return report
