@@ -70,3 +70,14 @@ def test_bfloat16_drift_is_small_but_real():
     assert drift["dtype"] == "bfloat16" and drift["num_images"] == 16
     assert 1e-3 < drift["relative_error"] < 0.05, drift
     assert drift["top1_agreement"] >= 0.8, drift
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="exports in this process under TensorFlow (other backends use a subprocess)")
+def test_saved_model_rates_time_each_dtype(tmp_path):
+    from keras_mixer.benchmark.precision import saved_model_rates
+
+    report = saved_model_rates(MixerConfig(**TINY), image_size=32, batch_size=2, repeats=1,
+                               log=lambda message: None)
+    assert [row["dtype"] for row in report["rows"]] == ["float32", "bfloat16"]
+    assert all(row["img_per_s"] > 0 and row["fraction_of_bf16_matmul"] > 0 for row in report["rows"])

@@ -34,3 +34,58 @@ def precision_drift(config, image_size=224, num_classes=1000, dtype="bfloat16", 
     expected, actual = (model.predict(images, batch_size=batch_size, verbose=0)
                         for model in (reference, candidate))
     return dict(dtype=dtype, **models.drift(expected, actual))
+
+
+def saved_model_rates(config="B/16", image_size=224, batch_size=16, dtypes=("float32", "bfloat16"),
+                      repeats=3, log=print):
+    """``serving_default`` img/s of a random-weight Mixer exported at each dtype (TensorFlow).
+
+    The SavedModels are timed interleaved with a bfloat16 matmul of the model's
+    channel-mixing shape, best of ``repeats``; each row also gives its GFLOP/s as a
+    fraction of that same-run bf16 matmul rate.
+    """
+    import os
+    import tempfile
+    import time
+
+    import tensorflow as tf
+
+    from keras_mixer import deploy
+    from keras_mixer.config import flops
+
+    architecture = as_architecture(config)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32)
+    tokens = batch_size * (image_size // architecture.patch_size) ** 2
+    a, b = (tf.constant(rng.standard_normal(shape), tf.bfloat16) for shape in (
+        (tokens, architecture.hidden_dim), (architecture.hidden_dim, architecture.channels_mlp_dim)))
+    matmul = tf.function(lambda: tf.matmul(a, b))
+    with tempfile.TemporaryDirectory() as work:
+        path = os.path.join(work, "model.keras")
+        models.save_keras_file(models.MlpMixer(**dataclasses.asdict(architecture),
+                                               input_shape=(image_size, image_size, 3)), path)
+        serve = {}
+        for dtype in dtypes:
+            log(f"saved model rates: exporting {dtype}")
+            version = deploy.export_saved_model(path, work, name=dtype, dtype=dtype, tolerance=1e-3)
+            serve[dtype] = tf.saved_model.load(version).signatures[deploy.SERVING_DEFAULT]
+            serve[dtype](images=images)  # trace and warm up
+        matmul()
+        best = dict.fromkeys([*dtypes, "matmul"], float("inf"))
+        for _ in range(repeats):
+            for dtype, fn in serve.items():
+                start = time.perf_counter()
+                fn(images=images)["probabilities"].numpy()
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+            start = time.perf_counter()
+            matmul().numpy()
+            best["matmul"] = min(best["matmul"], time.perf_counter() - start)
+    gemm = 2 * tokens * architecture.hidden_dim * architecture.channels_mlp_dim / best["matmul"] / 1e9
+    per_image = flops(architecture, image_size) / 1e9
+    rows = [dict(dtype=dtype, batch=batch_size, img_per_s=batch_size / best[dtype],
+                 fraction_of_bf16_matmul=batch_size / best[dtype] * per_image / gemm)
+            for dtype in dtypes]
+    for row in rows:
+        log(f"SavedModel {row['dtype']}: {row['img_per_s']:.2f} img/s at batch {batch_size} = "
+            f"{row['fraction_of_bf16_matmul']:.2f} of the same-run bf16 matmul ({gemm:.0f} GFLOP/s)")
+    return dict(bf16_matmul_gflops=gemm, rows=rows)
