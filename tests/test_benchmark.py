@@ -120,6 +120,8 @@ def test_run_backend_in_process_reports_every_case():
                 result["img_per_s"] / result["peer"]["img_per_s"])
     assert "exports" not in outcome
     json.dumps(outcome)  # serializable
+    assert outcome["precision"]["dtype"] == "bfloat16"  # bf16 rows come with their drift
+    assert outcome["precision"]["relative_error"] < 0.05
 
 
 def test_exports_measure_saved_model_and_tflite():
