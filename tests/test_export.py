@@ -256,7 +256,7 @@ def test_bfloat16_saved_model_keeps_the_interface(exported_mixer, tmp_path, capf
     version_dir = str(tmp_path / "bf16" / "1")
     with open(os.path.join(version_dir, saved_model.REPORT_FILE)) as f:
         report = json.load(f)
-    assert report["dtype"] == "bfloat16" and report["max_abs_diff"] <= 1e-4  # vs Keras in bf16
+    assert report["dtype"] == "bfloat16" and report["max_abs_diff"] <= 1e-2  # vs Keras in bf16
     assert report["drift_vs_float32"]["relative_error"] < 0.05
 
     ours, reference = (tf.saved_model.load(d, tags=["serve"])

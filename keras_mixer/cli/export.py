@@ -23,7 +23,7 @@ import keras
 
 from keras_mixer.cli.arguments import positive_float, positive_int
 from keras_mixer.deploy import TFLITE_MODES, export_onnx, export_saved_model, export_tflite
-from keras_mixer.deploy.saved_model import DTYPES
+from keras_mixer.deploy.saved_model import DTYPES, TOLERANCES
 from keras_mixer.models import load_model, save_keras_file
 
 ARTIFACTS = ("saved-model", "tflite", "onnx", "all")
@@ -45,8 +45,9 @@ def add_arguments(parser):
     parser.add_argument("--version", type=positive_int, help="SavedModel version (default: next free)")
     parser.add_argument("--labels", help="text file with one class name per line")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes in top_k_* outputs")
-    parser.add_argument("--tolerance", type=positive_float, default=1e-4,
-                        help="largest accepted |export - Keras| on sample inputs")
+    parser.add_argument("--tolerance", type=positive_float,
+                        help="largest accepted |export - Keras| on sample inputs (default: 1e-4; "
+                             "SavedModel with --dtype bfloat16: 1e-2)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="SavedModel compute dtype (bfloat16: bf16 matmuls, float32 in and "
                              "out; the report gives its drift against float32)")
@@ -108,6 +109,7 @@ def run(args):
                                      args.representative_images, args.eval_images, args.num_threads)
                 written += [row["path"] for row in rows]
         if args.artifact == "onnx":
-            written.append(export_onnx(model, args.export_dir, args.name, args.tolerance)["path"])
+            tolerance = TOLERANCES["float32"] if args.tolerance is None else args.tolerance
+            written.append(export_onnx(model, args.export_dir, args.name, tolerance)["path"])
     for path in written:
         print(f"Wrote {path}")

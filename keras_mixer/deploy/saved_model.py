@@ -26,10 +26,13 @@ from keras_mixer.files import remove_stale_temps, temp_prefix
 
 REPORT_FILE = os.path.join("assets.extra", "export_report.json")
 DTYPES = ("float32", "bfloat16")
+# Default reload-check tolerance per dtype: bf16 rounds to ~3 significant digits, and the reloaded
+# graph may fuse and order its bf16 operations differently from Keras' own.
+TOLERANCES = {"float32": 1e-4, "bfloat16": 1e-2}
 
 
 def export_saved_model(model, export_dir="saved_models", name="mixer", version=None,
-                       labels=None, top_k=5, tolerance=1e-4, dtype="float32"):
+                       labels=None, top_k=5, tolerance=None, dtype="float32"):
     """Export a Mixer as a TF Serving SavedModel ``<export_dir>/<name>/<version>/``.
 
     Args:
@@ -42,7 +45,8 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
             line); adds ``top_k_labels`` to the outputs.
         top_k: number of top classes returned.
         tolerance: largest accepted difference between the reloaded SavedModel
-            and the Keras model (under ``dtype``) on sample inputs.
+            and the Keras model (under ``dtype``) on sample inputs; default
+            ``TOLERANCES[dtype]`` (1e-4 for float32, 1e-2 for bfloat16).
         dtype: ``"bfloat16"`` computes under Keras' ``bfloat16`` policy (matmuls
             in bf16: fast on CPUs with AMX); the signatures still take and return
             float32, and the report adds the drift against float32.
@@ -90,11 +94,12 @@ def next_version(base_dir):
 
 
 def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=5,
-                      tolerance=1e-4, dtype="float32"):
+                      tolerance=None, dtype="float32"):
     """The export itself (TensorFlow backend); returns the check's report with ``path``."""
     import keras
     import tensorflow as tf
 
+    tolerance = TOLERANCES[dtype] if tolerance is None else tolerance
     reference = models.with_dtype(model, "float32")
     model = reference if dtype == "float32" else models.with_dtype(model, dtype)
 
