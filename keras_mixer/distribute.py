@@ -42,6 +42,16 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "data_parall
               "model_parallel", "torch_ddp")
 
 
+# Lines of the engines' errors that say a peer process died or stopped answering.
+PEER_LOST_SIGNS = ("Collective ops is aborted", "Connection reset by peer",
+                   "Connection closed by peer", "DEADLINE_EXCEEDED", "Deadline Exceeded",
+                   "Timed out", "timed out")
+
+
+class PeerLost(RuntimeError):
+    """Another process of a multi-process job died or stopped answering."""
+
+
 @dataclasses.dataclass
 class Distribution:
     """How one process takes part in training.
@@ -79,6 +89,21 @@ class Distribution:
                 f"{max(self.replicas, num_shards)} data-parallel replicas."
             )
         return global_batch_size // num_shards
+
+    @contextlib.contextmanager
+    def peer_errors(self):
+        """Re-raise an engine's error about a dead or silent peer as :class:`PeerLost`."""
+        try:
+            yield
+        except Exception as error:
+            lines = [line.strip() for line in str(error).splitlines()
+                     if any(sign in line for sign in PEER_LOST_SIGNS)]
+            if self.process_count == 1 or not lines:
+                raise
+            raise PeerLost(
+                f"process {self.process_index} of {self.process_count} lost contact with another "
+                f"process of the job ({lines[0][:300]}). Re-run the same command on every host: "
+                f"it resumes after the last whole epoch.") from error
 
     def prepare_model(self, model):
         """Torch: make every process start from rank 0's weights and average gradients."""
@@ -170,6 +195,26 @@ def _tensorflow(strategy, cpu_devices=0, **_):
     return Distribution("default", 1, strategy=tf.distribute.get_strategy())
 
 
+# The lines of keras/src/backend/tensorflow/trainer.py that _patch_keras_for_multi_worker
+# works around, by the function that holds them.
+KERAS_MULTI_WORKER_BUGS = {
+    "_maybe_symbolic_build": "self.distribute_strategy.reduce(",
+    "reduce_per_replica": 'strategy.reduce("MEAN", v, axis=0)',
+}
+
+
+def keras_multi_worker_bugs():
+    """The functions of :data:`KERAS_MULTI_WORKER_BUGS` that the installed Keras still has."""
+    import inspect
+
+    from keras.src.backend.tensorflow import trainer
+
+    functions = {"_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
+                 "reduce_per_replica": trainer.reduce_per_replica}
+    return [name for name, line in KERAS_MULTI_WORKER_BUGS.items()
+            if line in inspect.getsource(functions[name])]
+
+
 def _patch_keras_for_multi_worker():
     """Let Keras 3's ``model.fit`` / ``evaluate`` run under ``MultiWorkerMirroredStrategy``.
 
@@ -186,18 +231,17 @@ def _patch_keras_for_multi_worker():
       dimension 0 for input with 0 dimensions"). Here: the mean over replicas
       (``axis=None``) for scalars.
     """
-    import inspect
-
     from keras.src import tree
     from keras.src.backend.tensorflow import trainer
 
     if getattr(trainer, "_keras_mixer_patched", False):
         return
+    bugs = keras_multi_worker_bugs()
     trainer._keras_mixer_patched = True
     multi_worker = trainer._collective_all_reduce_multi_worker
 
     build = trainer.TensorFlowTrainer._maybe_symbolic_build
-    if "self.distribute_strategy.reduce(" in inspect.getsource(build):
+    if "_maybe_symbolic_build" in bugs:
         def maybe_symbolic_build(self, iterator=None, data_batch=None):
             strategy = self.distribute_strategy
             if self._distribute_strategy is None or iterator is None or not multi_worker(strategy):
@@ -212,7 +256,7 @@ def _patch_keras_for_multi_worker():
         trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
 
     reduce = trainer.reduce_per_replica
-    if 'strategy.reduce("MEAN", v, axis=0)' in inspect.getsource(reduce):
+    if "reduce_per_replica" in bugs:
         def reduce_per_replica(values, strategy, reduction):
             if reduction not in ("auto", "mean") or not multi_worker(strategy):
                 return reduce(values, strategy, reduction)

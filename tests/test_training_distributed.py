@@ -1,7 +1,8 @@
 """Distribution correctness: N steps on 2 replicas == N steps on 1 device, per backend.
 
 Multi-process cases run as real processes over loopback, started the way the
-README says (jax: ``KERAS_DISTRIBUTION_*``; torch: two ``torchrun`` "nodes").
+README says (tensorflow: ``TF_CONFIG``; jax: ``KERAS_DISTRIBUTION_*``; torch: two
+``torchrun`` "nodes").
 
 Every case runs in fresh processes (device counts are fixed when a backend
 starts). Both runs see the same global batches of fixed random images; the
@@ -173,17 +174,46 @@ def test_two_processes_over_loopback(tmp_path, single_device, recipe="finetune")
     assert_same_weights(weights(out), single_device(recipe), recipe)
 
 
-def test_train_script_two_processes(tmp_path):
-    """The README command as 2 processes: the chief's results.json is a 1-device evaluation
-    of its model.keras, and only the chief writes checkpoints and exports."""
+# What the surviving process says when its peer dies, per engine (see keras_mixer.distribute).
+PEER_LOST = {"tensorflow": "Collective ops is aborted", "torch": "Connection reset by peer",
+             "jax": "stopped sending heartbeats"}
+
+
+def test_train_script_two_processes_killed_peer_and_resume(tmp_path):
+    """The README command as 2 processes. Process 1 is SIGKILLed in epoch 2 of 3: process 0
+    exits with an error (it does not hang: the communicate timeout fails the test).
+    Re-running the same command on both resumes after epoch 1 and finishes all 3 epochs; the
+    chief's results.json is a 1-device evaluation of its model.keras, and only the chief
+    writes checkpoints and exports."""
     run_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
-    outputs = wait_all(start_two_processes(
-        [os.path.join(processes.ROOT, "scripts", "train.py"), "--backend",
-         keras.backend.backend(), "--image-size", "16", "--num-blocks", "1", "--epochs", "1",
-         "--steps-per-epoch", "3", "--batch-size", "16", "--run-dir", run_dir,
-         "--export-dir", export_dir, "--progress", "0"]))
+    argv = [os.path.join(processes.ROOT, "scripts", "train.py"), "--backend",
+            keras.backend.backend(), "--image-size", "16", "--num-blocks", "1", "--epochs", "3",
+            "--steps-per-epoch", "3", "--batch-size", "16", "--run-dir", run_dir,
+            "--export-dir", export_dir, "--progress", "0"]
+    timeout = {distribute.COLLECTIVE_TIMEOUT_ENV: "10"}
+    procs = start_two_processes(argv, per_process=[{}, {training.KILL_AT_ENV: "mid_epoch@2"}],
+                                **timeout)
+    try:
+        survivor = procs[0].communicate(timeout=240)[0]
+        procs[1].communicate(timeout=60)
+    finally:
+        for p in procs:
+            processes.kill_tree(p)
+    assert procs[0].returncode not in (0, None), survivor[-3000:]
+    assert PEER_LOST[keras.backend.backend()] in survivor, survivor[-3000:]
+    if keras.backend.backend() != "jax":  # jax's heartbeat check ends the process itself
+        assert "error: process 0 of 2 lost contact with another process" in survivor, \
+            survivor[-3000:]
+    assert not os.path.exists(os.path.join(run_dir, "results.json"))
+
+    outputs = wait_all(start_two_processes(argv, **timeout))
+    assert f"resuming {run_dir} from " in outputs[0], outputs[0][-3000:]
+    assert "of 3 epochs done" in outputs[0], outputs[0][-3000:]
+    assert [row["epoch"] for row in training.read_history(os.path.join(run_dir, "history.csv"))] \
+        == [0, 1, 2]
     results = json.load(open(os.path.join(run_dir, "results.json")))
     assert results["replicas"] == 2 and results["test_examples"] == 359, results
+    assert results["epochs"] == 3, results
     assert sum("final eval on 359" in o for o in outputs) == 1, outputs[0][-2000:]
     # Only the chief wrote: one export version, one backup, no temporary files (the other
     # process saved into a temporary directory of its own, where saving is collective).
@@ -202,39 +232,11 @@ def test_train_script_two_processes(tmp_path):
     np.testing.assert_allclose(results["top1"], accuracy, atol=1e-6)
 
 
-# What the surviving process says when its peer dies, per engine (see keras_mixer.distribute).
-PEER_LOST = {"tensorflow": "Collective ops is aborted", "torch": "Connection reset by peer",
-             "jax": "stopped sending heartbeats"}
-
-
-def test_killed_peer_stops_the_other_and_the_rerun_resumes(tmp_path):
-    """Process 1 is SIGKILLed in epoch 2 of 3: process 0 exits with an error (it does not
-    hang: the communicate timeout fails the test), and re-running the same command on both
-    resumes after epoch 1 and finishes all 3 epochs."""
-    run_dir = str(tmp_path / "run")
-    argv = [os.path.join(processes.ROOT, "scripts", "train.py"), "--backend",
-            keras.backend.backend(), "--image-size", "16", "--num-blocks", "1", "--epochs", "3",
-            "--steps-per-epoch", "3", "--batch-size", "16", "--run-dir", run_dir, "--no-export",
-            "--progress", "0"]
-    timeout = {distribute.COLLECTIVE_TIMEOUT_ENV: "10"}
-    procs = start_two_processes(argv, per_process=[{}, {training.KILL_AT_ENV: "mid_epoch@2"}],
-                                **timeout)
-    try:
-        survivor = procs[0].communicate(timeout=240)[0]
-        procs[1].communicate(timeout=60)
-    finally:
-        for p in procs:
-            processes.kill_tree(p)
-    assert procs[0].returncode not in (0, None), survivor[-3000:]
-    assert PEER_LOST[keras.backend.backend()] in survivor, survivor[-3000:]
-    assert not os.path.exists(os.path.join(run_dir, "results.json"))
-
-    outputs = wait_all(start_two_processes(argv, **timeout))
-    assert f"resuming {run_dir} from " in outputs[0], outputs[0][-3000:]
-    assert "of 3 epochs done" in outputs[0], outputs[0][-3000:]
-    assert json.load(open(os.path.join(run_dir, "results.json")))["epochs"] == 3
-    assert [row["epoch"] for row in training.read_history(os.path.join(run_dir, "history.csv"))] \
-        == [0, 1, 2]
+@only("tensorflow")
+def test_keras_still_needs_the_multi_worker_patch():
+    """Fails once Keras changes the lines keras_mixer.distribute patches for TF multi-worker:
+    then check keras-team/keras#20585 and remove the patch (or adapt it)."""
+    assert distribute.keras_multi_worker_bugs() == list(distribute.KERAS_MULTI_WORKER_BUGS)
 
 
 def test_jax_layout_map_targets_channel_mixing_kernels():

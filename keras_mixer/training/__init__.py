@@ -207,7 +207,7 @@ def train(config, callbacks=(), distribution=None):
 
     # Only the chief writes to the run directory; where saving is collective the others
     # save too, into a temporary directory of their own.
-    with _scratch_dir(chief, dist.process_index) as scratch:
+    with _scratch_dir(chief, dist.process_index) as scratch, dist.peer_errors():
         own = [DivergenceGuard(config.learning_rate)]
         if chief or dist.collective_saves:
             own += checkpoint_callbacks(run_dir, scratch_dir=scratch)
