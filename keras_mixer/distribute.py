@@ -17,7 +17,7 @@
 
 A process whose peer dies does not wait forever. A peer whose process dies is noticed at
 once where its connections are reset (TF: "Collective ops is aborted", torch: gloo's
-"Connection reset by peer"); ``$KERAS_MIXER_COLLECTIVE_TIMEOUT`` (seconds) bounds the
+"Connection reset|closed by peer"); ``$KERAS_MIXER_COLLECTIVE_TIMEOUT`` (seconds) bounds the
 wait for a peer that stops answering -- tensorflow: each collective's timeout
 (``CommunicationOptions(timeout_seconds=...)``, default none); torch: the process
 group's timeout (``init_process_group(timeout=...)``, default 30 minutes); jax: the

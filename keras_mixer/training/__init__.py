@@ -6,7 +6,7 @@ command line. The run directory holds::
 
     config.json        the run's settings (a second copy in state.json)
     state.json         the run's stage: training, evaluated (results, class names), finished (export)
-    backup/process_i/  epoch-NNNN.weights.h5: model + optimizer after the last two epochs
+    backup/process_0/  epoch-NNNN.weights.h5: model + optimizer after the last two epochs
     last.keras         model after the latest epoch (written atomically)
     best.keras         model with the best validation accuracy so far (atomically)
     model.keras        the final model (after the last epoch; EMA weights if any)
@@ -218,7 +218,8 @@ def train(config, callbacks=(), distribution=None):
             else:
                 print("TensorBoard logs skipped: the tensorboard package is not installed")
         # Last among our own: an epoch counts as done once everything above is written.
-        own.append(RunBackup(os.path.join(scratch or run_dir, "backup", "process_0")))
+        if chief or dist.collective_saves:
+            own.append(RunBackup(os.path.join(scratch or run_dir, "backup", "process_0")))
 
         verbose = config.progress if config.progress == "auto" else int(config.progress)
         if done < config.epochs:
