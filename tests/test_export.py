@@ -270,7 +270,8 @@ def test_tflite_bad_calibration_data(exported_mixer, tmp_path):
 
 @pytest.fixture(scope="session")
 def cifar_mixer(tmp_path_factory):
-    """A tiny Mixer trained 3 epochs on 3,000 shared CIFAR-10 training images (once per run)."""
+    """A small Mixer (patch 4, 2 blocks, width 64) trained 3 epochs on 5,000 shared CIFAR-10
+    training images (once per run); 500 test images held out."""
     if not os.path.exists(CIFAR_TAR):
         pytest.skip("needs ../shared/data/cifar10-jpg")
     import tarfile
@@ -282,7 +283,7 @@ def cifar_mixer(tmp_path_factory):
             split, class_name = (member.name.split("/") + ["", ""])[:2]  # train/<class>/NNNN.jpg
             if member.isfile() and split in ("train", "test"):
                 taken = counts.setdefault((split, class_name), [])
-                if len(taken) < (300 if split == "train" else 30):
+                if len(taken) < (500 if split == "train" else 50):
                     taken.append(member.name)
                     tar.extract(member, root, filter="data")
     train = str(root / "train")
@@ -290,8 +291,9 @@ def cifar_mixer(tmp_path_factory):
     from keras_mixer import images as image_policy
 
     paths, labels, _ = datasets.scan_folder(train)
-    model = tiny_classifier()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model = keras_mixer.MlpMixer(patch_size=4, num_blocks=2, hidden_dim=64, tokens_mlp_dim=32,
+                                 channels_mlp_dim=256, input_shape=(32, 32, 3), num_classes=10)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")
     pixels = image_policy.load_files(paths, (32, 32))
     model.fit(pixels, np.asarray(labels), batch_size=64, epochs=3, verbose=0, shuffle=True)
     keras_path = str(root / "cifar.keras")
@@ -306,7 +308,7 @@ def test_tflite_integer_modes_keep_a_trained_models_answers(cifar_mixer, tmp_pat
                                 eval_images=cifar_mixer.test, max_calibration_images=200, threads=(1,))
     by_mode = {row["mode"]: row for row in rows}
     print({mode: (row["top1_agreement"], row["top1_accuracy"]) for mode, row in by_mode.items()})
-    assert by_mode["int16x8"]["num_eval_images"] == 300 and by_mode["int16x8"]["top1_accuracy"] > 0.2
+    assert by_mode["int16x8"]["num_eval_images"] == 500 and by_mode["int16x8"]["top1_accuracy"] > 0.3
     assert by_mode["int16x8"]["top1_agreement"] >= 0.99
     assert by_mode["mixed"]["top1_agreement"] >= 0.99
 
