@@ -222,7 +222,7 @@ def _tflite_probabilities(path, paths, labels, class_names, crop_fraction, batch
     batches = []
     for start in range(0, len(paths), chunk):
         prepared = images.load_files(paths[start:start + chunk], size, crop_fraction)
-        batches.append(tflite.run_tflite(path, prepared)[0])
+        batches.append(litert.run_tflite(path, prepared)[0])
     return np.concatenate(batches), crop_fraction
 
 

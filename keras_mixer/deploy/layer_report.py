@@ -5,9 +5,9 @@ Two measurements, both written to ``NAME.MODE.tflite.layers.json`` and drawn in
 
 * ``debugger``: ``tf.lite.experimental.QuantizationDebugger``'s layer statistics
   for the int8 quantizer (each layer run on the *same* quantized input in float
-  and in int8: the error that layer adds): RMSE, RMSE / scale (about 0.29 is
-  pure rounding) and SNR in dB. Computed for ``int8`` and ``mixed``; ``mixed``
-  keeps the worst of these layers float.
+  and in int8: the error that layer adds): RMSE and RMSE / scale (about 0.29 is
+  pure rounding). Computed for ``int8`` and ``mixed``; ``mixed`` keeps the
+  worst kinds of layer float.
 * ``accumulated``: every op output of the quantized file against the same tensor
   of the float32 file on the same images (the error carried up to that layer):
   RMSE and SNR in dB. Computed for every quantized mode.
@@ -31,25 +31,10 @@ CHART_SUFFIX = ".layers.png"
 SKIPPED_OPS = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "NUMERIC_VERIFY")
 
 
-def snr_db(reference, error_power):
-    """Signal-to-noise ratio in dB of a tensor against its squared error."""
-    signal = float(np.mean(np.square(reference)))
-    return float("inf") if error_power == 0 else 10.0 * float(np.log10(max(signal, 1e-30) / error_power))
-
-
-def _snr_metric(float_values, quant_values, scale, zero_point):
-    reference = np.asarray(float_values, "float64")
-    if not np.all(np.isfinite(reference)):
-        return float("nan")
-    error = float(np.mean(np.square(reference - (quant_values.astype("float64") - zero_point) * scale)))
-    return snr_db(reference, error)
-
-
 def _options(denylisted_nodes=()):
     import tensorflow as tf
 
-    return tf.lite.experimental.QuantizationDebugOptions(
-        layer_direct_compare_metrics={"snr_db": _snr_metric}, denylisted_nodes=list(denylisted_nodes))
+    return tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(denylisted_nodes))
 
 
 def quiet_debugger(converter, dataset):
@@ -84,8 +69,7 @@ def debugger_layers(debugger):
         rmse = float(np.sqrt(float(row["mean_squared_error"])))
         scale = float(row["scale"])
         layers.append(dict(tensor=row["tensor_name"], op=row["op_name"], rmse=rmse,
-                           rmse_over_scale=rmse / scale if scale else float("nan"),
-                           snr_db=float(row["snr_db"])))
+                           rmse_over_scale=rmse / scale if scale else float("nan")))
     return sorted(layers, key=lambda layer: -layer["rmse_over_scale"])
 
 
@@ -159,7 +143,7 @@ def short_name(tensor):
 
 
 def plot(report, path):
-    """A horizontal bar chart of each layer's SNR (dB; lower is worse), one panel per measurement."""
+    """Horizontal bars per layer: accumulated SNR (dB) and the debugger's RMSE / scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,16 +153,22 @@ def plot(report, path):
     height = max(3.0, 0.18 * max(len(layers) for _, layers in panels)) if panels else 3.0
     figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(7 * max(1, len(panels)), height),
                                 squeeze=False)
+    floated = set(report.get("float_layers", []))
     for axis, (key, layers) in zip(axes[0], panels):
         names = [f"{short_name(layer['tensor'])} ({layer['op']})" for layer in layers]
-        values = [min(layer["snr_db"], 100.0) for layer in layers]
-        floated = set(report.get("float_layers", []))
+        if key == "accumulated":
+            values = [min(layer["snr_db"], 100.0) for layer in layers]
+            axis.set_xlabel("SNR against the float32 file (dB; higher is better)")
+        else:
+            values = [layer["rmse_over_scale"] for layer in layers]
+            axis.set_xscale("log")
+            axis.axvline(0.29, color="tab:green", linewidth=1)  # pure rounding error
+            axis.set_xlabel("RMSE / scale, this layer alone (lower is better; 0.29: rounding)")
         colors = ["tab:gray" if layer["tensor"] in floated else "tab:blue" for layer in layers]
         axis.barh(range(len(values)), values, color=colors)
         axis.set_yticks(range(len(values)), names, fontsize=6)
         axis.invert_yaxis()
-        axis.set_xlabel("SNR vs float (dB, higher is better)")
-        axis.set_title(f"{report['mode']}: {key} error per layer", fontsize=9)
+        axis.set_title(f"{report['mode']}: {key} error per layer (grey: kept float)", fontsize=9)
     figure.tight_layout()
     with atomic_output(path) as tmp:
         figure.savefig(tmp, dpi=100, format="png")

@@ -22,6 +22,7 @@ import numpy as np
 from keras_mixer import data as datasets
 from keras_mixer import images as image_policy
 from keras_mixer.deploy import layer_report, litert, runner, signatures
+from keras_mixer.deploy.saved_model import read_labels
 from keras_mixer.files import atomic_output, write_text
 
 TFLITE_MODES = ("float32", "float16", "dynamic_int8", "int8", "int16x8", "mixed")
@@ -99,16 +100,9 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         "keras_mixer.deploy.tflite:write_tflite", model, export_dir=export_dir, name=name,
         modes=list(modes), representative_images=_as_input(representative_images),
         eval_images=_as_input(eval_images), num_threads=num_threads,
-        labels=signatures_labels(labels), mixed_float_layers=mixed_float_layers,
+        labels=read_labels(labels), mixed_float_layers=mixed_float_layers,
         max_calibration_images=max_calibration_images, max_eval_images=max_eval_images,
         threads=list(threads))
-
-
-def signatures_labels(labels):
-    """Class names from a list or a text file, or ``None``."""
-    from keras_mixer.deploy.saved_model import read_labels
-
-    return read_labels(labels)
 
 
 def check_image_source(path):
@@ -368,8 +362,3 @@ def markdown_table(rows):
     images = rows[0]["num_eval_images"] if rows else 0
     return "\n".join(lines) + (f"\n\n{images} held-out images; latency: median single-image "
                                "`invoke` in LiteRT (`ai_edge_litert`).\n")
-
-
-def run_tflite(path, images, num_threads=1):
-    """Per-image outputs (dequantized) and the median single-image latency in ms (LiteRT)."""
-    return litert.run_tflite(path, images, num_threads)
