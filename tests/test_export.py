@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 
 import keras
 import numpy as np
@@ -194,9 +195,12 @@ def test_tflite_modes_match_keras(exported_mixer, tmp_path):
     from keras_mixer.deploy import layer_report, litert, tflite
 
     images = exported_mixer.images.astype("float32")
-    rows = deploy.export_tflite(exported_mixer.keras_path, str(tmp_path), name="tiny",
-                                representative_images=images[:16], eval_images=images,
-                                labels=exported_mixer.labels, threads=(1,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = deploy.export_tflite(exported_mixer.keras_path, str(tmp_path), name="tiny",
+                                    representative_images=images[:16], eval_images=images,
+                                    labels=exported_mixer.labels, threads=(1,))
+    assert not [w for w in caught if "tf.lite.Interpreter is deprecated" in str(w.message)]
     by_mode = {row["mode"]: row for row in rows}
     assert list(by_mode) == list(deploy.TFLITE_MODES)
     assert sorted(os.listdir(tmp_path)) == sorted(

@@ -55,6 +55,8 @@ def add_arguments(parser):
                              "image files or a .npy (n, H, W, 3) 0-255 array")
     parser.add_argument("--eval-images", help="held-out images (folder or .npy) for the TFLite check; "
                                               "a labelled folder (class/*.jpg) also gives accuracy")
+    parser.add_argument("--max-calibration-images", type=positive_int, default=256,
+                        help="calibration images drawn from a --representative-images folder")
     parser.add_argument("--max-eval-images", type=positive_int, default=1000,
                         help="held-out images drawn from --eval-images")
     parser.add_argument("--num-threads", type=positive_int, default=1, help="TFLite latency threads")
@@ -107,7 +109,8 @@ def run(args):
             if modes:
                 rows = export_tflite(model, args.export_dir, args.name, modes,
                                      args.representative_images, args.eval_images, args.num_threads,
-                                     labels=args.labels, max_eval_images=args.max_eval_images)
+                                     labels=args.labels, max_eval_images=args.max_eval_images,
+                                     max_calibration_images=args.max_calibration_images)
                 written += [row["path"] for row in rows]
                 if args.table:
                     write_text(args.table, markdown_table(rows))
