@@ -1,8 +1,9 @@
 """Benchmark a Mixer on JAX, TensorFlow and PyTorch (each backend in its own subprocess).
 
-By default: inference and training img/s and peak memory, as a fraction of a
-matmul of the channel-mixing shape measured in the same run, in the row's dtype;
-beside keras-cv's legacy MLPMixer (and timm on torch). Writes PREFIX.json and
+By default: inference and training img/s and peak memory, as a fraction of
+reference GEMMs measured in the same run, in the row's dtype (the backend's best
+shape, and the best across backends: the machine's limit); beside keras-cv's
+legacy MLPMixer (and timm on torch); the report names the CPU and its matrix units. Writes PREFIX.json and
 PREFIX.md (--out) and prints the table. `keras-mixer benchmark training --help`:
 the training suite (training img/s, tf.data pipelines, CIFAR-10 accuracy).
 Examples:
