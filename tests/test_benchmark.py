@@ -159,16 +159,32 @@ def test_run_backend_in_process_reports_every_case():
     json.dumps(outcome)  # serializable
 
 
-def test_exports_measure_saved_model_and_tflite():
-    """`--exports`: SavedModel img/s and TFLite latency per mode, through keras_mixer.deploy."""
+def test_exports_measure_saved_model_served_model_and_tflite():
+    """`--exports`: SavedModel img/s, the served SavedModel over gRPC vs direct, TFLite latency."""
     rows = exports.export_benchmark(TINY_CONFIG, image_size=32, batch_size=2,
-                                    log=lambda msg: None, modes=("float32",))
-    assert [row["artifact"] for row in rows] == ["saved_model", "tflite_float32"]
+                                    log=lambda msg: None, modes=("float32",),
+                                    served_batches=(1, 2), served_clients=(1, 2))
+    assert [row["artifact"] for row in rows] == ["saved_model"] + ["served"] * 8 + [
+        "tflite_float32"]
     assert rows[0]["images_per_second"] > 0
-    assert rows[1]["latency_ms"] > 0 and rows[1]["max_abs_error"] < 1e-4
+    served = rows[1:-1]
+    assert [(r["path"], r["batch"], r["clients"]) for r in served] == [
+        (path, batch, clients) for batch in (1, 2) for path in ("direct", "grpc")
+        for clients in (1, 2)]
+    for row in served:
+        assert row["images_per_second"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["requests"] == row["clients"] * max(2, 16 // row["batch"])
+        best_direct = max(r["images_per_second"] for r in served
+                          if r["path"] == "direct" and r["batch"] == row["batch"])
+        if row["path"] == "grpc":
+            assert row["of_direct"] == pytest.approx(row["images_per_second"] / best_direct)
+        else:
+            assert "of_direct" not in row
+    assert rows[-1]["latency_ms"] > 0 and rows[-1]["max_abs_error"] < 1e-4
     table = benchmark.markdown(dict(spec=tiny_spec().to_json(), host=benchmark.host_info(),
                                     backends={"jax": {"exports": rows}}, results=[]))
     assert "| jax | saved_model |" in table and "| jax | tflite_float32 |" in table
+    assert "| jax | grpc | 2 | 2 |" in table and "| of direct |" in table
 
 
 def test_run_backend_with_exports_adds_them(monkeypatch):

@@ -135,17 +135,30 @@ def _throughput_markdown(report):
 def _exports_markdown(report):
     rows = [(backend, row) for backend, info in report["backends"].items()
             if isinstance(info.get("exports"), list) for row in info["exports"]]
-    if not rows:
-        return []
-    lines = ["", "| exported from | artifact | img/s | latency ms (1 thread) | size MB | max abs err |",
-             "|---|---|---|---|---|---|"]
-    for backend, row in rows:
+    artifacts = [(b, row) for b, row in rows if row["artifact"] != "served"]
+    served = [(b, row) for b, row in rows if row["artifact"] == "served"]
+    lines = []
+    if artifacts:
+        lines += ["", "| exported from | artifact | img/s | latency ms (1 thread) | size MB "
+                      "| max abs err |", "|---|---|---|---|---|---|"]
+    for backend, row in artifacts:
         size, error = row.get("size_bytes"), row.get("max_abs_error")
         lines.append(
             f"| {backend} | {row['artifact']} | {_fmt(row.get('images_per_second'))} "
             f"| {_fmt(row.get('latency_ms'))} | {_fmt(size and size / 1e6)} "
             f"| {'' if error is None else f'{error:.1e}'} |"
         )
+    if served:
+        lines += ["", "SavedModel `serving_default` called directly vs served over gRPC on loopback "
+                      "(development server, one client per caller); `of direct`: img/s over the "
+                      "best direct img/s at that batch.", "",
+                  "| exported from | path | batch | callers | img/s | p50 ms | p99 ms | of direct |",
+                  "|---|---|---|---|---|---|---|---|"]
+    for backend, row in served:
+        lines.append(
+            f"| {backend} | {row['path']} | {row['batch']} | {row['clients']} "
+            f"| {_fmt(row['images_per_second'], '.3g')} | {_fmt(row['p50_ms'], '.3g')} "
+            f"| {_fmt(row['p99_ms'], '.3g')} | {_fmt(row.get('of_direct'))} |")
     return lines
 
 
