@@ -24,9 +24,10 @@ TINY_TRAINING = ["--image-size", "16", "--patch-size", "8", "--hidden-dim", "16"
 
 
 @pytest.fixture(autouse=True)
-def small_square_gemm(monkeypatch):
-    """Tiny runs: a small square reference GEMM (2048 is for real models)."""
+def small_reference_gemms(monkeypatch):
+    """Tiny runs: a small square reference GEMM (2048 is for real models), short timed blocks."""
     monkeypatch.setattr(throughput, "SQUARE_GEMM", 64)
+    monkeypatch.setattr(throughput, "MATMUL_SECONDS", 0.02)
 
 
 def tiny_spec(**kwargs):
