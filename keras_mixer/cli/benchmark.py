@@ -51,7 +51,9 @@ def add_arguments(parser):
     parser.add_argument("--no-peers", action="store_true",
                         help="skip peers (keras-cv legacy MLPMixer; timm on torch)")
     parser.add_argument("--exports", action="store_true",
-                        help="also measure exported models (SavedModel img/s, TFLite latency)")
+                        help="also measure exported models: SavedModel img/s, the SavedModel served over "
+                             "gRPC (1 and 8 clients, batch 1 and 16, p50/p99) vs direct, "
+                             "TFLite latency")
     parser.add_argument("--quick", action="store_true",
                         help="laptop mode: batch 2, 2 repeats, no peers")
     _add_out(parser, "benchmark_results")
