@@ -15,11 +15,15 @@
   trainable parameter while ``model.fit`` runs unchanged, and each process
   reads its own shard of the data.
 
-A process whose peer dies does not wait forever: ``$KERAS_MIXER_COLLECTIVE_TIMEOUT``
-(seconds) bounds it -- torch: the process group's timeout
-(``init_process_group(timeout=...)``, default 30 minutes); jax: the distributed
-service's heartbeat timeout (``jax.distributed.initialize(heartbeat_timeout_seconds=...)``,
-default 100 s), after which the surviving processes are terminated with an error.
+A process whose peer dies does not wait forever. A peer whose process dies is noticed at
+once where its connections are reset (TF: "Collective ops is aborted", torch: gloo's
+"Connection reset|closed by peer"); ``$KERAS_MIXER_COLLECTIVE_TIMEOUT`` (seconds) bounds the
+wait for a peer that stops answering -- tensorflow: each collective's timeout
+(``CommunicationOptions(timeout_seconds=...)``, default none); torch: the process
+group's timeout (``init_process_group(timeout=...)``, default 30 minutes); jax: the
+distributed service's heartbeat timeout
+(``jax.distributed.initialize(heartbeat_timeout_seconds=...)``, default 100 s), after
+which the surviving processes are terminated with an error.
 
 Must run before the model is built (and for TF's logical CPUs / JAX's
 ``XLA_FLAGS``, before the backend initialises its devices).
@@ -36,6 +40,16 @@ import keras
 COLLECTIVE_TIMEOUT_ENV = "KERAS_MIXER_COLLECTIVE_TIMEOUT"
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "data_parallel",
               "model_parallel", "torch_ddp")
+
+
+# Lines of the engines' errors that say a peer process died or stopped answering.
+PEER_LOST_SIGNS = ("Collective ops is aborted", "Connection reset by peer",
+                   "Connection closed by peer", "DEADLINE_EXCEEDED", "Deadline Exceeded",
+                   "Timed out", "timed out")
+
+
+class PeerLost(RuntimeError):
+    """Another process of a multi-process job died or stopped answering."""
 
 
 @dataclasses.dataclass
@@ -75,6 +89,21 @@ class Distribution:
                 f"{max(self.replicas, num_shards)} data-parallel replicas."
             )
         return global_batch_size // num_shards
+
+    @contextlib.contextmanager
+    def peer_errors(self):
+        """Re-raise an engine's error about a dead or silent peer as :class:`PeerLost`."""
+        try:
+            yield
+        except Exception as error:
+            lines = [line.strip() for line in str(error).splitlines()
+                     if any(sign in line for sign in PEER_LOST_SIGNS)]
+            if self.process_count == 1 or not lines:
+                raise
+            raise PeerLost(
+                f"process {self.process_index} of {self.process_count} lost contact with another "
+                f"process of the job ({lines[0][:300]}). Re-run the same command on every host: "
+                f"it resumes after the last whole epoch.") from error
 
     def prepare_model(self, model):
         """Torch: make every process start from rank 0's weights and average gradients."""
@@ -149,7 +178,11 @@ def _tensorflow(strategy, cpu_devices=0, **_):
         workers = _tf_config_workers()
         if workers < 1:
             raise ValueError("Strategy 'multi_worker' needs TF_CONFIG naming the worker cluster.")
-        tf_strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        timeout = collective_timeout()
+        tf_strategy = tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=timeout))
+        _patch_keras_for_multi_worker()
         task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
         return Distribution("multi_worker", tf_strategy.num_replicas_in_sync,
                             process_index=int(task.get("index", 0)), process_count=workers,
@@ -160,6 +193,79 @@ def _tensorflow(strategy, cpu_devices=0, **_):
         tf_strategy = tf.distribute.MirroredStrategy(devices)
         return Distribution("mirrored", tf_strategy.num_replicas_in_sync, strategy=tf_strategy)
     return Distribution("default", 1, strategy=tf.distribute.get_strategy())
+
+
+# The lines of keras/src/backend/tensorflow/trainer.py that _patch_keras_for_multi_worker
+# works around, by the function that holds them.
+KERAS_MULTI_WORKER_BUGS = {
+    "_maybe_symbolic_build": "self.distribute_strategy.reduce(",
+    "reduce_per_replica": 'strategy.reduce("MEAN", v, axis=0)',
+}
+
+
+def keras_multi_worker_bugs():
+    """The functions of :data:`KERAS_MULTI_WORKER_BUGS` that the installed Keras still has."""
+    import inspect
+
+    from keras.src.backend.tensorflow import trainer
+
+    functions = {"_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
+                 "reduce_per_replica": trainer.reduce_per_replica}
+    return [name for name, line in KERAS_MULTI_WORKER_BUGS.items()
+            if line in inspect.getsource(functions[name])]
+
+
+def _patch_keras_for_multi_worker():
+    """Let Keras 3's ``model.fit`` / ``evaluate`` run under ``MultiWorkerMirroredStrategy``.
+
+    Two bugs in ``keras/src/backend/tensorflow/trainer.py`` (Keras 3.15 and master;
+    keras-team/keras#20585, tensorflow/tensorflow#72388), each patched only while its
+    offending line is still in the installed Keras, and only in multi-worker mode:
+
+    - ``_maybe_symbolic_build`` all-reduces the first input batch (a tuple of
+      ``PerReplica``) to learn its shapes, which the collective ops reject ("Attempt to
+      convert a value (PerReplica...) to a Tensor"). Here: the first local replica's batch,
+      which has the same shapes, and no collective.
+    - ``reduce_per_replica`` reduces the scalar losses and metrics that a step returns with
+      ``strategy.reduce("MEAN", v, axis=0)``, invalid on a scalar ("Invalid reduction
+      dimension 0 for input with 0 dimensions"). Here: the mean over replicas
+      (``axis=None``) for scalars.
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer, "_keras_mixer_patched", False):
+        return
+    bugs = keras_multi_worker_bugs()
+    trainer._keras_mixer_patched = True
+    multi_worker = trainer._collective_all_reduce_multi_worker
+
+    build = trainer.TensorFlowTrainer._maybe_symbolic_build
+    if "_maybe_symbolic_build" in bugs:
+        def maybe_symbolic_build(self, iterator=None, data_batch=None):
+            strategy = self.distribute_strategy
+            if self._distribute_strategy is None or iterator is None or not multi_worker(strategy):
+                return build(self, iterator=iterator, data_batch=data_batch)
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0], next(it))
+                break
+            with strategy.scope():
+                self._symbolic_build(data_batch=data_batch)
+
+        trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+
+    reduce = trainer.reduce_per_replica
+    if "reduce_per_replica" in bugs:
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction not in ("auto", "mean") or not multi_worker(strategy):
+                return reduce(values, strategy, reduction)
+            return tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None)
+                if strategy.experimental_local_results(v)[0].shape.rank == 0
+                else reduce(v, strategy, reduction), values)
+
+        trainer.reduce_per_replica = reduce_per_replica
 
 
 def _tf_config_workers():

@@ -9,7 +9,7 @@
   its highest version): the files' bytes through its ``serving_bytes`` signature,
   loaded with plain TensorFlow, i.e. exactly what the server computes;
 - a ``.tflite`` file: the files prepared by :func:`keras_mixer.images.load_files`,
-  then the TFLite interpreter (:func:`keras_mixer.deploy.tflite.run_tflite`).
+  then the LiteRT interpreter (:func:`keras_mixer.deploy.litert.run_tflite`).
 
 All three prepare pixels by the one image policy (:mod:`keras_mixer.images`), so
 they agree image by image. The folder is ``root/<class>/<image>`` (every image is
@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from keras_mixer import data as datasets
 from keras_mixer import images, models
-from keras_mixer.deploy import saved_model, signatures, tflite
+from keras_mixer.deploy import litert, saved_model, signatures, tflite
 from keras_mixer.files import write_text
 
 KERAS, SAVED_MODEL, TFLITE = "keras", "saved_model", "tflite"
@@ -210,7 +210,7 @@ def _tflite_probabilities(path, paths, labels, class_names, crop_fraction, batch
             f"({os.path.basename(path)}{tflite.INFO_SUFFIX}); --crop-fraction {crop_fraction} "
             "would not be what the model expects. Leave it out.")
     crop_fraction = recorded if crop_fraction is None else crop_fraction
-    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter = litert.interpreter(path)
     input_shape = tuple(interpreter.get_input_details()[0]["shape"])
     output_shape = tuple(interpreter.get_output_details()[0]["shape"])
     if len(input_shape) != 4 or input_shape[0] != 1 or input_shape[3] != 3:
@@ -222,7 +222,7 @@ def _tflite_probabilities(path, paths, labels, class_names, crop_fraction, batch
     batches = []
     for start in range(0, len(paths), chunk):
         prepared = images.load_files(paths[start:start + chunk], size, crop_fraction)
-        batches.append(tflite.run_tflite(path, prepared)[0])
+        batches.append(litert.run_tflite(path, prepared)[0])
     return np.concatenate(batches), crop_fraction
 
 

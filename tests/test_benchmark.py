@@ -23,6 +23,13 @@ TINY_TRAINING = ["--image-size", "16", "--patch-size", "8", "--hidden-dim", "16"
                  "--num-blocks", "1", "--batch-size", "4", "--steps", "1"]
 
 
+@pytest.fixture(autouse=True)
+def small_reference_gemms(monkeypatch):
+    """Tiny runs: a small square reference GEMM (2048 is for real models), short timed blocks."""
+    monkeypatch.setattr(throughput, "SQUARE_GEMM", 64)
+    monkeypatch.setattr(throughput, "MATMUL_SECONDS", 0.02)
+
+
 def tiny_spec(**kwargs):
     return benchmark.BenchmarkSpec(TINY_CONFIG, **dict(dict(name="tiny", image_size=32), **kwargs))
 
@@ -96,8 +103,35 @@ def test_training_spec_builds_the_paper_proportions():
 def test_matmul_reference_runs_in_the_rows_dtype():
     """A bfloat16 row is divided by a bfloat16 matmul rate, not a float32 one."""
     for dtype in ("float32", "bfloat16"):
-        product = throughput._matmul_step(tiny_spec(), 2, dtype)()
+        product = throughput._matmul_step((6, 5, 4), dtype)()
         assert keras.backend.standardize_dtype(product.dtype) == dtype
+        assert tuple(product.shape) == (6, 4)
+
+
+def test_reference_gemms_are_the_models_own_shapes_and_a_square():
+    gemms = throughput.reference_gemms(tiny_spec(), 3)
+    tokens = (32 // TINY["patch_size"]) ** 2
+    assert gemms == dict(
+        channel_mlp=(3 * tokens, TINY["hidden_dim"], TINY["channels_mlp_dim"]),
+        token_mlp=(3 * TINY["hidden_dim"], tokens, TINY["tokens_mlp_dim"]),
+        square=(64, 64, 64))
+    assert throughput.gemm_flops((2, 3, 5)) == 60
+
+
+def test_limit_is_the_best_gemm_across_backends_per_dtype():
+    def row(backend, dtype, gemm, model=10.0):
+        return dict(backend=backend, dtype=dtype, matmul_gflops=gemm, matmul_shape="square",
+                    model_gflops=model)
+
+    rows = [row("jax", "float32", 100.0), row("torch", "float32", 200.0),
+            row("jax", "bfloat16", 50.0), row("torch", "bfloat16", 800.0, model=400.0),
+            dict(backend="tensorflow", dtype="bfloat16", error="no kernel")]
+    limits = benchmark.apply_limits(rows)
+    assert limits == {"float32": dict(gflops=200.0, backend="torch", shape="square"),
+                      "bfloat16": dict(gflops=800.0, backend="torch", shape="square")}
+    assert [r.get("limit_gflops") for r in rows] == [200.0, 200.0, 800.0, 800.0, None]
+    assert rows[2]["fraction_of_limit"] == pytest.approx(10 / 800)
+    assert rows[3]["fraction_of_limit"] == pytest.approx(0.5)
 
 
 def test_run_backend_in_process_reports_every_case():
@@ -112,6 +146,10 @@ def test_run_backend_in_process_reports_every_case():
         assert "error" not in result, result
         assert result["img_per_s"] > 0 and result["matmul_gflops"] > 0
         assert result["matmul_dtype"] == result["dtype"]
+        shapes = result["matmul_shapes"]
+        assert set(shapes) == {"channel_mlp", "token_mlp", "square"}
+        assert result["matmul_gflops"] == max(s["gflops"] for s in shapes.values())
+        assert result["matmul_gflops"] == shapes[result["matmul_shape"]]["gflops"]
         assert result["peak_mib"] > 0
         assert result["fraction_of_matmul"] == pytest.approx(
             result["model_gflops"] / result["matmul_gflops"])
@@ -124,16 +162,32 @@ def test_run_backend_in_process_reports_every_case():
     assert outcome["precision"]["relative_error"] < 0.05
 
 
-def test_exports_measure_saved_model_and_tflite():
-    """`--exports`: SavedModel img/s and TFLite latency per mode, through keras_mixer.deploy."""
+def test_exports_measure_saved_model_served_model_and_tflite():
+    """`--exports`: SavedModel img/s, the served SavedModel over gRPC vs direct, TFLite latency."""
     rows = exports.export_benchmark(TINY_CONFIG, image_size=32, batch_size=2,
-                                    log=lambda msg: None, modes=("float32",))
-    assert [row["artifact"] for row in rows] == ["saved_model", "tflite_float32"]
+                                    log=lambda msg: None, modes=("float32",),
+                                    served_batches=(1, 2), served_clients=(1, 2))
+    assert [row["artifact"] for row in rows] == ["saved_model"] + ["served"] * 8 + [
+        "tflite_float32"]
     assert rows[0]["images_per_second"] > 0
-    assert rows[1]["latency_ms"] > 0 and rows[1]["max_abs_error"] < 1e-4
+    served = rows[1:-1]
+    assert [(r["path"], r["batch"], r["clients"]) for r in served] == [
+        (path, batch, clients) for batch in (1, 2) for path in ("direct", "grpc")
+        for clients in (1, 2)]
+    for row in served:
+        assert row["images_per_second"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["requests"] == row["clients"] * max(2, 16 // row["batch"])
+        best_direct = max(r["images_per_second"] for r in served
+                          if r["path"] == "direct" and r["batch"] == row["batch"])
+        if row["path"] == "grpc":
+            assert row["of_direct"] == pytest.approx(row["images_per_second"] / best_direct)
+        else:
+            assert "of_direct" not in row
+    assert rows[-1]["latency_ms"] > 0 and rows[-1]["max_abs_error"] < 1e-4
     table = benchmark.markdown(dict(spec=tiny_spec().to_json(), host=benchmark.host_info(),
                                     backends={"jax": {"exports": rows}}, results=[]))
     assert "| jax | saved_model |" in table and "| jax | tflite_float32 |" in table
+    assert "| jax | grpc | 2 | 2 |" in table and "| of direct |" in table
 
 
 def test_run_backend_with_exports_adds_them(monkeypatch):
@@ -192,9 +246,10 @@ def test_host_info_reads_cpu_model_and_features(tmp_path):
     host = report.host_info(str(cpuinfo))
     assert host["cpu"] == "Test CPU 9000"
     assert host["cpu_features"] == {"AVX2": True, "AVX-512": True, "AVX512_BF16": True,
-                                    "AMX": False}
-    assert report.describe_host(host) == (
-        f"Test CPU 9000 ({os.cpu_count()} cores; AVX2, AVX-512, AVX512_BF16; no AMX)")
+                                    "AMX_BF16": False, "AMX_INT8": False}
+    assert report.present_features(host) == ["AVX2", "AVX-512", "AVX512_BF16"]
+    assert report.describe_host(host) == (f"Test CPU 9000 ({os.cpu_count()} cores; "
+                                          "AVX2, AVX-512, AVX512_BF16; no AMX_BF16, no AMX_INT8)")
     assert report.host_info(str(tmp_path / "missing"))["cpu_features"] is None
 
 
@@ -265,8 +320,12 @@ def test_cli_quick_writes_json_and_markdown(tmp_path):
     assert result["spec"]["config"] == TINY and result["host"]["cpu"]
     (row,) = result["results"]
     assert row["backend"] == backend and row["img_per_s"] > 0
+    assert row["cpu"] == result["host"]["cpu"] and isinstance(row["cpu_features"], list)
+    assert row["matmul_dtype"] == "float32" and row["limit_gflops"] == row["matmul_gflops"]
+    assert result["limits"]["float32"]["backend"] == backend
     table = (tmp_path / "bench.md").read_text()
     assert "| backend | device | mode |" in table and f"| {backend} |" in table
+    assert "float32 limit" in table and "| of limit |" in table
     assert table in proc.stdout  # printed too
 
 

@@ -132,12 +132,14 @@ def test_export_command(exported_mixer, tmp_path, capsys):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(LABELS) + "\n")
     export_dir = str(tmp_path / "models")
+    assert_user_error(capsys, ["export", "tflite", exported_mixer.keras_path, "--export-dir", export_dir,
+                               "--modes", "float32", "int8"],
+                      "TFLite modes int8 need calibration images: pass --representative-images DIR")
     assert cli.main(["export", "all", exported_mixer.keras_path, "--export-dir", export_dir,
-                     "--name", "tiny", "--labels", str(labels), "--modes", "float32", "int8"]) == 0
+                     "--name", "tiny", "--labels", str(labels), "--modes", "float32"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "Skipping TFLite int8: it needs --representative-images." in lines
     assert lines[-2:] == [f"Wrote {os.path.join(export_dir, 'tiny', '1')}",
                           f"Wrote {os.path.join(export_dir, 'tiny.float32.tflite')}"]
     assert sorted(os.listdir(export_dir)) == ["tiny", "tiny.float32.tflite",
-                                              "tiny.float32.tflite.json"]
+                                              "tiny.float32.tflite.json", "tiny.labels.txt"]
     assert os.listdir(os.path.join(export_dir, "tiny")) == ["1"]

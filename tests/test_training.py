@@ -229,6 +229,28 @@ def test_schedules_warm_up_then_decay():
     np.testing.assert_allclose(lrs, [0.0, 0.015, 0.03, 0.015, 0.0], atol=1e-6)
 
 
+def test_grad_accumulation_keeps_the_schedule_over_the_whole_run():
+    """total_steps counts batches; with 4 batches per update the decay still ends with the run.
+
+    The applied learning rates are read off the weight: plain SGD, gradient 1, so
+    each update moves it by the learning rate. A schedule counted in optimizer
+    updates (batches / 4) would still be at 7/8 of its peak at the last update.
+    """
+    batches, accum = 8, 4
+    config = training.TrainConfig(recipe="finetune", momentum=0.0, clipnorm=0.0,
+                                  learning_rate=1.0, decay="linear", grad_accum_steps=accum)
+    optimizer = training.build_optimizer(config, total_steps=batches, warmup_steps=0)
+    weight = keras.Variable(np.zeros(1, "float32"))
+    moves = []
+    for _ in range(batches):
+        before = float(keras.ops.convert_to_numpy(weight)[0])
+        optimizer.apply([keras.ops.ones(1)], [weight])
+        moves.append(before - float(keras.ops.convert_to_numpy(weight)[0]))
+    # Updates after batches 4 and 8, at the linear schedule's value there (1 - (b - 1) / 8).
+    np.testing.assert_allclose(moves, [0, 0, 0, 0.625, 0, 0, 0, 0.125], atol=1e-6)
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == batches // accum
+
+
 def test_recipes_build_the_papers_optimizers():
     config = training.TrainConfig(recipe="pretrain", weight_decay=0.1, grad_accum_steps=4, ema=0.999)
     adamw = training.build_optimizer(config, 100, 10)

@@ -4,8 +4,10 @@ Two suites, each a spec run by :func:`run` on every backend in its own
 subprocess (Keras fixes the backend at import; :func:`keras_mixer.backend.run_under`):
 
 - :class:`BenchmarkSpec` (:mod:`.throughput`): inference and training img/s and
-  peak memory as a fraction of a same-run matmul, beside peer implementations
-  (:mod:`.peers`), optionally with exported artifacts (:mod:`.exports`);
+  peak memory as a fraction of same-run reference GEMMs in the row's dtype (the
+  backend's own best, and the best across backends: the machine's limit), beside
+  peer implementations (:mod:`.peers`), optionally with exported artifacts and the
+  served model over gRPC (:mod:`.exports`);
 - :class:`TrainingSpec` (:mod:`.training`): training img/s per backend, tf.data
   input-pipeline img/s and CIFAR-10 top-1 after a fixed number of steps.
 
@@ -17,13 +19,14 @@ import sys
 
 from keras_mixer.backend import BackendCallError, run_under
 from keras_mixer.benchmark.exports import export_benchmark
-from keras_mixer.benchmark.report import host_info, markdown, write_report
-from keras_mixer.benchmark.throughput import DTYPES, MODES, BenchmarkSpec, run_backend
+from keras_mixer.benchmark.report import host_info, markdown, present_features, write_report
+from keras_mixer.benchmark.throughput import DTYPES, MODES, BenchmarkSpec, apply_limits, run_backend
 from keras_mixer.benchmark.training import TrainingSpec, find_cifar
 from keras_mixer.config import flops
 from keras_mixer.startup import BACKENDS
 
-__all__ = ["BACKENDS", "DTYPES", "MODES", "BenchmarkSpec", "TrainingSpec", "export_benchmark",
+__all__ = ["BACKENDS", "DTYPES", "MODES", "BenchmarkSpec", "TrainingSpec", "apply_limits",
+           "export_benchmark",
            "flops", "host_info", "markdown", "run", "run_backend", "succeeded", "write_report"]
 
 WORKERS = {
@@ -61,6 +64,10 @@ def run(spec, backends=BACKENDS, json_path=None, markdown_path=None, log=print):
             log(f"=== {backend}: FAILED: {error}")
         report["backends"][backend] = {k: v for k, v in outcome.items() if k != "results"}
         report["results"].extend(outcome.get("results", []))
+    for row in report["results"]:  # rows compared later still say what they ran on
+        row.update(cpu=report["host"]["cpu"], cpu_features=present_features(report["host"]))
+    if spec.suite == "throughput":
+        report["limits"] = apply_limits(report["results"])
     if spec.suite == "training" and spec.pipeline_batches:
         log("=== input pipelines: tf.data, a subprocess with KERAS_BACKEND=tensorflow")
         try:

@@ -18,7 +18,8 @@ CPU_FEATURES = {
     "AVX2": ("avx2",),
     "AVX-512": ("avx512f",),
     "AVX512_BF16": ("avx512_bf16",),
-    "AMX": ("amx_tile", "amx_bf16", "amx_int8"),
+    "AMX_BF16": ("amx_bf16",),
+    "AMX_INT8": ("amx_int8",),
 }
 
 
@@ -55,8 +56,14 @@ def _read_cpuinfo(path):
     return name, flags
 
 
+def present_features(host):
+    """The names of :data:`CPU_FEATURES` the host has (``None``: unknown)."""
+    features = host.get("cpu_features")
+    return None if features is None else [name for name, present in features.items() if present]
+
+
 def describe_host(host):
-    """``"AMD EPYC (2 cores; AVX2, AVX-512, AVX512_BF16; no AMX)"``."""
+    """``"AMD EPYC (2 cores; AVX2, AVX-512, AVX512_BF16; no AMX_BF16, no AMX_INT8)"``."""
     features = host.get("cpu_features")
     text = f"{host['cpu']} ({host['cpu_count']} cores"
     if features is not None:
@@ -98,23 +105,28 @@ def _throughput_markdown(report):
     lines = [
         f"Mixer {spec['name']} at {spec['image_size']}x{spec['image_size']}, "
         f"{flops(spec['config'], spec['image_size'], spec['num_classes']) / 1e9:.2f} GFLOP/image "
-        f"forward; host: {describe_host(report['host'])}. The matmul reference runs in the "
-        "row's dtype.",
+        f"forward (training: 3x); host: {describe_host(report['host'])}. Reference GEMMs run "
+        "in the row's dtype, interleaved with the model: `GEMM` is the backend's best of the "
+        "channel-MLP, token-MLP and square shapes in the same run; `limit` is the best GEMM "
+        "across backends" + "".join(
+            f"; {dtype} limit {limit['gflops']:.4g} GFLOP/s ({limit['backend']}, "
+            f"{limit['shape']})" for dtype, limit in report.get("limits", {}).items()) + ".",
         "",
-        "| backend | device | mode | dtype | batch | img/s | model GFLOP/s | matmul GFLOP/s "
-        "| of matmul | peak MiB | peer | peer img/s | ours/peer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | device | mode | dtype | batch | img/s | model GFLOP/s | GEMM GFLOP/s "
+        "| of GEMM | of limit | peak MiB | peer | peer img/s | ours/peer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         if "error" in r:
             lines.append(f"| {r['backend']} | {r.get('device', '')} | {r['mode']} | {r['dtype']} "
-                         f"| {r['batch']} | error: {r['error']} |||||||| ")
+                         f"| {r['batch']} | error: {r['error']} ||||||||| ")
             continue
         peer = r.get("peer") or {}
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['mode']} | {r['dtype']} | {r['batch']} "
             f"| {r['img_per_s']:.3g} | {r['model_gflops']:.3g} | {r['matmul_gflops']:.3g} "
-            f"| {r['fraction_of_matmul']:.2f} | {r['peak_mib']:.0f} | {peer.get('name', '')} "
+            f"| {r['fraction_of_matmul']:.2f} | {_fmt(r.get('fraction_of_limit'))} "
+            f"| {r['peak_mib']:.0f} | {peer.get('name', '')} "
             f"| {_fmt(peer.get('img_per_s'))} | {_fmt(peer.get('ratio'))} |"
         )
     return lines
@@ -123,17 +135,30 @@ def _throughput_markdown(report):
 def _exports_markdown(report):
     rows = [(backend, row) for backend, info in report["backends"].items()
             if isinstance(info.get("exports"), list) for row in info["exports"]]
-    if not rows:
-        return []
-    lines = ["", "| exported from | artifact | img/s | latency ms (1 thread) | size MB | max abs err |",
-             "|---|---|---|---|---|---|"]
-    for backend, row in rows:
+    artifacts = [(b, row) for b, row in rows if row["artifact"] != "served"]
+    served = [(b, row) for b, row in rows if row["artifact"] == "served"]
+    lines = []
+    if artifacts:
+        lines += ["", "| exported from | artifact | img/s | latency ms (1 thread) | size MB "
+                      "| max abs err |", "|---|---|---|---|---|---|"]
+    for backend, row in artifacts:
         size, error = row.get("size_bytes"), row.get("max_abs_error")
         lines.append(
             f"| {backend} | {row['artifact']} | {_fmt(row.get('images_per_second'))} "
             f"| {_fmt(row.get('latency_ms'))} | {_fmt(size and size / 1e6)} "
             f"| {'' if error is None else f'{error:.1e}'} |"
         )
+    if served:
+        lines += ["", "SavedModel `serving_default` called directly vs served over gRPC on loopback "
+                      "(development server, one client per caller); `of direct`: img/s over the "
+                      "best direct img/s at that batch.", "",
+                  "| exported from | path | batch | callers | img/s | p50 ms | p99 ms | of direct |",
+                  "|---|---|---|---|---|---|---|---|"]
+    for backend, row in served:
+        lines.append(
+            f"| {backend} | {row['path']} | {row['batch']} | {row['clients']} "
+            f"| {_fmt(row['images_per_second'], '.3g')} | {_fmt(row['p50_ms'], '.3g')} "
+            f"| {_fmt(row['p99_ms'], '.3g')} | {_fmt(row.get('of_direct'))} |")
     return lines
 
 

@@ -1,9 +1,12 @@
 """Throughput of a Mixer inside one Keras backend, against the same run's matmul rate.
 
-Each model measurement is interleaved with a matmul of the Mixer's channel-mixing
-shape ``(batch * S, C) @ (C, D_C)`` in the row's dtype, on the same backend and
-device, so a result reads as a fraction of the matmul rate the machine achieved
-*in that run*: on a shared or throttled machine both numbers move together.
+Each model measurement is interleaved with reference GEMMs in the row's dtype, on
+the same backend and device: the Mixer's own channel-mixing and token-mixing
+shapes and a large square one (:func:`reference_gemms`). The row's reference is
+the best of them, so a result reads as a fraction of the matmul rate this backend
+achieved *in that run*: on a shared or throttled machine both numbers move
+together. :func:`keras_mixer.benchmark.run` adds the best across backends per
+dtype (:func:`apply_limits`): what the machine can do, not what one framework does.
 
 Model FLOPs come from the architecture (:func:`keras_mixer.config.flops`); a
 step's time is the best of the repeats (contention on a shared machine only ever
@@ -29,7 +32,8 @@ DTYPES = ("float32", "bfloat16")
 MODES = ("inference", "training")
 # Training does the forward matmuls plus two of the same size per matmul in the backward pass.
 TRAINING_FLOPS_FACTOR = 3
-MATMUL_SECONDS = 0.25  # target duration of one timed block of reference matmuls
+MATMUL_SECONDS = 0.25  # target duration of one timed block of reference matmuls (per shape)
+SQUARE_GEMM = 2048  # side of the large square reference GEMM
 
 
 @dataclasses.dataclass
@@ -135,17 +139,19 @@ def _measure(spec, mode, dtype, batch, peer, say, label):
     if peer_model is not None:
         peer_step = (peer.eager_step(peer_model, images) if peer.inference_only
                      else _model_step(peer_model, spec, mode, images, labels))
-    matmul = _matmul_step(spec, batch, dtype)
+    gemms = reference_gemms(spec, batch)
+    matmuls = {name: _matmul_step(shape, dtype) for name, shape in gemms.items()}
 
     for _ in range(spec.warmup):
         step()
         if peer_step:
             peer_step()
-    calls = max(1, min(50, round(MATMUL_SECONDS / max(_time(matmul), 1e-6))))
-    times = dict(model=[], matmul=[], peer=[])
+    calls = {name: _calls_per_block(fn) for name, fn in matmuls.items()}
+    times = dict(model=[], peer=[], **{f"matmul_{name}": [] for name in matmuls})
     with PeakMemory() as memory:
         for i in range(spec.repeats):
-            times["matmul"].append(_time(matmul, calls) / calls)
+            for name, fn in matmuls.items():
+                times[f"matmul_{name}"].append(_time(fn, calls[name]) / calls[name])
             times["model"].append(_time(step))
             if peer_step:
                 times["peer"].append(_time(peer_step))
@@ -153,14 +159,18 @@ def _measure(spec, mode, dtype, batch, peer, say, label):
 
     work = flops(spec.config, spec.image_size, spec.num_classes) * batch
     work *= TRAINING_FLOPS_FACTOR if mode == "training" else 1
-    mm = matmul_flops(spec, batch)
+    shapes = {name: dict(shape=list(shape), **_rates(gemm_flops(shape), times[f"matmul_{name}"]))
+              for name, shape in gemms.items()}
+    best = max(shapes, key=lambda name: shapes[name]["gflops"])
     result = dict(
         img_per_s=batch / min(times["model"]),
         img_per_s_median=batch / statistics.median(times["model"]),
         model_gflops=work / min(times["model"]) / 1e9,
         matmul_dtype=dtype,
-        matmul_gflops=mm / min(times["matmul"]) / 1e9,
-        matmul_gflops_median=mm / statistics.median(times["matmul"]) / 1e9,
+        matmul_gflops=shapes[best]["gflops"],
+        matmul_gflops_median=shapes[best]["gflops_median"],
+        matmul_shape=best,
+        matmul_shapes=shapes,
         peak_mib=memory.peak_mib,
         seconds=times,
     )
@@ -170,10 +180,21 @@ def _measure(spec, mode, dtype, batch, peer, say, label):
         result["peer"] = dict(name=peer.name, img_per_s=peer_rate,
                               ratio=result["img_per_s"] / peer_rate)
     say(f"{label}: {result['img_per_s']:.2f} img/s, {result['model_gflops']:.1f} GFLOP/s = "
-        f"{result['fraction_of_matmul']:.2f} of the same-run {dtype} matmul "
-        f"({result['matmul_gflops']:.1f} GFLOP/s)"
+        f"{result['fraction_of_matmul']:.2f} of the same-run {dtype} GEMM "
+        f"({result['matmul_gflops']:.1f} GFLOP/s, {best} shape)"
         + (f"; {result['peer']['ratio']:.2f}x {peer.name}" if peer_step else ""))
     return result
+
+
+def _rates(work, seconds):
+    """GFLOP/s of the best and of the median time."""
+    return dict(gflops=work / min(seconds) / 1e9, gflops_median=work / statistics.median(seconds) / 1e9)
+
+
+def _calls_per_block(fn):
+    """How many calls of ``fn`` take about :data:`MATMUL_SECONDS` (after one warm-up call)."""
+    _time(fn)
+    return max(1, min(50, round(MATMUL_SECONDS / max(_time(fn), 1e-6))))
 
 
 def _time(fn, calls=1):
@@ -210,17 +231,50 @@ def _model_step(model, spec, mode, images, labels):
     return lambda: model.train_on_batch(images, labels)
 
 
-def matmul_flops(spec, batch):
-    """FLOPs of the reference matmul ``(batch * S, C) @ (C, D_C)``."""
-    tokens = (spec.image_size // spec.config.patch_size) ** 2
-    return 2 * batch * tokens * spec.config.hidden_dim * spec.config.channels_mlp_dim
+def reference_gemms(spec, batch):
+    """``{name: (m, k, n)}``: the Mixer's channel- and token-mixing GEMMs and a large square one.
+
+    Channel mixing multiplies ``(batch * S, C) @ (C, D_C)``; token mixing
+    ``(batch * C, S) @ (S, D_S)``.
+    """
+    config = spec.config
+    tokens = (spec.image_size // config.patch_size) ** 2
+    return dict(channel_mlp=(batch * tokens, config.hidden_dim, config.channels_mlp_dim),
+                token_mlp=(batch * config.hidden_dim, tokens, config.tokens_mlp_dim),
+                square=(SQUARE_GEMM,) * 3)
 
 
-def _matmul_step(spec, batch, dtype):
-    """The physical reference: ``(batch * S, C) @ (C, D_C)`` in ``dtype`` on this backend."""
-    tokens = (spec.image_size // spec.config.patch_size) ** 2
+def gemm_flops(shape):
+    """FLOPs of an ``(m, k) @ (k, n)`` GEMM."""
+    m, k, n = shape
+    return 2 * m * k * n
+
+
+def _matmul_step(shape, dtype):
+    """A zero-argument callable: the ``(m, k) @ (k, n)`` GEMM in ``dtype`` on this backend."""
+    m, k, n = shape
     rng = np.random.default_rng(1)
-    a, b = (keras.ops.cast(rng.standard_normal(shape, dtype="float32"), dtype) for shape in (
-        (batch * tokens, spec.config.hidden_dim),
-        (spec.config.hidden_dim, spec.config.channels_mlp_dim)))
+    a, b = (keras.ops.cast(rng.standard_normal(size, dtype="float32"), dtype)
+            for size in ((m, k), (k, n)))
     return lambda: keras.ops.matmul(a, b)
+
+
+def apply_limits(results):
+    """Add the machine's limit per dtype, the best same-run GEMM across backends, to each row.
+
+    Each measured row gets ``limit_gflops`` and ``fraction_of_limit``; returns
+    ``{dtype: {"gflops", "backend", "shape"}}``.
+    """
+    limits = {}
+    for row in results:
+        if "error" in row:
+            continue
+        best = limits.get(row["dtype"])
+        if best is None or row["matmul_gflops"] > best["gflops"]:
+            limits[row["dtype"]] = dict(gflops=row["matmul_gflops"], backend=row["backend"],
+                                        shape=row.get("matmul_shape"))
+    for row in results:
+        if "error" not in row:
+            row["limit_gflops"] = limits[row["dtype"]]["gflops"]
+            row["fraction_of_limit"] = row["model_gflops"] / row["limit_gflops"]
+    return limits

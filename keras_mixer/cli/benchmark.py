@@ -1,8 +1,9 @@
 """Benchmark a Mixer on JAX, TensorFlow and PyTorch (each backend in its own subprocess).
 
-By default: inference and training img/s and peak memory, as a fraction of a
-matmul of the channel-mixing shape measured in the same run, in the row's dtype;
-beside keras-cv's legacy MLPMixer (and timm on torch). Writes PREFIX.json and
+By default: inference and training img/s and peak memory, as a fraction of
+reference GEMMs measured in the same run, in the row's dtype (the backend's best
+shape, and the best across backends: the machine's limit); beside keras-cv's
+legacy MLPMixer (and timm on torch); the report names the CPU and its matrix units. Writes PREFIX.json and
 PREFIX.md (--out) and prints the table. `keras-mixer benchmark training --help`:
 the training suite (training img/s, tf.data pipelines, CIFAR-10 accuracy).
 Examples:
@@ -50,7 +51,9 @@ def add_arguments(parser):
     parser.add_argument("--no-peers", action="store_true",
                         help="skip peers (keras-cv legacy MLPMixer; timm on torch)")
     parser.add_argument("--exports", action="store_true",
-                        help="also measure exported models (SavedModel img/s, TFLite latency)")
+                        help="also measure exported models: SavedModel img/s, the SavedModel served over "
+                             "gRPC (1 and 8 clients, batch 1 and 16, p50/p99) vs direct, "
+                             "TFLite latency")
     parser.add_argument("--quick", action="store_true",
                         help="laptop mode: batch 2, 2 repeats, no peers")
     _add_out(parser, "benchmark_results")

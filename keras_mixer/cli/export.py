@@ -10,6 +10,7 @@ model, then published atomically. Examples:
   keras-mixer export saved-model --variant B/16 --weights b16.weights.h5 --name mixer_b16
   keras-mixer export saved-model runs/main/model.keras --dtype bfloat16  # bf16 matmuls (AMX CPUs)
   keras-mixer export tflite runs/main/model.keras --modes float32 float16 dynamic_int8
+  keras-mixer export tflite model.keras --representative-images data/train --eval-images data/test --table tflite.md
   keras-mixer export onnx runs/main/model.keras                      # needs pip install ".[onnx]"
 
 'all' is the SavedModel and the TFLite files.
@@ -24,6 +25,8 @@ import keras
 from keras_mixer.cli.arguments import positive_float, positive_int
 from keras_mixer.deploy import TFLITE_MODES, export_onnx, export_saved_model, export_tflite
 from keras_mixer.deploy.saved_model import DTYPES, TOLERANCES
+from keras_mixer.deploy.tflite import CALIBRATED_MODES, markdown_table
+from keras_mixer.files import write_text
 from keras_mixer.models import load_model, save_keras_file
 
 ARTIFACTS = ("saved-model", "tflite", "onnx", "all")
@@ -54,10 +57,16 @@ def add_arguments(parser):
     parser.add_argument("--modes", nargs="+", default=list(TFLITE_MODES), choices=TFLITE_MODES,
                         help="TFLite modes")
     parser.add_argument("--representative-images",
-                        help="int8 calibration images: a folder of image files or a .npy "
-                             "(n, H, W, 3) 0-255 array (e.g. training images)")
-    parser.add_argument("--eval-images", help="held-out images (folder or .npy) for the TFLite check")
+                        help="calibration images for int8, int16x8 and mixed: a folder of training "
+                             "image files or a .npy (n, H, W, 3) 0-255 array")
+    parser.add_argument("--eval-images", help="held-out images (folder or .npy) for the TFLite check; "
+                                              "a labelled folder (class/*.jpg) also gives accuracy")
+    parser.add_argument("--max-calibration-images", type=positive_int, default=256,
+                        help="calibration images drawn from a --representative-images folder")
+    parser.add_argument("--max-eval-images", type=positive_int, default=1000,
+                        help="held-out images drawn from --eval-images")
     parser.add_argument("--num-threads", type=positive_int, default=1, help="TFLite latency threads")
+    parser.add_argument("--table", help="also write the TFLite results as a markdown table to this file")
 
 
 def build_model(args):
@@ -101,13 +110,21 @@ def run(args):
                                               args.labels, args.top_k, args.tolerance,
                                               dtype=args.dtype))
         if args.artifact in ("tflite", "all"):
-            modes = [m for m in args.modes if m != "int8" or args.representative_images]
+            modes = [m for m in args.modes if m not in CALIBRATED_MODES or args.representative_images]
+            if len(modes) < len(args.modes) and args.modes != list(TFLITE_MODES):
+                raise ValueError(f"TFLite modes {', '.join(sorted(set(args.modes) - set(modes)))} need "
+                                 "calibration images: pass --representative-images DIR (training images).")
             if len(modes) < len(args.modes):
-                print("Skipping TFLite int8: it needs --representative-images.")
+                print("Skipping TFLite int8, int16x8 and mixed: they need --representative-images.")
             if modes:
                 rows = export_tflite(model, args.export_dir, args.name, modes,
-                                     args.representative_images, args.eval_images, args.num_threads)
+                                     args.representative_images, args.eval_images, args.num_threads,
+                                     labels=args.labels, max_eval_images=args.max_eval_images,
+                                     max_calibration_images=args.max_calibration_images)
                 written += [row["path"] for row in rows]
+                if args.table:
+                    write_text(args.table, markdown_table(rows))
+                    written.append(args.table)
         if args.artifact == "onnx":
             tolerance = TOLERANCES["float32"] if args.tolerance is None else args.tolerance
             written.append(export_onnx(model, args.export_dir, args.name, tolerance)["path"])

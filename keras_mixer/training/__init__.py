@@ -6,7 +6,7 @@ command line. The run directory holds::
 
     config.json        the run's settings (a second copy in state.json)
     state.json         the run's stage: training, evaluated (results, class names), finished (export)
-    backup/process_i/  epoch-NNNN.weights.h5: model + optimizer after the last two epochs
+    backup/process_0/  epoch-NNNN.weights.h5: model + optimizer after the last two epochs
     last.keras         model after the latest epoch (written atomically)
     best.keras         model with the best validation accuracy so far (atomically)
     model.keras        the final model (after the last epoch; EMA weights if any)
@@ -24,8 +24,10 @@ version whole; a loss that stops being finite stops training before anything of
 that epoch is saved (:class:`DivergenceGuard`), and nothing is exported.
 """
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 import time
 
 import keras
@@ -106,6 +108,16 @@ def _report_unreadable(sources):
         for item in found:
             print(f"  {item['split']}: {item['path']}: {item['reason']}")
     return found
+
+
+@contextlib.contextmanager
+def _scratch_dir(chief, process_index):
+    """``None`` in the chief; elsewhere a temporary directory, removed at the end."""
+    if chief:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=f"keras-mixer-process-{process_index}-") as scratch:
+        yield scratch
 
 
 def train(config, callbacks=(), distribution=None):
@@ -193,63 +205,65 @@ def train(config, callbacks=(), distribution=None):
             print(f"resuming {run_dir} from {restored_from}: all {config.epochs} epochs done, "
                   f"evaluating and saving the final model")
 
-    own = [DivergenceGuard(config.learning_rate)]
-    if chief or dist.collective_saves:
-        own += checkpoint_callbacks(run_dir, write=chief)
-    if chief:
-        own.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True))
-        if _has_tensorboard():
-            own.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")))
-        else:
-            print("TensorBoard logs skipped: the tensorboard package is not installed")
-    # Last among our own: an epoch counts as done once everything above is written.
-    own.append(RunBackup(os.path.join(run_dir, "backup", f"process_{dist.process_index}")))
+    # Only the chief writes to the run directory; where saving is collective the others
+    # save too, into a temporary directory of their own.
+    with _scratch_dir(chief, dist.process_index) as scratch, dist.peer_errors():
+        own = [DivergenceGuard(config.learning_rate)]
+        if chief or dist.collective_saves:
+            own += checkpoint_callbacks(run_dir, scratch_dir=scratch)
+        if chief:
+            own.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True))
+            if _has_tensorboard():
+                own.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")))
+            else:
+                print("TensorBoard logs skipped: the tensorboard package is not installed")
+        # Last among our own: an epoch counts as done once everything above is written.
+        if chief or dist.collective_saves:
+            own.append(RunBackup(os.path.join(scratch or run_dir, "backup", "process_0")))
 
-    verbose = config.progress if config.progress == "auto" else int(config.progress)
-    if done < config.epochs:
-        model.fit(train_data, epochs=config.epochs, initial_epoch=done, steps_per_epoch=steps,
-                  validation_data=test_data, callbacks=own + list(callbacks),
-                  verbose=verbose if chief else 0, shuffle=False)  # tf.data shuffles already
-    else:  # what fit() does after its last epoch: swap in the EMA weights (if any)
-        with dist.scope():
-            model.optimizer.finalize_variable_values(model.trainable_weights)
-    _unshare_ema_arrays(model)
-    kill_point("after_fit")
+        verbose = config.progress if config.progress == "auto" else int(config.progress)
+        if done < config.epochs:
+            model.fit(train_data, epochs=config.epochs, initial_epoch=done, steps_per_epoch=steps,
+                      validation_data=test_data, callbacks=own + list(callbacks),
+                      verbose=verbose if chief else 0, shuffle=False)  # tf.data shuffles already
+        else:  # what fit() does after its last epoch: swap in the EMA weights (if any)
+            with dist.scope():
+                model.optimizer.finalize_variable_values(model.trainable_weights)
+        _unshare_ema_arrays(model)
+        kill_point("after_fit")
 
-    # fit() has swapped in the EMA weights (if any): check, evaluate and save those.
-    _check_finite_weights(model)
-    results = model.evaluate(test_data, return_dict=True, verbose=0)
-    if not np.isfinite(results["loss"]):
-        raise TrainingDiverged(
-            f"The trained model's test loss is {results['loss']}: no model.keras was written and "
-            f"nothing was exported. Lower --learning-rate, in a new --run-dir.")
-    results = {"top1": float(results["accuracy"]), "top5": float(results["top5"]),
-               "loss": float(results["loss"]), "test_examples": test_source.num_examples,
-               "epochs": config.epochs, "backend": keras.backend.backend(),
-               "strategy": dist.name, "replicas": dist.replicas,
-               "unreadable_count": len(unreadable), "unreadable_images": unreadable,
-               "seconds": round(time.time() - start, 1)}
-    model_path = os.path.join(run_dir, "model.keras")
-    if chief:
-        models.save_keras_file(model, model_path)
-    elif dist.collective_saves:  # every process takes part in saving
-        scratch = os.path.join(run_dir, f".worker-{os.getpid()}-model.keras")
-        models.save_keras_file(model, scratch)
-        os.remove(scratch)
-    kill_point("after_model_save")
-    if chief:
-        write_json(os.path.join(run_dir, "results.json"), results)
-        plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
-        print(f"final eval on {test_source.num_examples} test images: top-1 {results['top1']:.4f}, "
-              f"top-5 {results['top5']:.4f}, loss {results['loss']:.4f} "
-              f"({results['backend']}, {dist.name} x{dist.replicas}, {results['seconds']} s); "
-              f"model: {model_path}")
-    state = dict(state, stage="evaluated", results=results,
-                 class_names=list(train_source.class_names))
-    if chief:
-        write_json(os.path.join(run_dir, STATE_FILE), state)
-    kill_point("after_results")
-    return _finish(config, state, chief, start, model)
+        # fit() has swapped in the EMA weights (if any): check, evaluate and save those.
+        _check_finite_weights(model)
+        results = model.evaluate(test_data, return_dict=True, verbose=0)
+        if not np.isfinite(results["loss"]):
+            raise TrainingDiverged(
+                f"The trained model's test loss is {results['loss']}: no model.keras was written "
+                f"and nothing was exported. Lower --learning-rate, in a new --run-dir.")
+        results = {"top1": float(results["accuracy"]), "top5": float(results["top5"]),
+                   "loss": float(results["loss"]), "test_examples": test_source.num_examples,
+                   "epochs": config.epochs, "backend": keras.backend.backend(),
+                   "strategy": dist.name, "replicas": dist.replicas,
+                   "unreadable_count": len(unreadable), "unreadable_images": unreadable,
+                   "seconds": round(time.time() - start, 1)}
+        model_path = os.path.join(run_dir, "model.keras")
+        if chief:
+            models.save_keras_file(model, model_path)
+        elif dist.collective_saves:  # every process takes part in saving
+            models.save_keras_file(model, os.path.join(scratch, "model.keras"))
+        kill_point("after_model_save")
+        if chief:
+            write_json(os.path.join(run_dir, "results.json"), results)
+            plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
+            print(f"final eval on {test_source.num_examples} test images: "
+                  f"top-1 {results['top1']:.4f}, top-5 {results['top5']:.4f}, loss {results['loss']:.4f} "
+                  f"({results['backend']}, {dist.name} x{dist.replicas}, {results['seconds']} s); "
+                  f"model: {model_path}")
+        state = dict(state, stage="evaluated", results=results,
+                     class_names=list(train_source.class_names))
+        if chief:
+            write_json(os.path.join(run_dir, STATE_FILE), state)
+        kill_point("after_results")
+        return _finish(config, state, chief, start, model)
 
 
 def _export_once(config, state):

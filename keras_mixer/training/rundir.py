@@ -37,35 +37,34 @@ class TrainingDiverged(RunError):
 class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
     """Keras' ``ModelCheckpoint``, writing through a temporary file and ``os.replace``.
 
-    A kill at any moment leaves the previous file whole. ``write=False`` (not the
-    chief) saves into a scratch file that is removed: with TF multi-worker every
-    worker must take part in saving.
+    A kill at any moment leaves the previous file whole. With ``scratch_dir`` (a
+    process other than the chief) the model is saved into a file there, which is
+    removed: under TF multi-worker and multi-process JAX every process must take part
+    in saving, but only the chief writes to the run directory.
     """
 
-    def __init__(self, filepath, write=True, **kwargs):
+    def __init__(self, filepath, scratch_dir=None, **kwargs):
         super().__init__(filepath, **kwargs)
-        self.write = write
+        self.scratch_dir = scratch_dir
 
     def _save_model(self, epoch, batch, logs):
         final = self.filepath
         directory, base = os.path.split(final)
-        self.filepath = os.path.join(directory, f".tmp-{os.getpid()}-{base}")
+        self.filepath = os.path.join(self.scratch_dir or directory, f".tmp-{os.getpid()}-{base}")
         try:
             super()._save_model(epoch, batch, logs)
-            if os.path.exists(self.filepath):  # saved (save_best_only may decide not to)
-                if self.write:
-                    os.replace(self.filepath, final)
-                else:
-                    os.remove(self.filepath)
+            if os.path.exists(self.filepath) and not self.scratch_dir:  # saved (save_best_only
+                os.replace(self.filepath, final)                         # may decide not to)
         finally:
             if os.path.exists(self.filepath):
                 os.remove(self.filepath)
             self.filepath = final
 
 
-def checkpoint_callbacks(run_dir, write=True, monitor="val_accuracy"):
+def checkpoint_callbacks(run_dir, scratch_dir=None, monitor="val_accuracy"):
     """``last.keras`` every epoch and ``best.keras`` on a new best ``monitor``; the best so far
-    survives a resume (``best.json``)."""
+    survives a resume (``best.json``). ``scratch_dir``: save into it instead, writing nothing
+    to ``run_dir`` (see :class:`AtomicCheckpoint`)."""
     best_json = os.path.join(run_dir, "best.json")
     best = None
     if os.path.exists(best_json):
@@ -74,15 +73,16 @@ def checkpoint_callbacks(run_dir, write=True, monitor="val_accuracy"):
 
     class BestJson(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if write and best_checkpoint.best is not None and np.isfinite(best_checkpoint.best) \
+            if not scratch_dir and best_checkpoint.best is not None \
+                    and np.isfinite(best_checkpoint.best) \
                     and (logs or {}).get(monitor) == best_checkpoint.best:
                 write_json(best_json, {"epoch": epoch, "monitor": monitor,
                                        "value": float(best_checkpoint.best)})
 
-    best_checkpoint = AtomicCheckpoint(os.path.join(run_dir, "best.keras"), write=write,
+    best_checkpoint = AtomicCheckpoint(os.path.join(run_dir, "best.keras"), scratch_dir,
                                        monitor=monitor, mode="max", save_best_only=True,
                                        initial_value_threshold=best)
-    return [AtomicCheckpoint(os.path.join(run_dir, "last.keras"), write=write),
+    return [AtomicCheckpoint(os.path.join(run_dir, "last.keras"), scratch_dir),
             best_checkpoint, BestJson()]
 
 
@@ -129,7 +129,7 @@ def kill_point(point, epoch=None):
     """Test hook: SIGKILL this process here when ``$KERAS_MIXER_TEST_KILL_AT`` names ``point``.
 
     ``point`` or ``point@EPOCH`` (1-based; for points inside an epoch). The points,
-    in order: ``during_backup_write`` (the epoch's backup is written to its temporary
+    in order: ``mid_epoch`` (after the epoch's first step), ``during_backup_write`` (the epoch's backup is written to its temporary
     file, not yet renamed), ``after_fit``, ``after_model_save``, ``after_results``,
     ``after_export``. The kill tests (tests/test_training.py) stop a run at an exact
     stage with it; unset, it does nothing.
@@ -171,6 +171,8 @@ class DivergenceGuard(keras.callbacks.TerminateOnNaN):
         except RuntimeError:
             raise self._diverged(f"the loss is {logs.get('loss')} at epoch {self.epoch + 1}, "
                                  f"step {batch + 1}") from None
+        if batch == 0:
+            kill_point("mid_epoch", self.epoch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get("val_loss")

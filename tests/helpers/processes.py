@@ -1,6 +1,7 @@
 """Starting test workers (``tests/workers``) under another backend or as parallel processes."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -37,3 +38,32 @@ def run_script(name, args, backend_name=None, env=None, **kwargs):
     env = env or worker_env(backend_name or keras.backend.backend())
     return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *map(str, args)],
                           env=env, capture_output=True, text=True, cwd=ROOT, **kwargs)
+
+
+def descendants(pid):
+    """The ids of ``pid``'s live child processes and theirs (from ``/proc``; Linux)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):  # not a process, or gone
+            continue
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        found += children
+        todo += children
+    return found
+
+
+def kill_tree(process):
+    """SIGKILL a ``Popen`` and every process under it (torchrun starts its workers in
+    sessions of their own), then reap it."""
+    for pid in [*descendants(process.pid), process.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # gone already
+            pass
+    process.wait()

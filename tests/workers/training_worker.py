@@ -4,7 +4,8 @@ Run in a fresh process (device counts are fixed at import):
   KERAS_BACKEND=... python -m workers.training_worker STRATEGY CPU_DEVICES RECIPE OUT.npz [MODEL_PARALLEL]
 The data are fixed random images; every process reads the same global batches
 (torch: its own shard of them), with no shuffling or augmentation. Multi-process:
-started as several processes by the KERAS_DISTRIBUTION_* variables (jax) or torchrun.
+started as several processes by TF_CONFIG (tensorflow), the KERAS_DISTRIBUTION_* variables
+(jax) or torchrun.
 """
 
 import sys
