@@ -320,7 +320,7 @@ def test_tflite_integer_modes_keep_a_trained_models_answers(cifar_mixer, tmp_pat
     print({mode: (row["top1_agreement"], row["top1_accuracy"]) for mode, row in by_mode.items()})
     assert by_mode["int16x8"]["num_eval_images"] == 500 and by_mode["int16x8"]["top1_accuracy"] > 0.3
     assert by_mode["int16x8"]["top1_agreement"] >= 0.992  # measured 0.996 (2 of 500 differ)
-    assert by_mode["mixed"]["top1_agreement"] >= 0.992  # measured 0.996
+    assert by_mode["mixed"]["top1_agreement"] >= 0.994  # measured 1.0
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tf2onnx") is None, reason="needs the onnx extra (tf2onnx)")

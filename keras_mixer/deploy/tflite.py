@@ -25,6 +25,7 @@ from keras_mixer import images as image_policy
 from keras_mixer.deploy import layer_report, litert, runner, signatures
 from keras_mixer.deploy.saved_model import read_labels
 from keras_mixer.files import atomic_output, write_text
+from keras_mixer.layers import MlpBlock
 
 TFLITE_MODES = ("float32", "float16", "dynamic_int8", "int8", "int16x8", "mixed")
 CALIBRATED_MODES = ("int8", "int16x8", "mixed")  # need representative images
@@ -177,7 +178,6 @@ def token_mixing_as_dense():
     per-channel int8 weights, XNNPACK kernels. Same values.
     """
     import tensorflow as tf
-    from keras_mixer.layers import MlpBlock
 
     original = MlpBlock.call
 
