@@ -233,7 +233,12 @@ def test_tflite_modes_match_keras(exported_mixer, tmp_path):
     assert "int8" in {dtype for op, dtype in mixed if op == "FULLY_CONNECTED"}  # channel mixing
     assert "float32" in {dtype for op, dtype in mixed if op == "RSQRT"}  # LayerNorm stayed float
     assert by_mode["mixed"]["float_layers"]
-    assert {tflite._layer_kind(t) for t in by_mode["mixed"]["float_layers"]} <= set(tflite.MIXED_FLOAT_LAYERS)
+    with open(by_mode["mixed"]["report"]) as f:
+        ops = {layer["tensor"]: layer["op"] for layer in json.load(f)["debugger"]}
+    assert {tflite._layer_kind(t, ops[t]) for t in by_mode["mixed"]["float_layers"]} <= set(
+        tflite.MIXED_FLOAT_LAYERS)
+    # Token mixing is a FULLY_CONNECTED (per-channel weights, XNNPACK int8), not a BATCH_MATMUL.
+    assert "BATCH_MATMUL" not in {op for op, _ in op_dtypes("int8")}
 
     # The per-layer report lists every quantized layer, with an error for each.
     for mode in tflite.QUANTIZED_MODES:
@@ -314,8 +319,8 @@ def test_tflite_integer_modes_keep_a_trained_models_answers(cifar_mixer, tmp_pat
     by_mode = {row["mode"]: row for row in rows}
     print({mode: (row["top1_agreement"], row["top1_accuracy"]) for mode, row in by_mode.items()})
     assert by_mode["int16x8"]["num_eval_images"] == 500 and by_mode["int16x8"]["top1_accuracy"] > 0.3
-    assert by_mode["int16x8"]["top1_agreement"] >= 0.99
-    assert by_mode["mixed"]["top1_agreement"] >= 0.99
+    assert by_mode["int16x8"]["top1_agreement"] >= 0.992  # measured 0.996 (2 of 500 differ)
+    assert by_mode["mixed"]["top1_agreement"] >= 0.994  # measured 1.0
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tf2onnx") is None, reason="needs the onnx extra (tf2onnx)")
