@@ -22,8 +22,10 @@ class AdamW(_KerasAdamW):
     On jax and tensorflow it is Keras' AdamW. On torch, instead of Keras' ten or so
     unfused ``_foreach`` passes with full-size temporaries, the update (weight decay
     included, as two groups for the decay mask) is one ``torch._fused_adamw_`` call
-    per group, with Keras' epsilon placement; global-norm clipping uses
-    ``torch.nn.utils.get_total_norm``. AMSGrad and mixed dtypes fall back to Keras.
+    per group, given the learning rate, epsilon and decay that reproduce Keras' update
+    (epsilon added to sqrt(v) before the bias correction, which Keras rounds in float32);
+    global-norm clipping uses ``torch.nn.utils.get_total_norm``. AMSGrad and mixed
+    dtypes fall back to Keras' code.
 
     Unlike Keras' AdamW, the names given to ``exclude_from_weight_decay(var_names=...)``
     are part of its config, so a saved and loaded optimizer keeps its decay mask.
@@ -60,6 +62,8 @@ class AdamW(_KerasAdamW):
             return super()._clip_gradients(grads)
         with torch.no_grad():
             present = [g for g in grads if g is not None]
+            if not present:
+                return grads
             norm = torch.nn.utils.get_total_norm(present, foreach=True).to(present[0].dtype)
             clip = self.global_clipnorm
             # Keras' clip_by_global_norm: a NaN scale when the norm is not finite.
