@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers.processes import ROOT, start_module, worker_env
+from helpers.processes import ROOT, run_worker, start_module, worker_env
 
 import keras
 from keras_mixer import cli, models, training
@@ -254,7 +254,7 @@ def test_grad_accumulation_keeps_the_schedule_over_the_whole_run():
 def test_recipes_build_the_papers_optimizers():
     config = training.TrainConfig(recipe="pretrain", weight_decay=0.1, grad_accum_steps=4, ema=0.999)
     adamw = training.build_optimizer(config, 100, 10)
-    assert isinstance(adamw, keras.optimizers.AdamW)
+    assert isinstance(adamw, training.AdamW) and isinstance(adamw, keras.optimizers.AdamW)
     assert adamw.global_clipnorm == 1.0 and adamw.gradient_accumulation_steps == 4
     assert adamw.use_ema and adamw.ema_momentum == 0.999
     model = training.build_model(training.TrainConfig(image_size=8, num_blocks=1), 10)
@@ -379,3 +379,55 @@ def test_train_cli_help():
     for flag in ("--data", "--strategy", "--recipe", "--mixup-alpha", "--grad-accum-steps",
                  "--mixed-precision", "--ema", "--no-export", "--run-dir"):
         assert flag in result.stdout
+
+
+def _adamw_steps(optimizer, variables, grads):
+    for step in grads:
+        optimizer.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
+    return [keras.ops.convert_to_numpy(v) for v in variables + optimizer.variables]
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_recipe_adamw_matches_keras_adamw(accum):
+    """The recipe's AdamW (fused on torch) = keras.optimizers.AdamW: clipping, decay mask,
+    schedule, accumulation. A large epsilon and tiny gradients make its placement count."""
+    rng = np.random.default_rng(0)
+    shapes = {"kernel": (7, 5), "bias": (5,), "gamma": (5,), "other_kernel": (3, 4)}
+    start = {name: rng.normal(size=shape).astype("float32") for name, shape in shapes.items()}
+    scales = [1e-3, 30.0, 1e-3, 1.0, 1e-3, 30.0]  # clipped (global norm > 1) and not
+    grads = [[(rng.normal(size=shape) * scale).astype("float32") for shape in shapes.values()]
+             for scale in scales]
+    results = []
+    for cls in (keras.optimizers.AdamW, training.AdamW):
+        optimizer = cls(learning_rate=training.WarmupLinearDecay(0.1, 2, len(scales)),
+                        weight_decay=0.5, epsilon=1e-3, global_clipnorm=1.0,
+                        gradient_accumulation_steps=accum if accum > 1 else None)
+        optimizer.exclude_from_weight_decay(var_names=training.NO_WEIGHT_DECAY)
+        variables = [keras.Variable(value, name=name) for name, value in start.items()]
+        results.append(_adamw_steps(optimizer, variables, grads))
+    expected, got = results
+    assert len(expected) == len(got)
+    for want, have in zip(expected, got):
+        np.testing.assert_allclose(have, want, rtol=1e-6, atol=1e-6)
+    assert np.abs(expected[0] - start["kernel"]).max() > 0.05  # the steps moved the weights
+
+
+def test_recipe_adamw_run_resumes_on_every_backend(tmp_path):
+    """A compiled .keras saved with the recipe's AdamW loads (safe mode) on every backend,
+    and its next step there gives the weights of the next step here."""
+    config = training.TrainConfig(image_size=8, num_blocks=1, weight_decay=0.1)
+    model = training.build_model(config, 10)
+    training.compile_model(model, config, total_steps=10, warmup_steps=1)
+    rng = np.random.default_rng(1)
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    first, second = ([rng.normal(size=shape).astype("float32") for shape in shapes]
+                     for _ in range(2))
+    model.optimizer.apply([keras.ops.convert_to_tensor(g) for g in first], model.trainable_variables)
+    path = str(tmp_path / "run.keras")
+    models.save_keras_file(model, path)
+    expected = _adamw_steps(model.optimizer, model.trainable_variables, [second])
+    for other in {"jax", "tensorflow", "torch"} - {keras.backend.backend()}:
+        result = run_worker(other, "workers.backend_worker:optimizer_step", path, second, timeout=300)
+        assert result["optimizer"] == "AdamW", other
+        for want, have in zip(expected, result["weights"]):
+            np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6, err_msg=other)

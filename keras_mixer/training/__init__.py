@@ -35,6 +35,7 @@ import numpy as np
 
 from keras_mixer import data, deploy, distribute, models
 from keras_mixer.training.config import FREE_SETTINGS, RECIPES, TrainConfig
+from keras_mixer.training.optimizer import AdamW
 from keras_mixer.training.recipe import (
     NO_WEIGHT_DECAY,
     WarmupLinearDecay,
@@ -311,7 +312,7 @@ def _finish(config, state, chief, start, model=None):
 
 
 __all__ = [
-    "FREE_SETTINGS", "KILL_AT_ENV", "NO_WEIGHT_DECAY", "RECIPES", "AtomicCheckpoint", "DivergenceGuard",
+    "FREE_SETTINGS", "KILL_AT_ENV", "NO_WEIGHT_DECAY", "RECIPES", "AdamW", "AtomicCheckpoint", "DivergenceGuard",
     "RunBackup", "RunError", "TrainConfig", "TrainingDiverged", "WarmupLinearDecay",
     "build_model", "build_optimizer", "check_settings", "checkpoint_callbacks", "compile_model",
     "initialize_from", "learning_rate_schedule", "open_run_dir", "plot_history", "read_history",

@@ -6,6 +6,7 @@ from keras import ops
 from keras_mixer import checkpoints, models
 from keras_mixer.layers import PACKAGE
 from keras_mixer.training.config import RECIPES
+from keras_mixer.training.optimizer import AdamW
 
 # Variables without weight decay: LayerNorm scales/offsets and every bias.
 NO_WEIGHT_DECAY = ["gamma", "beta", "bias"]
@@ -63,7 +64,7 @@ def build_optimizer(config, total_steps, warmup_steps):
     )
     if config.recipe == "finetune":
         return keras.optimizers.SGD(momentum=config.momentum, **common)
-    optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+    optimizer = AdamW(weight_decay=config.weight_decay, **common)  # Keras' AdamW, fused on torch
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer
 
