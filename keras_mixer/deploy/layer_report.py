@@ -43,23 +43,20 @@ def quiet_debugger(converter, dataset):
     import tensorflow as tf
 
     options = _options()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+    with litert.tf_lite_interpreter_inside():
         return tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset,
                                                          debug_options=options)
 
 
 def deny(debugger, tensors):
     """Re-quantize the debugger's calibrated model with ``tensors`` (op outputs) kept float."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+    with litert.tf_lite_interpreter_inside():
         debugger.options = _options(tensors)
 
 
 def debugger_layers(debugger):
     """The debugger's per-layer statistics, worst (largest RMSE / scale) first."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+    with litert.tf_lite_interpreter_inside(), np.errstate(all="ignore"):
         warnings.filterwarnings("ignore", message="Mean of empty slice")
         debugger.run()
     dump = io.StringIO()

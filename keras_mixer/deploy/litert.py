@@ -4,11 +4,22 @@ Every check, latency figure and per-layer comparison of :mod:`.tflite` goes thro
 here; nothing uses the deprecated ``tf.lite.Interpreter``.
 """
 
+import contextlib
 import time
+import warnings
 
 import numpy as np
 
 SIGNATURE = "serving_default"
+
+
+@contextlib.contextmanager
+def tf_lite_interpreter_inside():
+    """For TF's own tools that run ``tf.lite.Interpreter`` inside (the converter's
+    calibrator, the QuantizationDebugger): its deprecation warning is not ours to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        yield
 
 
 def interpreter(model, num_threads=1, preserve_all_tensors=False, delegates=True):

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import tempfile
-import warnings
 
 import numpy as np
 
@@ -281,14 +280,6 @@ def converter_for(saved_model_dir, mode, representative_images=None):
     return converter
 
 
-@contextlib.contextmanager
-def _quiet_calibration():
-    """TF's calibrator runs ``tf.lite.Interpreter`` internally; its deprecation warning is not ours."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        yield
-
-
 # Checked in this order: the converter fuses a LayerNorm's scale and shift into the
 # channel-mixing Dense that follows, and names that op after both.
 LAYER_KINDS = ("token_mixing", "channel_mixing", "stem", "head", "norm")
@@ -327,10 +318,10 @@ def convert(saved_model_dir, mode, representative_images=None, mixed_float_layer
         report["debugger"] = layer_report.debugger_layers(debugger)
         if mode == "mixed":
             report["float_layers"] = mixed_float_tensors(report["debugger"], mixed_float_layers)
-            with _quiet_calibration():
-                layer_report.deny(debugger, report["float_layers"])
+            layer_report.deny(debugger, report["float_layers"])
+            with litert.tf_lite_interpreter_inside():
                 return debugger.get_nondebug_quantized_model(), report
-    with _quiet_calibration():
+    with litert.tf_lite_interpreter_inside():
         return converter_for(saved_model_dir, mode, representative_images).convert(), report
 
 
