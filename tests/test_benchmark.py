@@ -11,7 +11,7 @@ from helpers.tiny import TINY
 import keras
 from keras_mixer import MlpMixer, benchmark
 from keras_mixer.backend import BackendCallError
-from keras_mixer.benchmark import exports, report, throughput, training
+from keras_mixer.benchmark import exports, gemm, report, throughput, training
 from keras_mixer.cli import build_parser, command_parser
 from keras_mixer.cli import benchmark as benchmark_cli
 from keras_mixer.config import MixerConfig
@@ -26,7 +26,7 @@ TINY_TRAINING = ["--image-size", "16", "--patch-size", "8", "--hidden-dim", "16"
 @pytest.fixture(autouse=True)
 def small_reference_gemms(monkeypatch):
     """Tiny runs: a small square reference GEMM (2048 is for real models), short timed blocks."""
-    monkeypatch.setattr(throughput, "SQUARE_GEMM", 64)
+    monkeypatch.setattr(gemm, "SQUARE_GEMM", 64)
     monkeypatch.setattr(throughput, "MATMUL_SECONDS", 0.02)
 
 
@@ -103,19 +103,19 @@ def test_training_spec_builds_the_paper_proportions():
 def test_matmul_reference_runs_in_the_rows_dtype():
     """A bfloat16 row is divided by a bfloat16 matmul rate, not a float32 one."""
     for dtype in ("float32", "bfloat16"):
-        product = throughput._matmul_step((6, 5, 4), dtype)()
+        product = gemm.matmul_step((6, 5, 4), dtype)()
         assert keras.backend.standardize_dtype(product.dtype) == dtype
         assert tuple(product.shape) == (6, 4)
 
 
 def test_reference_gemms_are_the_models_own_shapes_and_a_square():
-    gemms = throughput.reference_gemms(tiny_spec(), 3)
+    gemms = gemm.reference_gemms(TINY_CONFIG, 32, 3)
     tokens = (32 // TINY["patch_size"]) ** 2
     assert gemms == dict(
         channel_mlp=(3 * tokens, TINY["hidden_dim"], TINY["channels_mlp_dim"]),
         token_mlp=(3 * TINY["hidden_dim"], tokens, TINY["tokens_mlp_dim"]),
         square=(64, 64, 64))
-    assert throughput.gemm_flops((2, 3, 5)) == 60
+    assert gemm.gemm_flops((2, 3, 5)) == 60
 
 
 def test_limit_is_the_best_gemm_across_backends_per_dtype():

@@ -74,8 +74,11 @@ def test_bfloat16_drift_is_small_but_real():
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="exports in this process under TensorFlow (other backends use a subprocess)")
-def test_saved_model_rates_time_each_dtype(tmp_path):
+def test_saved_model_rates_time_each_dtype(tmp_path, monkeypatch):
+    from keras_mixer.benchmark import gemm
     from keras_mixer.benchmark.precision import saved_model_rates
+
+    monkeypatch.setattr(gemm, "SQUARE_GEMM", 64)  # 2048 is for real models
 
     report = saved_model_rates(MixerConfig(**TINY), image_size=32, batch_size=2, repeats=1,
                                log=lambda message: None)

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from keras_mixer import deploy, models
+from keras_mixer.benchmark.gemm import gemm_flops, reference_gemms
 from keras_mixer.config import as_architecture, flops
 
 
@@ -43,45 +44,45 @@ def saved_model_rates(config="B/16", image_size=224, batch_size=16, dtypes=("flo
                       repeats=3, log=print):
     """``serving_default`` img/s of a random-weight Mixer exported at each dtype (TensorFlow).
 
-    The SavedModels are timed interleaved with a bfloat16 matmul of the model's
-    channel-mixing shape, best of ``repeats``; each row also gives its GFLOP/s as a
-    fraction of that same-run bf16 matmul rate.
+    The SavedModels are timed interleaved with TensorFlow's bf16 reference GEMMs
+    (:func:`~keras_mixer.benchmark.gemm.reference_gemms`), best of ``repeats``; each
+    row also gives its GFLOP/s as a fraction of the best same-run bf16 GEMM rate.
     """
     import tensorflow as tf
 
     architecture = as_architecture(config)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32)
-    tokens = batch_size * (image_size // architecture.patch_size) ** 2
-    a, b = (tf.constant(rng.standard_normal(shape), tf.bfloat16) for shape in (
-        (tokens, architecture.hidden_dim), (architecture.hidden_dim, architecture.channels_mlp_dim)))
-    matmul = tf.function(lambda: tf.matmul(a, b))
+    gemms = reference_gemms(architecture, image_size, batch_size)
+    matmuls = {}
+    for name, (m, k, n) in gemms.items():  # TensorFlow's own bf16 GEMMs: the SavedModel runs there
+        a, b = (tf.constant(rng.standard_normal(shape), tf.bfloat16) for shape in ((m, k), (k, n)))
+        matmuls[name] = tf.function(lambda a=a, b=b: tf.matmul(a, b))
     with tempfile.TemporaryDirectory() as work:
         path = os.path.join(work, "model.keras")
         models.save_keras_file(models.MlpMixer(**dataclasses.asdict(architecture),
                                                input_shape=(image_size, image_size, 3)), path)
-        serve = {}
+        calls = {}
         for dtype in dtypes:
             log(f"saved model rates: exporting {dtype}")
             version = deploy.export_saved_model(path, work, name=dtype, dtype=dtype)
-            serve[dtype] = tf.saved_model.load(version).signatures[deploy.SERVING_DEFAULT]
-            serve[dtype](images=images)  # trace and warm up
-        matmul()
-        best = dict.fromkeys([*dtypes, "matmul"], float("inf"))
+            serve = tf.saved_model.load(version).signatures[deploy.SERVING_DEFAULT]
+            calls[dtype] = lambda serve=serve: serve(images=images)["probabilities"].numpy()
+        calls.update({name: lambda fn=fn: fn().numpy() for name, fn in matmuls.items()})
+        for fn in calls.values():
+            fn()  # trace and warm up
+        best = dict.fromkeys(calls, float("inf"))
         for _ in range(repeats):
-            for dtype, fn in serve.items():
+            for name, fn in calls.items():
                 start = time.perf_counter()
-                fn(images=images)["probabilities"].numpy()
-                best[dtype] = min(best[dtype], time.perf_counter() - start)
-            start = time.perf_counter()
-            matmul().numpy()
-            best["matmul"] = min(best["matmul"], time.perf_counter() - start)
-    gemm = 2 * tokens * architecture.hidden_dim * architecture.channels_mlp_dim / best["matmul"] / 1e9
+                fn()
+                best[name] = min(best[name], time.perf_counter() - start)
+    gemm = max(gemm_flops(shape) / best[name] for name, shape in gemms.items()) / 1e9
     per_image = flops(architecture, image_size) / 1e9
     rows = [dict(dtype=dtype, batch=batch_size, img_per_s=batch_size / best[dtype],
                  fraction_of_bf16_matmul=batch_size / best[dtype] * per_image / gemm)
             for dtype in dtypes]
     for row in rows:
         log(f"SavedModel {row['dtype']}: {row['img_per_s']:.2f} img/s at batch {batch_size} = "
-            f"{row['fraction_of_bf16_matmul']:.2f} of the same-run bf16 matmul ({gemm:.0f} GFLOP/s)")
+            f"{row['fraction_of_bf16_matmul']:.2f} of the same-run bf16 GEMM ({gemm:.0f} GFLOP/s)")
     return dict(bf16_matmul_gflops=gemm, rows=rows)

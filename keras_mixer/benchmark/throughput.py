@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_mixer import models
 from keras_mixer.benchmark import exports, precision
+from keras_mixer.benchmark.gemm import gemm_flops, matmul_step, reference_gemms
 from keras_mixer.benchmark.device import PeakMemory, device_name, versions
 from keras_mixer.benchmark.peers import find_peer
 from keras_mixer.config import MixerConfig, as_architecture, flops
@@ -33,7 +34,6 @@ MODES = ("inference", "training")
 # Training does the forward matmuls plus two of the same size per matmul in the backward pass.
 TRAINING_FLOPS_FACTOR = 3
 MATMUL_SECONDS = 0.25  # target duration of one timed block of reference matmuls (per shape)
-SQUARE_GEMM = 2048  # side of the large square reference GEMM
 
 
 @dataclasses.dataclass
@@ -139,8 +139,8 @@ def _measure(spec, mode, dtype, batch, peer, say, label):
     if peer_model is not None:
         peer_step = (peer.eager_step(peer_model, images) if peer.inference_only
                      else _model_step(peer_model, spec, mode, images, labels))
-    gemms = reference_gemms(spec, batch)
-    matmuls = {name: _matmul_step(shape, dtype) for name, shape in gemms.items()}
+    gemms = reference_gemms(spec.config, spec.image_size, batch)
+    matmuls = {name: matmul_step(shape, dtype) for name, shape in gemms.items()}
 
     for _ in range(spec.warmup):
         step()
@@ -229,34 +229,6 @@ def _model_step(model, spec, mode, images, labels):
     if mode == "inference":
         return lambda: model.predict_on_batch(images)
     return lambda: model.train_on_batch(images, labels)
-
-
-def reference_gemms(spec, batch):
-    """``{name: (m, k, n)}``: the Mixer's channel- and token-mixing GEMMs and a large square one.
-
-    Channel mixing multiplies ``(batch * S, C) @ (C, D_C)``; token mixing
-    ``(batch * C, S) @ (S, D_S)``.
-    """
-    config = spec.config
-    tokens = (spec.image_size // config.patch_size) ** 2
-    return dict(channel_mlp=(batch * tokens, config.hidden_dim, config.channels_mlp_dim),
-                token_mlp=(batch * config.hidden_dim, tokens, config.tokens_mlp_dim),
-                square=(SQUARE_GEMM,) * 3)
-
-
-def gemm_flops(shape):
-    """FLOPs of an ``(m, k) @ (k, n)`` GEMM."""
-    m, k, n = shape
-    return 2 * m * k * n
-
-
-def _matmul_step(shape, dtype):
-    """A zero-argument callable: the ``(m, k) @ (k, n)`` GEMM in ``dtype`` on this backend."""
-    m, k, n = shape
-    rng = np.random.default_rng(1)
-    a, b = (keras.ops.cast(rng.standard_normal(size, dtype="float32"), dtype)
-            for size in ((m, k), (k, n)))
-    return lambda: keras.ops.matmul(a, b)
 
 
 def apply_limits(results):
