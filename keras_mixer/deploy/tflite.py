@@ -35,7 +35,7 @@ LABELS_SUFFIX = ".labels.txt"  # NAME.labels.txt, one class name per line, share
 # calibration images (:func:`convert_mixed`); at most MIXED_MAX_FLOAT_LAYERS.
 MIXED_TARGET = 0.995
 MIXED_MAX_FLOAT_LAYERS = 16
-MIXED_SELECTION_IMAGES = 1000  # held out of the representative images, at most half of them
+MIXED_SELECTION_IMAGES = 1000  # held out of calibration (an array keeps >= 256 or half to calibrate)
 REPORT_IMAGES = 32  # eval images for the accumulated per-layer errors
 
 
@@ -94,7 +94,7 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         raise ValueError(f"Unknown TFLite modes {sorted(unknown)}; known: {TFLITE_MODES}.")
     calibrated = [mode for mode in modes if mode in CALIBRATED_MODES]
     if not 0 < mixed_target <= 1:
-        raise ValueError(f"mixed_target is a top-1 agreement in (0, 1], got {mixed_target}.")
+        raise ValueError(f"mixed_target (--mixed-target) is a top-1 agreement in (0, 1], got {mixed_target}.")
     if calibrated and representative_images is None:
         raise ValueError(
             f"TFLite mode(s) {', '.join(calibrated)} need representative_images for calibration: "
