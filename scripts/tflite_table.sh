@@ -2,7 +2,7 @@
 # The README's TFLite table: train a small Mixer on CIFAR-10 (once), export every TFLite mode,
 # write the markdown table. Usage: scripts/tflite_table.sh [CIFAR10_TAR] [OUT_DIR]
 # (default: ../shared/data/cifar10-jpg/cifar10-jpg.tar.gz, runs/tflite_table).
-# ~6 min of training on 2 cores the first time, then ~1.5 min per table.
+# ~6 min of training on 2 cores the first time, then ~2 min per table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAR=${1:-../shared/data/cifar10-jpg/cifar10-jpg.tar.gz}

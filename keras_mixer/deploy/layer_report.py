@@ -4,10 +4,10 @@ Two measurements, both written to ``NAME.MODE.tflite.layers.json`` and drawn in
 ``NAME.MODE.tflite.layers.png`` (a bar per layer):
 
 * ``debugger``: ``tf.lite.experimental.QuantizationDebugger``'s layer statistics
-  for the int8 quantizer (each layer run on the *same* quantized input in float
-  and in int8: the error that layer adds): RMSE and RMSE / scale (about 0.29 is
-  pure rounding). Computed for ``int8`` and ``mixed``; ``mixed`` keeps the
-  worst kinds of layer float.
+  for the int8 quantizer (each op run on the *same* quantized input in float
+  and in int8: the error that op adds): RMSE, RMSE / scale (about 0.29 is
+  pure rounding) and SNR. Computed for ``int8`` and ``mixed``; ``mixed`` ranks
+  the layers by it (:func:`rank_layers`) to choose which stay float.
 * ``accumulated``: every op output of the quantized file against the same tensor
   of the float32 file on the same images (the error carried up to that layer):
   RMSE and SNR in dB. Computed for every quantized mode.
@@ -29,45 +29,94 @@ REPORT_SUFFIX = ".layers.json"
 CHART_SUFFIX = ".layers.png"
 # Ops that only move or relabel data, not worth a bar.
 SKIPPED_OPS = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "NUMERIC_VERIFY")
+INTEGER_TYPES = ("int8", "uint8", "int16")
+MAC_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL")
 
 
-def _options(denylisted_nodes=()):
-    import tensorflow as tf
-
-    return tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(denylisted_nodes))
+def _signal_power(float_values, quantized_values, scale, zero_point):
+    """The debugger's per-layer ``signal_power``: mean square of the op's float output (of the
+    quantized output where the float one is not finite)."""
+    values = np.asarray(float_values, dtype="float64")
+    if not np.all(np.isfinite(values)):
+        values = (np.asarray(quantized_values, dtype="float64") - zero_point) * scale
+    return float(np.mean(np.square(values)))
 
 
 def quiet_debugger(converter, dataset):
-    """A ``QuantizationDebugger`` for ``converter`` (it runs ``tf.lite.Interpreter`` inside:
-    its deprecation warning is silenced here, where we cannot choose the interpreter)."""
+    """A ``QuantizationDebugger`` for ``converter`` that also measures each layer's signal power
+    (for its SNR). It runs ``tf.lite.Interpreter`` inside: its deprecation warning is silenced
+    here, where we cannot choose the interpreter."""
     import tensorflow as tf
 
-    options = _options()
-    with litert.tf_lite_interpreter_inside():
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_direct_compare_metrics={"signal_power": _signal_power})
+    with litert.tf_lite_interpreter_inside(), np.errstate(all="ignore"):
         return tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset,
                                                          debug_options=options)
 
 
-def deny(debugger, tensors):
-    """Re-quantize the debugger's calibrated model with ``tensors`` (op outputs) kept float."""
+def quantized_without(debugger, tensors):
+    """The debugger's calibrated model quantized with the ops that output ``tensors`` kept float.
+
+    Its ``options`` setter would also rebuild the instrumented model (and fails once no op is
+    left to verify), so only the options of the plain quantization are replaced."""
+    import tensorflow as tf
+
+    debugger._debug_options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=list(tensors))
     with litert.tf_lite_interpreter_inside():
-        debugger.options = _options(tensors)
+        return debugger.get_nondebug_quantized_model()
 
 
 def debugger_layers(debugger):
-    """The debugger's per-layer statistics, worst (largest RMSE / scale) first."""
-    with litert.tf_lite_interpreter_inside(), np.errstate(all="ignore"):
+    """The debugger's per-op statistics, least accurate (lowest SNR) first: RMSE, RMSE / scale
+    (~0.29 is pure rounding) and SNR in dB (the op's own error against its output's power: low
+    where one per-tensor scale is too coarse for most of the values)."""
+    with litert.tf_lite_interpreter_inside(), np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Mean of empty slice")
         debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
     layers = []
     for row in csv.DictReader(io.StringIO(dump.getvalue())):
-        rmse = float(np.sqrt(float(row["mean_squared_error"])))
-        scale = float(row["scale"])
-        layers.append(dict(tensor=row["tensor_name"], op=row["op_name"], rmse=rmse,
-                           rmse_over_scale=rmse / scale if scale else float("nan")))
-    return sorted(layers, key=lambda layer: -layer["rmse_over_scale"])
+        mse, scale = float(row["mean_squared_error"]), float(row["scale"])
+        power = float(row.get("signal_power") or "nan")
+        snr = (float("inf") if mse == 0 else 10.0 * np.log10(power / mse)) if power > 0 else float("nan")
+        layers.append(dict(tensor=row["tensor_name"], op=row["op_name"], rmse=float(np.sqrt(mse)),
+                           rmse_over_scale=np.sqrt(mse) / scale if scale else float("nan"),
+                           snr_db=float(snr)))
+    return sorted(layers, key=lambda layer: (np.isnan(layer["snr_db"]), layer["snr_db"]))
+
+
+def layer_name(tensor, op=None):
+    """The Keras layer an op output belongs to, from its tensor name
+    (``mixer_1/mixer_block_0_1/norm_1_1/Rsqrt`` -> ``mixer_block_0/norm_1``; a fused op by its
+    last part; a residual add ``mixer_block_0/add``; the final softmax is the ``head``'s), or
+    None for the converter's own tensors."""
+    if op == "SOFTMAX":
+        return "head"
+    parts = [part for part in tensor.split(";") if part][-1:]
+    parts = parts[0].split("/")[1:] if parts else []  # without the model's own scope
+    if not parts:
+        return None
+    strip = lambda scope: re.sub(r"_1$", "", scope)  # noqa: E731  (tracing's "_1" suffix)
+    if parts[0].startswith("mixer_block") and len(parts) > 1:
+        return strip(parts[0]) + "/" + (strip(parts[1]) if len(parts) > 2 else parts[1])
+    return strip(parts[0])
+
+
+def rank_layers(layers):
+    """The debugger's ops grouped by :func:`layer_name`, least accurate layer first (by its worst
+    op's SNR): ``[{"layer", "snr_db", "tensors"}]``."""
+    groups = {}
+    for layer in layers:
+        name = layer_name(layer["tensor"], layer["op"])
+        if name is not None:
+            group = groups.setdefault(name, dict(layer=name, snr_db=float("inf"), tensors=[]))
+            group["tensors"].append(layer["tensor"])
+            if not np.isnan(layer["snr_db"]):
+                group["snr_db"] = min(group["snr_db"], layer["snr_db"])
+    return sorted(groups.values(), key=lambda group: group["snr_db"])
 
 
 def float_name(name, float_tensors):
@@ -120,7 +169,49 @@ def accumulated_layers(float_model, quant_model, images):
 def quantized_ops(model):
     """``[{"tensor", "op", "dtype"}]`` of the ops whose outputs are integer (the quantized layers)."""
     return [dict(tensor=name, op=op, dtype=dtype) for op, name, dtype in litert.op_types(model)
-            if dtype in ("int8", "uint8", "int16") and op not in SKIPPED_OPS]
+            if dtype in INTEGER_TYPES and op not in SKIPPED_OPS]
+
+
+def _macs(op):
+    """Multiply-accumulates of a weighted op (0 for the others)."""
+    inputs, outputs = op["inputs"], op["outputs"]
+    if op["op"] not in MAC_OPS or len(inputs) < 2 or not outputs or inputs[1] is None:
+        return 0
+    out_size = int(np.prod(outputs[0][2]))
+    weights = inputs[1][2]
+    if op["op"] in ("FULLY_CONNECTED", "BATCH_MATMUL"):
+        return out_size * int(inputs[0][2][-1])
+    if op["op"] == "DEPTHWISE_CONV_2D":
+        return out_size * int(np.prod(weights[1:3]))
+    return out_size * int(np.prod(weights[1:]))  # CONV_2D: (out, kh, kw, in)
+
+
+def layer_macs(model):
+    """``{layer name: multiply-accumulates}`` of ``model``'s weighted ops (:func:`layer_name`)."""
+    macs = {}
+    for op in litert.ops(model):
+        if op["outputs"] and _macs(op):
+            name = layer_name(op["outputs"][0][0], op["op"])
+            macs[name] = macs.get(name, 0) + _macs(op)
+    return macs
+
+
+def integer_coverage(model):
+    """How much of ``model`` runs in integer: ``integer_ops`` of ``ops`` (all but QUANTIZE and
+    DEQUANTIZE; integer when the output is), and ``integer_macs`` of ``macs`` (the weighted ops'
+    multiply-accumulates; integer when the activation input is: a float-activation op with int8
+    weights, as in ``dynamic_int8``, counts as float)."""
+    counts = dict(integer_ops=0, ops=0, integer_macs=0, macs=0)
+    for op in litert.ops(model):
+        if op["op"] in ("QUANTIZE", "DEQUANTIZE") or not op["outputs"]:
+            continue
+        counts["ops"] += 1
+        counts["integer_ops"] += op["outputs"][0][1] in INTEGER_TYPES
+        macs = _macs(op)
+        counts["macs"] += macs
+        if op["inputs"][0] is not None and op["inputs"][0][1] in INTEGER_TYPES:
+            counts["integer_macs"] += macs
+    return counts
 
 
 def write_report(tflite_path, report):
@@ -157,11 +248,10 @@ def plot(report, path):
             values = [min(layer["snr_db"], 100.0) for layer in layers]
             axis.set_xlabel("SNR against the float32 file (dB; higher is better)")
         else:
-            values = [layer["rmse_over_scale"] for layer in layers]
-            axis.set_xscale("log")
-            axis.axvline(0.29, color="tab:green", linewidth=1)  # pure rounding error
-            axis.set_xlabel("RMSE / scale, this layer alone (lower is better; 0.29: rounding)")
-        colors = ["tab:gray" if layer["tensor"] in floated else "tab:blue" for layer in layers]
+            values = [0.0 if np.isnan(layer["snr_db"]) else min(layer["snr_db"], 100.0) for layer in layers]
+            axis.set_xlabel("SNR of this layer's own error (dB; higher is better)")
+        colors = ["tab:gray" if layer_name(layer["tensor"], layer["op"]) in floated else "tab:blue"
+                  for layer in layers]
         axis.barh(range(len(values)), values, color=colors)
         axis.set_yticks(range(len(values)), names, fontsize=6)
         axis.invert_yaxis()

@@ -74,16 +74,26 @@ def latency_ms(model, image, num_threads=1, repeats=50):
     return run_tflite(model, images, num_threads, interp)[1]
 
 
-def op_types(model):
-    """``[(op name, output tensor name, output dtype name), ...]`` in execution order."""
+def ops(model):
+    """Each op of ``model`` in execution order: ``{"op", "inputs", "outputs"}``, the tensors as
+    ``(name, dtype name, shape)`` (an absent optional input is None)."""
     interp = interpreter(model, delegates=False)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    rows = []
-    for op in interp._get_ops_details():  # the only API that lists a model's ops
-        for index in op["outputs"]:
-            if index >= 0:
-                rows.append((op["op_name"], tensors[index]["name"], np.dtype(tensors[index]["dtype"]).name))
-    return rows
+
+    def describe(index):
+        if index < 0:
+            return None
+        tensor = tensors[index]
+        return tensor["name"], np.dtype(tensor["dtype"]).name, tuple(int(n) for n in tensor["shape"])
+
+    return [dict(op=op["op_name"], inputs=[describe(i) for i in op["inputs"]],
+                 outputs=[describe(i) for i in op["outputs"] if i >= 0])
+            for op in interp._get_ops_details()]  # the only API that lists a model's ops
+
+
+def op_types(model):
+    """``[(op name, output tensor name, output dtype name), ...]`` in execution order."""
+    return [(op["op"], name, dtype) for op in ops(model) for name, dtype, _ in op["outputs"]]
 
 
 def signature(model):

@@ -14,7 +14,6 @@ images go through the image policy (:mod:`keras_mixer.images`). Beside each file
 import contextlib
 import json
 import os
-import re
 import tempfile
 
 import numpy as np
@@ -31,13 +30,12 @@ CALIBRATED_MODES = ("int8", "int16x8", "mixed")  # need representative images
 QUANTIZED_MODES = ("dynamic_int8",) + CALIBRATED_MODES  # get a per-layer report
 INFO_SUFFIX = ".json"  # beside each file: NAME.MODE.tflite.json (crop, image size, the check's numbers)
 LABELS_SUFFIX = ".labels.txt"  # NAME.labels.txt, one class name per line, shared by every mode
-# What `mixed` keeps float (README): LayerNorm (the debugger ranks its RSQRT and variance
-# worst: far more than 8 bits of range), the residual adds (they carry the outliers), token
-# mixing, the stem, the first block's channel-mixing MLP (the error that enters early is
-# carried through every block: int8 there alone cost 1.2% agreement on a CIFAR Mixer) and
-# the head. The other blocks' channel-mixing MLPs (most of the weights and FLOPs in a deep
-# Mixer) are int8.
-MIXED_FLOAT_LAYERS = ("norm", "add", "token_mixing", "stem", "channel_mixing_0", "head")
+# `mixed`: the layers the quantization debugger ranks least accurate stay float, the fewest
+# that keep MIXED_TARGET top-1 agreement with the float model on images held out of the
+# calibration images (:func:`convert_mixed`); at most MIXED_MAX_FLOAT_LAYERS.
+MIXED_TARGET = 0.995
+MIXED_MAX_FLOAT_LAYERS = 16
+MIXED_SELECTION_IMAGES = 1000  # held out of calibration (an array keeps >= 256 or half to calibrate)
 REPORT_IMAGES = 32  # eval images for the accumulated per-layer errors
 
 
@@ -52,8 +50,9 @@ def read_info(path):
 
 def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_MODES,
                   representative_images=None, eval_images=None, num_threads=1, labels=None,
-                  mixed_float_layers=MIXED_FLOAT_LAYERS, max_calibration_images=256,
-                  max_eval_images=1000, threads=(1, 2)):
+                  max_calibration_images=256, max_eval_images=1000, threads=(1, 2),
+                  mixed_target=MIXED_TARGET, mixed_max_float_layers=MIXED_MAX_FLOAT_LAYERS,
+                  mixed_selection_images=MIXED_SELECTION_IMAGES):
     """Convert a Mixer to TFLite files ``<export_dir>/<name>.<mode>.tflite`` and check them in LiteRT.
 
     Args:
@@ -64,10 +63,10 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
             weights, float activations), ``"int8"`` (full integer: int8 weights
             and activations, uint8 input, float32 output), ``"int16x8"`` (int16
             activations, int8 weights, float32 input and output) and ``"mixed"``
-            (int8, except the layers of the kinds in ``mixed_float_layers``,
-            which the quantization debugger ranks worst on Mixers: LayerNorm,
-            residual adds, token mixing, stem, the first block's channel mixing,
-            head; they stay float).
+            (int8, except the fewest layers, least accurate first by the
+            quantization debugger, that keep ``mixed_target`` top-1 agreement
+            with the float model on ``mixed_selection_images`` held out of the
+            representative images; at most ``mixed_max_float_layers``).
         representative_images: calibration images for the ``int8``, ``int16x8``
             and ``mixed`` modes (required for them): training images, as a folder
             of image files (``max_calibration_images`` drawn at random), a
@@ -80,18 +79,22 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         labels: class names (list or text file) written to ``NAME.labels.txt``
             (default: a labelled ``eval_images`` folder's class names).
         threads: thread counts of the ``latency_ms_<n>t`` figures.
+        mixed_target, mixed_max_float_layers, mixed_selection_images: see ``"mixed"``.
 
     Returns:
         One dict per mode: ``mode``, ``path``, ``size_bytes``, ``max_abs_error``
         and ``mean_abs_error`` (probabilities), ``top1_agreement``,
         ``top1_accuracy`` (labelled eval images), ``latency_ms`` and
-        ``latency_ms_<n>t`` (median single-image ``invoke``), ``float_layers``
-        (``mixed``) and ``report`` (quantized modes: the per-layer JSON).
+        ``latency_ms_<n>t`` (median single-image ``invoke``), ``integer_ops`` of
+        ``ops`` and ``integer_macs`` of ``macs`` (:func:`layer_report.integer_coverage`),
+        ``float_layers`` (``mixed``) and ``report`` (quantized modes: the per-layer JSON).
     """
     unknown = set(modes) - set(TFLITE_MODES)
     if unknown:
         raise ValueError(f"Unknown TFLite modes {sorted(unknown)}; known: {TFLITE_MODES}.")
     calibrated = [mode for mode in modes if mode in CALIBRATED_MODES]
+    if not 0 < mixed_target <= 1:
+        raise ValueError(f"mixed_target (--mixed-target) is a top-1 agreement in (0, 1], got {mixed_target}.")
     if calibrated and representative_images is None:
         raise ValueError(
             f"TFLite mode(s) {', '.join(calibrated)} need representative_images for calibration: "
@@ -104,9 +107,9 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         "keras_mixer.deploy.tflite:write_tflite", model, export_dir=export_dir, name=name,
         modes=list(modes), representative_images=_as_input(representative_images),
         eval_images=_as_input(eval_images), num_threads=num_threads,
-        labels=read_labels(labels), mixed_float_layers=mixed_float_layers,
-        max_calibration_images=max_calibration_images, max_eval_images=max_eval_images,
-        threads=list(threads))
+        labels=read_labels(labels), max_calibration_images=max_calibration_images,
+        max_eval_images=max_eval_images, threads=list(threads), mixed_target=mixed_target,
+        mixed_max_float_layers=mixed_max_float_layers, mixed_selection_images=mixed_selection_images)
 
 
 def check_image_source(path):
@@ -130,8 +133,9 @@ def _as_input(images):
     return np.asarray(images, dtype="float32")
 
 
-def _images_for(model, images, max_images=256, seed=0):
-    """``(images, labels or None, class names or None)`` at the model's size."""
+def _images_for(model, images, max_images=256, seed=0, split="test"):
+    """``(images, labels or None, class names or None)`` at the model's size (from a folder with
+    split folders, its ``split`` one)."""
     if images is None:
         return None, None, None
     config = model.config
@@ -140,7 +144,7 @@ def _images_for(model, images, max_images=256, seed=0):
         folder = images
         if os.path.isdir(images) and not images.endswith(".npy"):
             with contextlib.suppress(ValueError, OSError):
-                folder, _ = datasets.split_root(images, "test")
+                folder, _ = datasets.split_root(images, split)
                 paths, labels, class_names = datasets.scan_folder(folder)
         if labels is not None:
             pick = np.sort(np.random.default_rng(seed).permutation(len(paths))[:max_images])
@@ -280,60 +284,95 @@ def converter_for(saved_model_dir, mode, representative_images=None):
     return converter
 
 
-# Checked in this order: the converter fuses a LayerNorm's scale and shift into the
-# channel-mixing Dense that follows, and names that op after both.
-LAYER_KINDS = ("token_mixing", "channel_mixing", "stem", "head", "norm")
-
-
-def _layer_kind(tensor, op=None):
-    """The Mixer part an op output tensor belongs to: one of ``LAYER_KINDS`` (the final softmax
-    is the head's), ``add`` (a residual add) or None."""
-    if op == "SOFTMAX":
-        return "head"
-    for kind in LAYER_KINDS:
-        if kind in tensor:
-            if kind == "channel_mixing" and re.search(r"mixer_block_0(_\d+)?/", tensor):
-                return "channel_mixing_0"  # the first block's
-            return kind
-    return "add" if tensor.split(";")[0].rsplit("/", 1)[-1].startswith("add") else None
-
-
-def mixed_float_tensors(debugger_layers, kinds=MIXED_FLOAT_LAYERS):
-    """The debugger's layers of the given kinds (worst first): what `mixed` keeps float
-    (``channel_mixing`` includes ``channel_mixing_0``, the first block's)."""
-    kinds = set(kinds) | ({"channel_mixing_0"} if "channel_mixing" in kinds else set())
-    return [layer["tensor"] for layer in debugger_layers
-            if _layer_kind(layer["tensor"], layer["op"]) in kinds]
-
-
-def convert(saved_model_dir, mode, representative_images=None, mixed_float_layers=MIXED_FLOAT_LAYERS):
-    """``(tflite bytes, report)``; the report holds the debugger's layers (int8, mixed)."""
+def convert(saved_model_dir, mode, representative_images=None):
+    """``(tflite bytes, report)``; the report holds the debugger's layers (int8)."""
     report = dict(mode=mode)
-    if mode in ("int8", "mixed"):
-        # Calibrated once: the debugger's int8 model (float where an op has no int8
-        # kernel) ranks the layers; `mixed` is that model with the worst ones kept float.
-        debugger = layer_report.quiet_debugger(
+    if mode == "int8":
+        # The debugger's int8 model (float where an op has no int8 kernel) ranks the layers.
+        report["debugger"] = layer_report.debugger_layers(layer_report.quiet_debugger(
             converter_for(saved_model_dir, "mixed", representative_images),
-            lambda: ([image[None]] for image in representative_images))
-        report["debugger"] = layer_report.debugger_layers(debugger)
-        if mode == "mixed":
-            report["float_layers"] = mixed_float_tensors(report["debugger"], mixed_float_layers)
-            layer_report.deny(debugger, report["float_layers"])
-            with litert.tf_lite_interpreter_inside():
-                return debugger.get_nondebug_quantized_model(), report
+            lambda: ([image[None]] for image in representative_images)))
     with litert.tf_lite_interpreter_inside():
         return converter_for(saved_model_dir, mode, representative_images).convert(), report
 
 
+def convert_mixed(source, calibration, selection, expected, target=MIXED_TARGET,
+                  max_float_layers=MIXED_MAX_FLOAT_LAYERS):
+    """``(tflite bytes, report)`` of ``mixed``: int8 except the fewest layers that keep ``target``.
+
+    The debugger ranks the layers (:func:`layer_report.rank_layers`, on the all-int8 model
+    calibrated on ``calibration``). The least accurate stay float one by one, until the file's
+    top-1 agreement with ``expected`` (the float model's probabilities) on ``selection`` (images
+    held out of calibration) reaches ``target``, or ``max_float_layers`` do; then each float
+    layer (the most multiply-accumulates first, then the least sensitive) goes back to int8 if
+    the target still holds. If it is never
+    reached, the most agreeing of the steps is kept. ``source(stem_int8_grid)`` gives the
+    SavedModel directory (:func:`write_mobile_saved_model`): the stem's kernel is on the int8
+    grid only while the stem is int8.
+    """
+    debuggers = {}
+
+    def debugger(grid):
+        if grid not in debuggers:
+            debuggers[grid] = layer_report.quiet_debugger(
+                converter_for(source(grid), "mixed", calibration),
+                lambda: ([image[None]] for image in calibration))
+        return debuggers[grid]
+
+    ops = layer_report.debugger_layers(debugger(True))
+    ranked = layer_report.rank_layers(ops)
+    tensors = {group["layer"]: group["tensors"] for group in ranked}
+    steps = []
+
+    def trial(float_layers):
+        content = layer_report.quantized_without(
+            debugger("stem" not in float_layers), [t for layer in float_layers for t in tensors[layer]])
+        got, _ = litert.run_tflite(content, selection)
+        agreement = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
+        steps.append(dict(float_layers=list(float_layers), agreement=agreement))
+        return agreement, list(float_layers), content
+
+    best = current = trial([])
+    for group in ranked[:max_float_layers]:
+        if current[0] >= target:
+            break
+        current = trial(current[1] + [group["layer"]])
+        best = max(best, current, key=lambda result: result[0])  # the first of equals: fewer float
+    if current[0] < target:
+        current = best
+    else:  # give back to int8 what the target does not need: most MACs first, then least sensitive
+        macs = layer_report.layer_macs(current[2])
+        for layer in sorted(reversed(current[1]), key=lambda name: -macs.get(name, 0)):
+            fewer = trial([name for name in current[1] if name != layer])
+            if fewer[0] >= target:
+                current = fewer
+    agreement, float_layers, content = current
+    report = dict(mode="mixed", debugger=ops, layers=ranked, float_layers=float_layers,
+                  selection=dict(target=target, max_float_layers=max_float_layers,
+                                 images=len(selection), agreement=agreement,
+                                 target_met=agreement >= target, steps=steps))
+    return content, report
+
+
 def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_images=None,
-                 eval_images=None, num_threads=1, labels=None, mixed_float_layers=MIXED_FLOAT_LAYERS,
-                 max_calibration_images=256, max_eval_images=1000, threads=(1, 2)):
+                 eval_images=None, num_threads=1, labels=None, max_calibration_images=256,
+                 max_eval_images=1000, threads=(1, 2), mixed_target=MIXED_TARGET,
+                 mixed_max_float_layers=MIXED_MAX_FLOAT_LAYERS,
+                 mixed_selection_images=MIXED_SELECTION_IMAGES):
     """The conversion itself (TensorFlow backend); returns one row per mode."""
     height, width = model.config.image_size
-    representative_images, _, _ = _images_for(model, representative_images, max_calibration_images)
+    held_out = mixed_selection_images if "mixed" in modes else 0
+    representative_images, _, _ = _images_for(model, representative_images,
+                                              max_calibration_images + held_out, split="train")
+    calibration = selection = representative_images
+    if representative_images is not None and held_out:
+        # Shuffled (a labelled folder's images come class by class), then split.
+        shuffled = representative_images[np.random.default_rng(2).permutation(len(representative_images))]
+        held_out = min(held_out, max(len(shuffled) - max_calibration_images, len(shuffled) // 2))
+        calibration, selection = shuffled[:len(shuffled) - held_out], shuffled[len(shuffled) - held_out:]
     eval_images, eval_labels, class_names = _images_for(model, eval_images, max_eval_images, seed=1)
     if eval_images is None:
-        eval_images = (representative_images[:16] if representative_images is not None else
+        eval_images = (calibration[:16] if calibration is not None else
                        np.random.default_rng(0).integers(0, 256, (16, height, width, 3)).astype("float32"))
     if labels is None and class_names is not None and len(class_names) == model.config.num_classes:
         labels = class_names
@@ -347,33 +386,40 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
         write_text(labels_path, "".join(label + "\n" for label in labels))
     rows = []
     with tempfile.TemporaryDirectory(prefix="keras_mixer_tflite_") as work:
-        saved_model_dir = write_mobile_saved_model(model, os.path.join(work, "saved_model"))
-        grid_dir = None
+        saved_models = {}
+
+        def source(stem_int8_grid):
+            if stem_int8_grid not in saved_models:
+                saved_models[stem_int8_grid] = write_mobile_saved_model(
+                    model, os.path.join(work, f"saved_model_{int(stem_int8_grid)}"), stem_int8_grid)
+            return saved_models[stem_int8_grid]
+
         float_model = None
         for mode in modes:
-            source = saved_model_dir
-            if mode in QUANTIZED_MODES and not (mode == "mixed" and "stem" in mixed_float_layers):
-                grid_dir = grid_dir or write_mobile_saved_model(
-                    model, os.path.join(work, "saved_model_grid"), stem_int8_grid=True)
-                source = grid_dir
-            content, report = convert(source, mode, representative_images, mixed_float_layers)
+            if mode == "mixed":
+                content, report = convert_mixed(
+                    source, calibration, selection, signatures.keras_probabilities(model, selection),
+                    mixed_target, mixed_max_float_layers)
+            else:
+                content, report = convert(source(mode in QUANTIZED_MODES), mode, calibration)
             if mode == "float32":
                 float_model = content
             final = os.path.join(export_dir, f"{name}.{mode}.tflite")
             row = check(content, mode, eval_images, expected, eval_labels, num_threads, threads)
-            row.update(path=final, labels=labels_path and os.path.basename(labels_path))
-            with atomic_output(final) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(content)
+            row.update(path=final, labels=labels_path and os.path.basename(labels_path),
+                       **layer_report.integer_coverage(content))
             if mode in QUANTIZED_MODES:
                 if float_model is None:
-                    float_model = convert(saved_model_dir, "float32")[0]
-                report.update(quantized_layers=layer_report.quantized_ops(content),
+                    float_model = convert(source(False), "float32")[0]
+                report.update(coverage=layer_report.integer_coverage(content),
+                              quantized_layers=layer_report.quantized_ops(content),
                               accumulated=layer_report.accumulated_layers(
                                   float_model, content, eval_images[:REPORT_IMAGES]))
                 row["report"], _ = layer_report.write_report(final, report)
                 if "float_layers" in report:
                     row["float_layers"] = report["float_layers"]
+                    row["mixed_selection"] = {key: value for key, value in report["selection"].items()
+                                              if key != "steps"}
             # Mobile code and `keras-mixer evaluate` read how images must be prepared from here.
             write_text(final + INFO_SUFFIX, json.dumps(dict(
                 row, crop_fraction=model.config.crop_fraction, image_size=[height, width],
@@ -381,9 +427,18 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
                 input=f"{signatures.IMAGES_INPUT}: (1, H, W, 3) RGB pixels 0-255, "
                 + ("uint8" if mode == "int8" else "float32"),
                 output="probabilities (1, classes) float32"), indent=2) + "\n")
+            # The model last: a published .tflite always has its .json (and report) beside it.
+            with atomic_output(final) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(content)
             rows.append(row)
             print(f"TFLite {mode:>12}: {row['size_bytes'] / 1e6:8.3f} MB  max|err| {row['max_abs_error']:.2e}  "
-                  f"top-1 agreement {row['top1_agreement']:.3f}  {row['latency_ms']:.3f} ms  -> {final}")
+                  f"top-1 agreement {row['top1_agreement']:.3f}  {row['latency_ms']:.3f} ms  "
+                  f"integer ops {row['integer_ops']}/{row['ops']}  -> {final}")
+            if mode == "mixed" and not report["selection"]["target_met"]:
+                print(f"TFLite mixed: {report['selection']['agreement']:.3f} agreement on held-out "
+                      f"calibration images, below the target {mixed_target} with at most "
+                      f"{mixed_max_float_layers} float layers; kept the best step.")
     return rows
 
 
@@ -413,14 +468,18 @@ def markdown_table(rows):
         return "n/a" if value is None else f"{value:.3f} ms"
 
     lines = ["| mode | size | top-1 agreement with Keras | top-1 accuracy (Keras) | max abs error "
-             "| mean abs error | latency 1 thread | latency 2 threads |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| mean abs error | latency 1 thread | latency 2 threads | integer ops (MACs) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        macs = row["integer_macs"] / row["macs"] if row.get("macs") else None
         lines.append(
             f"| {row['mode']} | {row['size_bytes'] / 1e3:.0f} kB | {pct(row['top1_agreement'])} "
             f"| {pct(row['top1_accuracy'])} ({pct(row['keras_top1_accuracy'])}) "
             f"| {row['max_abs_error']:.2g} | {row['mean_abs_error']:.2g} "
-            f"| {ms(row.get('latency_ms_1t'))} | {ms(row.get('latency_ms_2t'))} |")
+            f"| {ms(row.get('latency_ms_1t'))} | {ms(row.get('latency_ms_2t'))} "
+            f"| {row['integer_ops']} of {row['ops']} ({pct(macs).replace('n/a', '-')}) |")
     images = rows[0]["num_eval_images"] if rows else 0
     return "\n".join(lines) + (f"\n\n{images} held-out images; latency: median single-image "
-                               "`invoke` in LiteRT (`ai_edge_litert`).\n")
+                               "`invoke` in LiteRT (`ai_edge_litert`); integer ops: ops with "
+                               "integer outputs, MACs: share of multiply-accumulates on integer "
+                               "activations.\n")
