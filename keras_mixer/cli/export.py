@@ -25,7 +25,7 @@ import keras
 from keras_mixer.cli.arguments import positive_float, positive_int
 from keras_mixer.deploy import TFLITE_MODES, export_onnx, export_saved_model, export_tflite
 from keras_mixer.deploy.saved_model import DTYPES, TOLERANCES
-from keras_mixer.deploy.tflite import (CALIBRATED_MODES, MIXED_MAX_FLOAT_LAYERS, MIXED_TARGET,
+from keras_mixer.deploy.tflite import (CALIBRATED_MODES, MIXED_MARGIN, MIXED_MAX_FLOAT_LAYERS, MIXED_TARGET,
                                        markdown_table)
 from keras_mixer.files import write_text
 from keras_mixer.models import load_model, save_keras_file
@@ -70,6 +70,9 @@ def add_arguments(parser):
                         help="mixed: top-1 agreement with the float model, on images held out of "
                              "the calibration images, that the float layers must keep "
                              "(default: %(default)s)")
+    parser.add_argument("--mixed-margin", type=float, default=MIXED_MARGIN,
+                        help="mixed: agreement kept above --mixed-target on the held-out images, "
+                             "for their sampling noise (default: %(default)s)")
     parser.add_argument("--mixed-max-float-layers", type=positive_int, default=MIXED_MAX_FLOAT_LAYERS,
                         help="mixed: at most this many layers stay float (default: %(default)s)")
     parser.add_argument("--num-threads", type=positive_int, default=1, help="TFLite latency threads")
@@ -128,7 +131,7 @@ def run(args):
                                      args.representative_images, args.eval_images, args.num_threads,
                                      labels=args.labels, max_eval_images=args.max_eval_images,
                                      max_calibration_images=args.max_calibration_images,
-                                     mixed_target=args.mixed_target,
+                                     mixed_target=args.mixed_target, mixed_margin=args.mixed_margin,
                                      mixed_max_float_layers=args.mixed_max_float_layers)
                 written += [row["path"] for row in rows]
                 if args.table:

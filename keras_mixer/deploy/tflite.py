@@ -30,12 +30,13 @@ CALIBRATED_MODES = ("int8", "int16x8", "mixed")  # need representative images
 QUANTIZED_MODES = ("dynamic_int8",) + CALIBRATED_MODES  # get a per-layer report
 INFO_SUFFIX = ".json"  # beside each file: NAME.MODE.tflite.json (crop, image size, the check's numbers)
 LABELS_SUFFIX = ".labels.txt"  # NAME.labels.txt, one class name per line, shared by every mode
-# `mixed`: the layers the quantization debugger ranks least accurate stay float, the fewest
-# that keep MIXED_TARGET top-1 agreement with the float model on images held out of the
-# calibration images (:func:`convert_mixed`); at most MIXED_MAX_FLOAT_LAYERS.
+# `mixed`: int8 except the layers that MIXED_TARGET top-1 agreement with the float model needs
+# float, measured on images held out of the calibration images (:func:`convert_mixed`), with
+# MIXED_MARGIN above the target for their sampling noise; at most MIXED_MAX_FLOAT_LAYERS.
 MIXED_TARGET = 0.995
+MIXED_MARGIN = 0.001
 MIXED_MAX_FLOAT_LAYERS = 16
-MIXED_SELECTION_IMAGES = 1000  # held out of calibration (an array keeps >= 256 or half to calibrate)
+MIXED_SELECTION_IMAGES = 2000  # held out of calibration (an array keeps >= 256 or half to calibrate)
 REPORT_IMAGES = 32  # eval images for the accumulated per-layer errors
 
 
@@ -52,7 +53,7 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
                   representative_images=None, eval_images=None, num_threads=1, labels=None,
                   max_calibration_images=256, max_eval_images=1000, threads=(1, 2),
                   mixed_target=MIXED_TARGET, mixed_max_float_layers=MIXED_MAX_FLOAT_LAYERS,
-                  mixed_selection_images=MIXED_SELECTION_IMAGES):
+                  mixed_selection_images=MIXED_SELECTION_IMAGES, mixed_margin=MIXED_MARGIN):
     """Convert a Mixer to TFLite files ``<export_dir>/<name>.<mode>.tflite`` and check them in LiteRT.
 
     Args:
@@ -63,10 +64,11 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
             weights, float activations), ``"int8"`` (full integer: int8 weights
             and activations, uint8 input, float32 output), ``"int16x8"`` (int16
             activations, int8 weights, float32 input and output) and ``"mixed"``
-            (int8, except the fewest layers, least accurate first by the
-            quantization debugger, that keep ``mixed_target`` top-1 agreement
-            with the float model on ``mixed_selection_images`` held out of the
-            representative images; at most ``mixed_max_float_layers``).
+            (int8, except the layers that keep ``mixed_target`` top-1 agreement
+            with the float model, plus ``mixed_margin``, on
+            ``mixed_selection_images`` held out of the representative images;
+            each layer's harm measured alone; at most ``mixed_max_float_layers``
+            float: :func:`convert_mixed`).
         representative_images: calibration images for the ``int8``, ``int16x8``
             and ``mixed`` modes (required for them): training images, as a folder
             of image files (``max_calibration_images`` drawn at random), a
@@ -79,7 +81,7 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         labels: class names (list or text file) written to ``NAME.labels.txt``
             (default: a labelled ``eval_images`` folder's class names).
         threads: thread counts of the ``latency_ms_<n>t`` figures.
-        mixed_target, mixed_max_float_layers, mixed_selection_images: see ``"mixed"``.
+        mixed_target, mixed_margin, mixed_max_float_layers, mixed_selection_images: see ``"mixed"``.
 
     Returns:
         One dict per mode: ``mode``, ``path``, ``size_bytes``, ``max_abs_error``
@@ -95,6 +97,8 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
     calibrated = [mode for mode in modes if mode in CALIBRATED_MODES]
     if not 0 < mixed_target <= 1:
         raise ValueError(f"mixed_target (--mixed-target) is a top-1 agreement in (0, 1], got {mixed_target}.")
+    if not 0 <= mixed_margin < 1:
+        raise ValueError(f"mixed_margin (--mixed-margin) is a top-1 agreement in [0, 1), got {mixed_margin}.")
     if calibrated and representative_images is None:
         raise ValueError(
             f"TFLite mode(s) {', '.join(calibrated)} need representative_images for calibration: "
@@ -109,7 +113,8 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         eval_images=_as_input(eval_images), num_threads=num_threads,
         labels=read_labels(labels), max_calibration_images=max_calibration_images,
         max_eval_images=max_eval_images, threads=list(threads), mixed_target=mixed_target,
-        mixed_max_float_layers=mixed_max_float_layers, mixed_selection_images=mixed_selection_images)
+        mixed_max_float_layers=mixed_max_float_layers, mixed_selection_images=mixed_selection_images,
+        mixed_margin=mixed_margin)
 
 
 def check_image_source(path):
@@ -297,18 +302,19 @@ def convert(saved_model_dir, mode, representative_images=None):
 
 
 def convert_mixed(source, calibration, selection, expected, target=MIXED_TARGET,
-                  max_float_layers=MIXED_MAX_FLOAT_LAYERS):
-    """``(tflite bytes, report)`` of ``mixed``: int8 except the fewest layers that keep ``target``.
+                  max_float_layers=MIXED_MAX_FLOAT_LAYERS, margin=MIXED_MARGIN):
+    """``(tflite bytes, report)`` of ``mixed``: int8 except the layers that ``target`` needs float.
 
-    The debugger ranks the layers (:func:`layer_report.rank_layers`, on the all-int8 model
-    calibrated on ``calibration``). The least accurate stay float one by one, until the file's
-    top-1 agreement with ``expected`` (the float model's probabilities) on ``selection`` (images
-    held out of calibration) reaches ``target``, or ``max_float_layers`` do; then each float
-    layer (the most multiply-accumulates first, then the least sensitive) goes back to int8 if
-    the target still holds. If it is never
-    reached, the most agreeing of the steps is kept. ``source(stem_int8_grid)`` gives the
-    SavedModel directory (:func:`write_mobile_saved_model`): the stem's kernel is on the int8
-    grid only while the stem is int8.
+    Each layer's harm is measured: the file with only that layer int8 against ``expected`` (the
+    float model's probabilities) on ``selection`` (images held out of calibration): its top-1
+    agreement, then its mean absolute probability error; the debugger's SNR
+    (:func:`layer_report.rank_layers`, all-int8 model calibrated on ``calibration``) breaks ties
+    and is reported. Starting all float, the layers with multiply-accumulates (least harmful
+    first), then the others, go to int8 one at a time, each kept int8 if top-1 agreement on
+    ``selection`` stays at least ``target + margin``. At most ``max_float_layers`` stay float
+    (beyond that the least harmful go int8 anyway). 2 x layers + 1 conversions.
+    ``source(stem_int8_grid)`` gives the SavedModel directory (:func:`write_mobile_saved_model`):
+    the stem's kernel is on the int8 grid only while the stem is int8.
     """
     debuggers = {}
 
@@ -324,33 +330,37 @@ def convert_mixed(source, calibration, selection, expected, target=MIXED_TARGET,
     tensors = {group["layer"]: group["tensors"] for group in ranked}
     steps = []
 
-    def trial(float_layers):
+    def trial(float_layers, record=True):  # (agreement and error on `selection`, file)
+        float_layers = [layer for layer in tensors if layer in float_layers]  # in rank order
         content = layer_report.quantized_without(
             debugger("stem" not in float_layers), [t for layer in float_layers for t in tensors[layer]])
         got, _ = litert.run_tflite(content, selection)
-        agreement = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
-        steps.append(dict(float_layers=list(float_layers), agreement=agreement))
-        return agreement, list(float_layers), content
+        result = dict(float_layers=float_layers,
+                      agreement=float(np.mean(got.argmax(-1) == expected.argmax(-1))),
+                      mean_abs_error=float(np.mean(np.abs(got - expected))))
+        if record:
+            steps.append(result)
+        return result, content
 
-    best = current = trial([])
-    for group in ranked[:max_float_layers]:
-        if current[0] >= target:
-            break
-        current = trial(current[1] + [group["layer"]])
-        best = max(best, current, key=lambda result: result[0])  # the first of equals: fewer float
-    if current[0] < target:
-        current = best
-    else:  # give back to int8 what the target does not need: most MACs first, then least sensitive
-        macs = layer_report.layer_macs(current[2])
-        for layer in sorted(reversed(current[1]), key=lambda name: -macs.get(name, 0)):
-            fewer = trial([name for name in current[1] if name != layer])
-            if fewer[0] >= target:
-                current = fewer
-    agreement, float_layers, content = current
-    report = dict(mode="mixed", debugger=ops, layers=ranked, float_layers=float_layers,
-                  selection=dict(target=target, max_float_layers=max_float_layers,
-                                 images=len(selection), agreement=agreement,
-                                 target_met=agreement >= target, steps=steps))
+    current, content = trial(list(tensors))  # all float
+    macs = layer_report.layer_macs(content)
+    for group in ranked:  # harm: only this layer int8
+        alone, _ = trial([layer for layer in tensors if layer != group["layer"]], record=False)
+        group.update(macs=macs.get(group["layer"], 0), alone_int8_agreement=alone["agreement"],
+                     alone_int8_mean_abs_error=alone["mean_abs_error"])
+    order = sorted(ranked, key=lambda group: (not group["macs"], -group["alone_int8_agreement"],
+                                              group["alone_int8_mean_abs_error"], -group["snr_db"]))
+    for group in order:
+        candidate = trial([layer for layer in current["float_layers"] if layer != group["layer"]])
+        if candidate[0]["agreement"] >= target + margin:
+            current, content = candidate
+    if len(current["float_layers"]) > max_float_layers:
+        keep = [group["layer"] for group in order if group["layer"] in current["float_layers"]]
+        current, content = trial(keep[len(keep) - max_float_layers:])
+    report = dict(mode="mixed", debugger=ops, layers=ranked, float_layers=current["float_layers"],
+                  selection=dict(target=target, margin=margin, max_float_layers=max_float_layers,
+                                 images=len(selection), agreement=current["agreement"],
+                                 target_met=current["agreement"] >= target, steps=steps))
     return content, report
 
 
@@ -358,7 +368,7 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
                  eval_images=None, num_threads=1, labels=None, max_calibration_images=256,
                  max_eval_images=1000, threads=(1, 2), mixed_target=MIXED_TARGET,
                  mixed_max_float_layers=MIXED_MAX_FLOAT_LAYERS,
-                 mixed_selection_images=MIXED_SELECTION_IMAGES):
+                 mixed_selection_images=MIXED_SELECTION_IMAGES, mixed_margin=MIXED_MARGIN):
     """The conversion itself (TensorFlow backend); returns one row per mode."""
     height, width = model.config.image_size
     held_out = mixed_selection_images if "mixed" in modes else 0
@@ -399,7 +409,7 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
             if mode == "mixed":
                 content, report = convert_mixed(
                     source, calibration, selection, signatures.keras_probabilities(model, selection),
-                    mixed_target, mixed_max_float_layers)
+                    mixed_target, mixed_max_float_layers, mixed_margin)
             else:
                 content, report = convert(source(mode in QUANTIZED_MODES), mode, calibration)
             if mode == "float32":
@@ -438,7 +448,7 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
             if mode == "mixed" and not report["selection"]["target_met"]:
                 print(f"TFLite mixed: {report['selection']['agreement']:.3f} agreement on held-out "
                       f"calibration images, below the target {mixed_target} with at most "
-                      f"{mixed_max_float_layers} float layers; kept the best step.")
+                      f"{mixed_max_float_layers} float layers.")
     return rows
 
 
