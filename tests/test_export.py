@@ -299,6 +299,14 @@ def test_tflite_is_published_after_its_report(exported_mixer, tmp_path, monkeypa
     assert not list(tmp_path.glob("*.tflite"))  # no model without its report
 
 
+def test_tflite_mixed_settings_are_checked(tmp_path):
+    for settings, flag in ((dict(mixed_target=1.5), "--mixed-target"),
+                           (dict(mixed_margin=-0.1), "--mixed-margin")):
+        with pytest.raises(ValueError, match=flag):
+            deploy.export_tflite(str(tmp_path / "m.keras"), str(tmp_path), modes=["mixed"],
+                                 representative_images=np.zeros((4, 32, 32, 3)), **settings)
+
+
 def test_layer_names_group_the_converters_tensors():
     from keras_mixer.deploy.layer_report import layer_name, rank_layers
 
