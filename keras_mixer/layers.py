@@ -21,7 +21,7 @@ def _gradient_written_once(x):
     into every consumer instead of writing them once, so each block's backward pass
     recomputes the LayerNorm backward of every block above it: work grows with depth
     squared (B/16: 2.4x the elementwise work of linear growth, most of JAX's training
-    step). A division is "expensive" to XLA's fusion and is never duplicated, so the
+    step). XLA's fusion does not duplicate an "expensive" op such as a division, so the
     gradient is written once here. ``s * s - s + 1`` is exactly 1 for ``s`` in {0, 1}
     (a plain ``/ 1`` is folded away, and ``jax.lax.optimization_barrier`` is removed
     before fusion on CPU).
