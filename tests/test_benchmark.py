@@ -69,7 +69,7 @@ def test_flops_rejects_indivisible_image_size():
     "kwargs, match",
     [(dict(batch_sizes=(0,)), "batch"), (dict(dtypes=("float16",)), "dtype"),
      (dict(modes=("serving",)), "mode"), (dict(repeats=0), "repeats"),
-     (dict(image_size=36), "divisible")],
+     (dict(image_size=36), "divisible"), (dict(optimizer="sgd"), "optimizer")],
 )
 def test_spec_rejects_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -134,6 +134,16 @@ def test_limit_is_the_best_gemm_across_backends_per_dtype():
     assert rows[3]["fraction_of_limit"] == pytest.approx(0.5)
 
 
+def test_training_rows_use_the_recipes_optimizer_or_keras_adamw():
+    from keras_mixer import training
+
+    recipe = throughput.make_optimizer("recipe")
+    assert isinstance(recipe, training.AdamW)
+    assert (recipe.global_clipnorm, recipe.weight_decay) == (1.0, training.TrainConfig().weight_decay)
+    plain = throughput.make_optimizer("keras")  # Keras' own (a torch subclass on torch)
+    assert isinstance(plain, keras.optimizers.AdamW) and not isinstance(plain, training.AdamW)
+
+
 def test_run_backend_in_process_reports_every_case():
     spec = tiny_spec(batch_sizes=(2,), dtypes=("float32", "bfloat16"), repeats=1, warmup=1,
                      peers=True)
@@ -153,6 +163,7 @@ def test_run_backend_in_process_reports_every_case():
         assert result["peak_mib"] > 0
         assert result["fraction_of_matmul"] == pytest.approx(
             result["model_gflops"] / result["matmul_gflops"])
+        assert result.get("optimizer") == ("recipe" if result["mode"] == "training" else None)
         if "peer" in result:
             assert result["peer"]["ratio"] == pytest.approx(
                 result["img_per_s"] / result["peer"]["img_per_s"])
@@ -288,6 +299,8 @@ def test_cli_parses_both_suites():
     assert isinstance(spec, benchmark.BenchmarkSpec)
     assert (spec.config, spec.batch_sizes, spec.repeats, spec.peers) == (TINY_CONFIG, (2,), 2,
                                                                          False)
+    assert spec.optimizer == "recipe"
+    assert benchmark_cli.spec_from_args(parser.parse_args(["--optimizer", "keras"])).optimizer == "keras"
     args = parser.parse_args(["--verbose", "training", "--backends", "jax", "--cifar-steps", "7",
                               "--backend", "torch"])
     assert (args.suite, args.backends, args.verbose, args.backend) == (

@@ -223,6 +223,57 @@ def test_fit_step_lowers_loss():
     assert model.evaluate(images, labels, verbose=0) < before
 
 
+def _input_gradient(fn, x):
+    """d sum(fn(x)) / dx with the backend's own autodiff, as NumPy."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda t: keras.ops.sum(fn(t)))(keras.ops.convert_to_tensor(x)))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        t = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            loss = tf.reduce_sum(fn(t))
+        return tape.gradient(loss, t).numpy()
+    import torch
+
+    t = torch.tensor(x, requires_grad=True)
+    keras.ops.sum(fn(t)).backward()
+    return t.grad.numpy()
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_block_input_gradient_equals_its_sublayers_composed(policy):
+    # MixerBlock marks where XLA writes the residual gradient once (layers._gradient_written_once);
+    # the gradient itself must be exactly that of the block's math, composed here by hand.
+    keras.config.set_dtype_policy(policy)
+    blocks = [keras_mixer.MixerBlock(16, 64, name=f"b{i}") for i in range(2)]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 16, 32)).astype("float32")
+    weights = keras.ops.convert_to_tensor(rng.normal(size=(2, 16, 32)).astype("float32"))
+
+    def by_hand(t):
+        for block in blocks:
+            t = keras.ops.cast(t, block.compute_dtype)  # as Layer.__call__ does
+            t = t + block.token_mixing(block.norm_0(t))
+            t = t + block.channel_mixing(block.norm_1(t))
+        return keras.ops.cast(t, "float32") * weights
+
+    def through_blocks(t):
+        for block in blocks:
+            t = block(t, training=True)
+        return keras.ops.cast(t, "float32") * weights
+
+    for block in blocks:
+        block.build((2, 16, 32))
+    expected, got = _input_gradient(by_hand, x), _input_gradient(through_blocks, x)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_mixed_bfloat16_policy_trains():
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = tiny(num_classes=4, drop_path_rate=0.1, dropout=0.1)

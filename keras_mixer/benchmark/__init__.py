@@ -20,12 +20,13 @@ import sys
 from keras_mixer.backend import BackendCallError, run_under
 from keras_mixer.benchmark.exports import export_benchmark
 from keras_mixer.benchmark.report import host_info, markdown, present_features, write_report
-from keras_mixer.benchmark.throughput import DTYPES, MODES, BenchmarkSpec, apply_limits, run_backend
+from keras_mixer.benchmark.throughput import (DTYPES, MODES, OPTIMIZERS, BenchmarkSpec, apply_limits,
+                                             run_backend)
 from keras_mixer.benchmark.training import TrainingSpec, find_cifar
 from keras_mixer.config import flops
 from keras_mixer.startup import BACKENDS
 
-__all__ = ["BACKENDS", "DTYPES", "MODES", "BenchmarkSpec", "TrainingSpec", "apply_limits",
+__all__ = ["BACKENDS", "DTYPES", "MODES", "OPTIMIZERS", "BenchmarkSpec", "TrainingSpec", "apply_limits",
            "export_benchmark",
            "flops", "host_info", "markdown", "run", "run_backend", "succeeded", "write_report"]
 

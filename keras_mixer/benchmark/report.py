@@ -110,7 +110,9 @@ def _throughput_markdown(report):
         "channel-MLP, token-MLP and square shapes in the same run; `limit` is the best GEMM "
         "across backends" + "".join(
             f"; {dtype} limit {limit['gflops']:.4g} GFLOP/s ({limit['backend']}, "
-            f"{limit['shape']})" for dtype, limit in report.get("limits", {}).items()) + ".",
+            f"{limit['shape']})" for dtype, limit in report.get("limits", {}).items()) + "."
+        + (f" Training steps use the {spec.get('optimizer', 'keras')} optimizer "
+           "(`--optimizer`)." if "training" in spec.get("modes", ()) else ""),
         "",
         "| backend | device | mode | dtype | batch | img/s | model GFLOP/s | GEMM GFLOP/s "
         "| of GEMM | of limit | peak MiB | peer | peer img/s | ours/peer |",

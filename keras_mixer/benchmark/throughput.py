@@ -22,7 +22,7 @@ import time
 import keras
 import numpy as np
 
-from keras_mixer import models
+from keras_mixer import models, training
 from keras_mixer.benchmark import exports, precision
 from keras_mixer.benchmark.gemm import gemm_flops, matmul_step, reference_gemms
 from keras_mixer.benchmark.device import PeakMemory, device_name, versions
@@ -31,6 +31,9 @@ from keras_mixer.config import MixerConfig, as_architecture, flops
 
 DTYPES = ("float32", "bfloat16")
 MODES = ("inference", "training")
+# Training rows' optimizer: the recipe's (keras_mixer.training: AdamW with weight decay masks,
+# global-norm clipping and its schedule, fused on torch), or plain keras.optimizers.AdamW.
+OPTIMIZERS = ("recipe", "keras")
 # Training does the forward matmuls plus two of the same size per matmul in the backward pass.
 TRAINING_FLOPS_FACTOR = 3
 MATMUL_SECONDS = 0.25  # target duration of one timed block of reference matmuls (per shape)
@@ -52,6 +55,7 @@ class BenchmarkSpec:
     peers: bool = True
     exports: bool = False
     num_classes: int = 1000
+    optimizer: str = "recipe"
 
     suite = "throughput"
 
@@ -67,6 +71,8 @@ class BenchmarkSpec:
                 raise ValueError(f"Unknown {what} {sorted(unknown)}; choose from {allowed}.")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}.")
         if self.jit_compile not in ("auto", True, False):
             raise ValueError(f"jit_compile must be 'auto', True or False, got {self.jit_compile!r}.")
         flops(self.config, self.image_size)  # validates the image size
@@ -175,6 +181,8 @@ def _measure(spec, mode, dtype, batch, peer, say, label):
         seconds=times,
     )
     result["fraction_of_matmul"] = result["model_gflops"] / result["matmul_gflops"]
+    if mode == "training":
+        result["optimizer"] = spec.optimizer
     if peer_step:
         peer_rate = batch / min(times["peer"])
         result["peer"] = dict(name=peer.name, img_per_s=peer_rate,
@@ -222,13 +230,20 @@ def policy_name(mode, dtype):
 def _model_step(model, spec, mode, images, labels):
     """A zero-argument callable running one inference or training step of a Keras model."""
     model.compile(
-        optimizer=keras.optimizers.AdamW(1e-4),
+        optimizer=make_optimizer(spec.optimizer),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=spec.jit_compile,
     )
     if mode == "inference":
         return lambda: model.predict_on_batch(images)
     return lambda: model.train_on_batch(images, labels)
+
+
+def make_optimizer(name):
+    """The training rows' optimizer (:data:`OPTIMIZERS`): the recipe's defaults, or Keras' AdamW."""
+    if name == "keras":
+        return keras.optimizers.AdamW(1e-4)
+    return training.build_optimizer(training.TrainConfig(), total_steps=1000, warmup_steps=10)
 
 
 def apply_limits(results):

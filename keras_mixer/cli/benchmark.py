@@ -48,6 +48,9 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
                         help="model.compile(jit_compile=...): XLA on TF/JAX, torch.compile on torch")
+    parser.add_argument("--optimizer", choices=benchmark.OPTIMIZERS, default="recipe",
+                        help="training rows: the recipe's AdamW (weight decay masks, clipping, "
+                             "schedule; default) or plain keras.optimizers.AdamW")
     parser.add_argument("--no-peers", action="store_true",
                         help="skip peers (keras-cv legacy MLPMixer; timm on torch)")
     parser.add_argument("--exports", action="store_true",
@@ -122,7 +125,7 @@ def spec_from_args(args):
         dtypes=tuple(args.dtypes), modes=tuple(args.modes),
         repeats=args.repeats or (2 if args.quick else 3), warmup=args.warmup,
         jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
-        peers=not (args.no_peers or args.quick), exports=args.exports,
+        peers=not (args.no_peers or args.quick), exports=args.exports, optimizer=args.optimizer,
     )
 
 
