@@ -40,6 +40,15 @@ def layer_norm(name, epsilon=LAYER_NORM_EPSILON, dtype=None):
     return keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype)
 
 
+def traced_by_torch_export():
+    """Whether ``torch.export`` is tracing the layers now (torch backend only)."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return torch.compiler.is_exporting()
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PatchEmbedding(keras.layers.Layer):
     """The Mixer stem: a P x P, stride P convolution, flattened to tokens.
@@ -125,6 +134,8 @@ class MlpBlock(keras.layers.Layer):
         self.bias_1 = self.add_weight(name="bias_1", shape=(width,), initializer="zeros")
 
     def call(self, x):
+        if traced_by_torch_export():
+            return self.call_as_rows(x)
         if self.axis == -1:
             h = ops.matmul(x, self.kernel_0) + self.bias_0
             h = ops.gelu(h, approximate=self.approximate_gelu)
@@ -141,6 +152,21 @@ class MlpBlock(keras.layers.Layer):
         h = ops.matmul(kernel_0, x) + self.bias_0[:, None]
         h = ops.gelu(h, approximate=self.approximate_gelu)
         return ops.matmul(kernel_1, h) + self.bias_1[:, None]
+
+    def call_as_rows(self, x):
+        """The same MLP as two 2D products ``(rows, width) @ kernel + bias``.
+
+        Token mixing first transposes to ``(batch, C, S)`` and back. Under
+        ``torch.compile`` (:mod:`keras_mixer.inductor`) inductor turns each product, its
+        bias and the GELU into one oneDNN (AMX) matmul with post-ops, and folds the
+        transposes into the neighbouring LayerNorm and residual kernels.
+        """
+        if self.axis == 1:
+            x = ops.transpose(x, (0, 2, 1))
+        rows = ops.reshape(x, (-1, x.shape[-1]))
+        h = ops.gelu(ops.matmul(rows, self.kernel_0) + self.bias_0, approximate=self.approximate_gelu)
+        y = ops.reshape(ops.matmul(h, self.kernel_1) + self.bias_1, (-1,) + tuple(x.shape[1:]))
+        return ops.transpose(y, (0, 2, 1)) if self.axis == 1 else y
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -16,7 +16,7 @@ import zlib
 import keras
 import numpy as np
 
-from keras_mixer import checkpoints
+from keras_mixer import checkpoints, inductor
 from keras_mixer.checkpoints import formats, keys, presets, tiling
 from keras_mixer.config import (
     LAYER_NORM_EPSILON,
@@ -157,6 +157,18 @@ class MlpMixer(keras.Model):
     def config(self):
         """The :class:`~keras_mixer.config.ModelConfig` of this model."""
         return self._mixer_config
+
+    def make_predict_function(self, force=False):
+        """On torch with ``jit_compile=True``: :func:`keras_mixer.inductor.predict_function`.
+
+        Keras' own ``torch.compile`` of ``predict_step`` breaks the graph at every layer
+        call; the exported, frozen graph runs bf16 matmuls on oneDNN with fused bias and GELU.
+        """
+        if keras.backend.backend() != "torch" or not self.jit_compile:
+            return super().make_predict_function(force)
+        if self.predict_function is None or force:
+            self.predict_function = inductor.predict_function(self)
+        return self.predict_function
 
     @property
     def stem(self):

@@ -13,7 +13,7 @@ PACKAGE_DIR = os.path.join(ROOT, PACKAGE)
 # modules of its own package (keras_mixer.checkpoints.*, ...), never a higher layer.
 LAYERS = [
     ("config", "files", "startup", "backend", "resources"),
-    ("layers",),
+    ("layers", "inductor"),
     ("checkpoints",),
     ("models",),
     ("images", "imagenet"),

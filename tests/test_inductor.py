@@ -1,0 +1,72 @@
+"""Inference through torch.export + inductor (``jit_compile=True`` on torch), and the row form it traces."""
+
+import numpy as np
+import pytest
+from helpers.tiny import tiny_classifier, tiny_images
+
+import keras
+from keras_mixer import inductor, models
+from keras_mixer.layers import MlpBlock
+
+ON_TORCH = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile is torch's")
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_mixing_as_rows_equals_the_layer(axis):
+    """The form traced for inductor computes the layer's own function (float32, random weights)."""
+    block = MlpBlock(24, axis=axis)
+    block.build((2, 16, 8))
+    rng = np.random.default_rng(0)
+    block.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in block.get_weights()])
+    x = keras.ops.convert_to_tensor(rng.normal(size=(2, 16, 8)).astype("float32"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(block.call_as_rows(x)),
+                               keras.ops.convert_to_numpy(block(x)), rtol=1e-5, atol=1e-5)
+
+
+@ON_TORCH
+def test_export_traces_rows_and_keeps_the_outputs():
+    import torch
+
+    model = tiny_classifier()
+    images = torch.tensor(tiny_images(3))
+
+    class Forward(torch.nn.Module):
+        def forward(self, x):
+            return model(x, training=False)
+
+    program = torch.export.export(Forward(), (images,), strict=False)
+    traced = {str(node.target) for node in program.graph.nodes}
+    assert not any("bmm" in name for name in traced), traced  # token mixing as 2D products
+    np.testing.assert_allclose(program.module()(images).detach().numpy(),
+                               model.predict_on_batch(tiny_images(3)), rtol=1e-5, atol=1e-6)
+
+
+@ON_TORCH
+def test_jit_compile_predicts_through_inductor_in_bfloat16():
+    """bf16 policy + ``jit_compile=True``: compiled, float32 out, within bf16's drift of float32."""
+    reference = tiny_classifier(classifier_activation=None)
+    model = models.with_dtype(reference, "bfloat16")
+    model.compile(jit_compile=True)
+    images = tiny_images(4)
+    logits = model.predict(images, batch_size=4, verbose=0)
+    assert model.predict_function.__qualname__.startswith("predict_function")  # ours, not Keras'
+    assert logits.dtype == np.float32
+    drift = models.drift(reference.predict(images, verbose=0), logits)
+    assert 1e-3 < drift["relative_error"] < 0.05 and drift["top1_agreement"] >= 0.75, drift
+
+
+@ON_TORCH
+@pytest.mark.slow
+def test_compiled_predict_follows_weights_and_batch_sizes():
+    model, eager = tiny_classifier(), tiny_classifier()
+    eager.set_weights(model.get_weights())
+    model.compile(jit_compile=True)
+    images = tiny_images(5)
+    np.testing.assert_allclose(model.predict(images, batch_size=3, verbose=0),
+                               eager.predict_on_batch(images), rtol=1e-4, atol=1e-6)
+    version = inductor.weights_version(model)
+    for m in (model, eager):  # frozen into the compiled code: a change must recompile
+        m.head.set_weights([w * 2 for w in m.head.get_weights()])
+    assert inductor.weights_version(model) != version
+    np.testing.assert_allclose(model.predict_on_batch(images), eager.predict_on_batch(images),
+                               rtol=1e-4, atol=1e-6)
