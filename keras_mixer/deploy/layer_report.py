@@ -190,9 +190,10 @@ def layer_macs(model):
     """``{layer name: multiply-accumulates}`` of ``model``'s weighted ops (:func:`layer_name`)."""
     macs = {}
     for op in litert.ops(model):
-        if op["outputs"] and _macs(op):
+        op_macs = _macs(op)
+        if op["outputs"] and op_macs:
             name = layer_name(op["outputs"][0][0], op["op"])
-            macs[name] = macs.get(name, 0) + _macs(op)
+            macs[name] = macs.get(name, 0) + op_macs
     return macs
 
 

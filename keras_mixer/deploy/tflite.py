@@ -416,12 +416,12 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
                 float_model = content
             final = os.path.join(export_dir, f"{name}.{mode}.tflite")
             row = check(content, mode, eval_images, expected, eval_labels, num_threads, threads)
-            row.update(path=final, labels=labels_path and os.path.basename(labels_path),
-                       **layer_report.integer_coverage(content))
+            coverage = layer_report.integer_coverage(content)
+            row.update(path=final, labels=labels_path and os.path.basename(labels_path), **coverage)
             if mode in QUANTIZED_MODES:
                 if float_model is None:
                     float_model = convert(source(False), "float32")[0]
-                report.update(coverage=layer_report.integer_coverage(content),
+                report.update(coverage=coverage,
                               quantized_layers=layer_report.quantized_ops(content),
                               accumulated=layer_report.accumulated_layers(
                                   float_model, content, eval_images[:REPORT_IMAGES]))
