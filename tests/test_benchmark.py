@@ -69,7 +69,8 @@ def test_flops_rejects_indivisible_image_size():
     "kwargs, match",
     [(dict(batch_sizes=(0,)), "batch"), (dict(dtypes=("float16",)), "dtype"),
      (dict(modes=("serving",)), "mode"), (dict(repeats=0), "repeats"),
-     (dict(image_size=36), "divisible"), (dict(optimizer="sgd"), "optimizer")],
+     (dict(image_size=36), "divisible"), (dict(optimizer="sgd"), "optimizer"),
+     (dict(max_isa="sse2"), "max_isa")],
 )
 def test_spec_rejects_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -247,6 +248,37 @@ def test_run_reports_a_failed_backend_and_goes_on(monkeypatch, tmp_path):
     assert "| torch | cpu | inference | float32 | 2 | error: ValueError: no kernel |" in table
     assert "- jax: boom" in table and "- torch: a note" in table
     assert sorted(os.listdir(tmp_path)) == ["r.json", "r.md"]  # atomic: no temporary files left
+
+
+def test_max_isa_caps_every_backend_and_says_so(monkeypatch, tmp_path):
+    envs = []
+
+    def fake_run_under(backend, function, spec_json, env=None, **kwargs):
+        envs.append(env)
+        return dict(backend=backend, device="cpu", results=[dict(
+            backend=backend, device="cpu", mode="inference", dtype="float32", batch=2,
+            error="not measured here")])
+
+    monkeypatch.setattr(benchmark, "_run_under", fake_run_under)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    result = benchmark.run(tiny_spec(max_isa="avx2"), backends=("jax", "torch"),
+                           log=lambda msg: None, markdown_path=tmp_path / "r.md")
+    assert envs[0] == envs[1] == dict(
+        ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2", ATEN_CPU_CAPABILITY="avx2",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_max_isa=AVX2")
+    assert [row["max_isa"] for row in result["results"]] == ["avx2", "avx2"]
+    assert "kernels capped at AVX2 by --max-isa" in (tmp_path / "r.md").read_text()
+    benchmark.run(tiny_spec(), backends=("jax",), log=lambda msg: None)
+    assert envs[-1] == {}  # no cap unless asked
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="one subprocess is enough")
+def test_max_isa_reaches_the_kernel_library():
+    from keras_mixer.backend import run_under
+
+    capability = run_under("torch", "torch.backends.cpu:get_cpu_capability",
+                           env=report.max_isa_environment("avx2"))
+    assert capability == "AVX2"
 
 
 def test_host_info_reads_cpu_model_and_features(tmp_path):

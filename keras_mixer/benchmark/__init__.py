@@ -19,14 +19,15 @@ import sys
 
 from keras_mixer.backend import BackendCallError, run_under
 from keras_mixer.benchmark.exports import export_benchmark
-from keras_mixer.benchmark.report import host_info, markdown, present_features, write_report
+from keras_mixer.benchmark.report import (MAX_ISA, host_info, markdown, max_isa_environment,
+                                          present_features, write_report)
 from keras_mixer.benchmark.throughput import (DTYPES, MODES, OPTIMIZERS, BenchmarkSpec, apply_limits,
                                              run_backend)
 from keras_mixer.benchmark.training import TrainingSpec, find_cifar
 from keras_mixer.config import flops
 from keras_mixer.startup import BACKENDS
 
-__all__ = ["BACKENDS", "DTYPES", "MODES", "OPTIMIZERS", "BenchmarkSpec", "TrainingSpec", "apply_limits",
+__all__ = ["BACKENDS", "DTYPES", "MAX_ISA", "MODES", "OPTIMIZERS", "BenchmarkSpec", "TrainingSpec", "apply_limits",
            "export_benchmark",
            "flops", "host_info", "markdown", "run", "run_backend", "succeeded", "write_report"]
 
@@ -50,7 +51,11 @@ def run(spec, backends=BACKENDS, json_path=None, markdown_path=None, log=print):
         raise ValueError(f"Unknown backend(s) {sorted(unknown)}; choose from {BACKENDS}.")
     report = dict(suite=spec.suite, spec=spec.to_json(), host=host_info(), backends={},
                   results=[], notes=[])
-    options = {}
+    max_isa = getattr(spec, "max_isa", None)
+    options = dict(env=max_isa_environment(max_isa))
+    if max_isa:
+        report["host"]["max_isa"] = max_isa
+        log(f"kernels capped at {max_isa.upper()}: {options['env']}")
     if spec.suite == "training" and spec.cifar_steps:
         options["cifar_root"], why_not = find_cifar(spec, log)
         if why_not:
@@ -66,7 +71,8 @@ def run(spec, backends=BACKENDS, json_path=None, markdown_path=None, log=print):
         report["backends"][backend] = {k: v for k, v in outcome.items() if k != "results"}
         report["results"].extend(outcome.get("results", []))
     for row in report["results"]:  # rows compared later still say what they ran on
-        row.update(cpu=report["host"]["cpu"], cpu_features=present_features(report["host"]))
+        row.update(cpu=report["host"]["cpu"], cpu_features=present_features(report["host"]),
+                   max_isa=max_isa)
     if spec.suite == "throughput":
         report["limits"] = apply_limits(report["results"])
     if spec.suite == "training" and spec.pipeline_batches:

@@ -22,6 +22,14 @@ CPU_FEATURES = {
     "AMX_INT8": ("amx_int8",),
 }
 
+# ``--max-isa``: run every backend as if the CPU stopped at an older instruction set, through
+# each kernel library's own switch (oneDNN, MKL, ATen, XLA CPU), so that an AMX machine can
+# stand in for one without AMX. Kernels outside those libraries (e.g. Eigen) are not capped.
+MAX_ISA = {
+    "avx2": dict(oneDNN="AVX2", MKL="AVX2", ATen="avx2", XLA="AVX2"),
+    "avx512": dict(oneDNN="AVX512_CORE", MKL="AVX512", ATen="avx512", XLA="AVX512"),
+}
+
 
 # --------------------------------------------------------------------------- host
 
@@ -56,6 +64,18 @@ def _read_cpuinfo(path):
     return name, flags
 
 
+def max_isa_environment(max_isa, environ=os.environ):
+    """Environment variables that cap the kernels at ``max_isa`` (a :data:`MAX_ISA` key, or ``None``)."""
+    if max_isa is None:
+        return {}
+    if max_isa not in MAX_ISA:
+        raise ValueError(f"Unknown max_isa {max_isa!r}; choose from {sorted(MAX_ISA)}.")
+    isa = MAX_ISA[max_isa]
+    xla_flags = " ".join(filter(None, [environ.get("XLA_FLAGS", ""), f"--xla_cpu_max_isa={isa['XLA']}"]))
+    return dict(ONEDNN_MAX_CPU_ISA=isa["oneDNN"], MKL_ENABLE_INSTRUCTIONS=isa["MKL"],
+                ATEN_CPU_CAPABILITY=isa["ATen"], XLA_FLAGS=xla_flags)
+
+
 def present_features(host):
     """The names of :data:`CPU_FEATURES` the host has (``None``: unknown)."""
     features = host.get("cpu_features")
@@ -71,6 +91,8 @@ def describe_host(host):
         lack = [name for name, present in features.items() if not present]
         text += "; " + "; ".join(filter(None, [", ".join(have),
                                                lack and "no " + ", no ".join(lack)]))
+    if host.get("max_isa"):
+        text += f"; kernels capped at {host['max_isa'].upper()} by --max-isa"
     return text + ")"
 
 

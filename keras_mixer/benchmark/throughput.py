@@ -27,6 +27,7 @@ from keras_mixer.benchmark import exports, precision
 from keras_mixer.benchmark.gemm import gemm_flops, matmul_step, reference_gemms
 from keras_mixer.benchmark.device import PeakMemory, device_name, versions
 from keras_mixer.benchmark.peers import find_peer
+from keras_mixer.benchmark.report import MAX_ISA
 from keras_mixer.config import MixerConfig, as_architecture, flops
 
 DTYPES = ("float32", "bfloat16")
@@ -56,6 +57,7 @@ class BenchmarkSpec:
     exports: bool = False
     num_classes: int = 1000
     optimizer: str = "recipe"
+    max_isa: object = None  # a keras_mixer.benchmark.report.MAX_ISA key: kernels capped at that ISA
 
     suite = "throughput"
 
@@ -75,6 +77,8 @@ class BenchmarkSpec:
             raise ValueError(f"Unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}.")
         if self.jit_compile not in ("auto", True, False):
             raise ValueError(f"jit_compile must be 'auto', True or False, got {self.jit_compile!r}.")
+        if self.max_isa is not None and self.max_isa not in MAX_ISA:
+            raise ValueError(f"Unknown max_isa {self.max_isa!r}; choose from {sorted(MAX_ISA)}.")
         flops(self.config, self.image_size)  # validates the image size
 
     def to_json(self):

@@ -51,6 +51,10 @@ def add_arguments(parser):
     parser.add_argument("--optimizer", choices=benchmark.OPTIMIZERS, default="recipe",
                         help="training rows: the recipe's AdamW (weight decay masks, clipping, "
                              "schedule; default) or plain keras.optimizers.AdamW")
+    parser.add_argument("--max-isa", choices=sorted(benchmark.MAX_ISA), default=None,
+                        help="cap every backend's kernels (oneDNN, MKL, ATen, XLA CPU) at this "
+                             "instruction set: an AMX machine standing in for an AVX2 or an "
+                             "AVX-512 CPU without AMX (default: no cap)")
     parser.add_argument("--no-peers", action="store_true",
                         help="skip peers (keras-cv legacy MLPMixer; timm on torch)")
     parser.add_argument("--exports", action="store_true",
@@ -126,6 +130,7 @@ def spec_from_args(args):
         repeats=args.repeats or (2 if args.quick else 3), warmup=args.warmup,
         jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
         peers=not (args.no_peers or args.quick), exports=args.exports, optimizer=args.optimizer,
+        max_isa=args.max_isa,
     )
 
 
