@@ -37,7 +37,16 @@ def compile_forward(model, example):
     batch = {0: torch.export.Dim.AUTO}
     with torch.no_grad():
         program = torch.export.export(Forward(), (example,), dynamic_shapes=(batch,), strict=False)
-    return torch.compile(program.module(), options=OPTIONS)
+    compiled = torch.compile(program.module(), options=OPTIONS)
+
+    def forward(x):
+        # Dynamo decides whether the weights are constants from the global inductor config
+        # (``torch._dynamo.utils.is_parameter_freezing``), not from ``options``: without
+        # this patch inductor keeps them as inputs, and nothing is prepacked or fused.
+        with torch._inductor.config.patch(OPTIONS):
+            return compiled(x)
+
+    return forward
 
 
 def weights_version(model):

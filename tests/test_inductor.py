@@ -42,6 +42,22 @@ def test_export_traces_rows_and_keeps_the_outputs():
 
 
 @ON_TORCH
+def test_compiled_forward_freezes_the_weights():
+    """Inductor's freezing really applies: the weights are constants of the compiled code,
+    so an in-place change is not seen until :func:`inductor.predict_function` recompiles."""
+    import torch
+
+    model = tiny_classifier(classifier_activation=None)
+    images = torch.tensor(tiny_images(2))
+    forward = inductor.compile_forward(model, images)
+    with torch.no_grad():
+        before = forward(images).numpy()
+        model.head.kernel.value.mul_(2.0)
+        np.testing.assert_array_equal(forward(images).numpy(), before)
+    assert not np.allclose(model.predict_on_batch(tiny_images(2)), before)
+
+
+@ON_TORCH
 def test_jit_compile_predicts_through_inductor_in_bfloat16():
     """bf16 policy + ``jit_compile=True``: compiled, float32 out, within bf16's drift of float32."""
     reference = tiny_classifier(classifier_activation=None)
