@@ -133,8 +133,13 @@ class MlpBlock(keras.layers.Layer):
         )
         self.bias_1 = self.add_weight(name="bias_1", shape=(width,), initializer="zeros")
 
-    def call(self, x):
-        if traced_by_torch_export():
+    def call(self, x, training=False):
+        jax_training = training and keras.backend.backend() == "jax"
+        if traced_by_torch_export() or (jax_training and self.axis == 1):
+            # JAX training: XLA CPU feeds the (D_S, S) @ (batch, S, C) product and its weight
+            # gradient through transposed copies of the activations and of the hidden layer;
+            # the rows form leaves it two transposes that fuse into LayerNorm and the residual
+            # add (B/16 batch 4 steps 6% faster, interleaved). Inference keeps the product.
             return self.call_as_rows(x)
         if self.axis == -1:
             h = ops.matmul(x, self.kernel_0) + self.bias_0
@@ -261,7 +266,8 @@ class MixerBlock(keras.layers.Layer):
     def call(self, x, training=False):
         if keras.backend.backend() == "jax":  # see _gradient_written_once; TF's XLA needs no help
             x = _gradient_written_once(x)
-        x = x + self.drop_path(self.token_mixing(self.norm_0(x)), training=training)
+        mixed = self.token_mixing(self.norm_0(x), training=training)
+        x = x + self.drop_path(mixed, training=training)
         return x + self.drop_path(self.channel_mixing(self.norm_1(x)), training=training)
 
     def compute_output_shape(self, input_shape):

@@ -258,7 +258,7 @@ def test_block_input_gradient_equals_its_sublayers_composed(policy):
     def by_hand(t):
         for block in blocks:
             t = keras.ops.cast(t, block.compute_dtype)  # as Layer.__call__ does
-            t = t + block.token_mixing(block.norm_0(t))
+            t = t + block.token_mixing(block.norm_0(t), training=True)
             t = t + block.channel_mixing(block.norm_1(t))
         return keras.ops.cast(t, "float32") * weights
 
@@ -272,6 +272,20 @@ def test_block_input_gradient_equals_its_sublayers_composed(policy):
     expected, got = _input_gradient(by_hand, x), _input_gradient(through_blocks, x)
     assert np.abs(expected).max() > 0.1
     np.testing.assert_array_equal(got, expected)
+
+
+def test_token_mixing_while_training_equals_its_inference_form():
+    # On JAX, training computes token mixing as row products (MlpBlock.call_as_rows).
+    block = keras_mixer.MlpBlock(24, axis=1)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 16, 8)).astype("float32")
+    block.build(x.shape)
+    outputs = [keras.ops.convert_to_numpy(block(x, training=t)) for t in (False, True)]
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    grads = [_input_gradient(lambda t, training=training: block(t, training=training) ** 2, x)
+             for training in (False, True)]
+    assert np.abs(grads[0]).max() > 0.1
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
 def test_mixed_bfloat16_policy_trains():
