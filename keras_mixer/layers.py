@@ -2,7 +2,8 @@
 
 Every layer uses only ``keras.ops`` and computes exactly the official
 (``vit_jax/models_mixer.py`` in google-research/vision_transformer) forward pass: LayerNorm with epsilon 1e-6 and the
-tanh form of GELU unless told otherwise.
+tanh form of GELU unless told otherwise. While training on TensorFlow, bias + GELU and the
+blocks' LayerNorms run the same ``keras.ops`` inside XLA-compiled functions (:func:`xla_fused`).
 """
 
 import functools
