@@ -8,6 +8,7 @@ from helpers.tiny import TESTS_DATA, TINY, tiny_images
 import keras
 import keras_mixer
 from keras_mixer import MlpMixer
+from keras_mixer.layers import normalize
 
 # Paper Table 1 architectures, counted at 224x224 with a 1000-class head.
 PARAM_COUNTS = {
@@ -258,8 +259,8 @@ def test_block_input_gradient_equals_its_sublayers_composed(policy):
     def by_hand(t):
         for block in blocks:
             t = keras.ops.cast(t, block.compute_dtype)  # as Layer.__call__ does
-            t = t + block.token_mixing(block.norm_0(t), training=True)
-            t = t + block.channel_mixing(block.norm_1(t))
+            t = t + block.token_mixing(normalize(block.norm_0, t, True), training=True)
+            t = t + block.channel_mixing(normalize(block.norm_1, t, True), training=True)
         return keras.ops.cast(t, "float32") * weights
 
     def through_blocks(t):
@@ -286,6 +287,59 @@ def test_token_mixing_while_training_equals_its_inference_form():
              for training in (False, True)]
     assert np.abs(grads[0]).max() > 0.1
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+
+
+def _block_values_and_gradients(block, x, training):
+    """The block's output and the gradients of a weighted sum of it, w.r.t. x and every weight."""
+    backend = keras.backend.backend()
+    weights = keras.ops.convert_to_tensor(np.linspace(-1, 1, x.size, dtype="float32").reshape(x.shape))
+    if backend == "jax":
+        import jax
+
+        def loss(x, values):
+            y, _ = block.stateless_call(values, [], x, training=training)
+            return keras.ops.sum(keras.ops.cast(y, "float32") * weights), y
+
+        grads, y = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+            keras.ops.convert_to_tensor(x), [v.value for v in block.trainable_weights])
+        return [np.asarray(g, "float32") for g in [y, grads[0], *grads[1]]]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        t = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y = block(t, training=training)
+            loss = tf.reduce_sum(tf.cast(y, "float32") * weights)
+        grads = tape.gradient(loss, [t] + [v.value for v in block.trainable_weights])
+        return [np.asarray(tf.cast(g, "float32")) for g in [y, *grads]]
+    import torch
+
+    t = torch.tensor(x, requires_grad=True)
+    y = block(t, training=training)
+    keras.ops.sum(keras.ops.cast(y, "float32") * weights).backward()
+    return [y.detach().float().numpy(), t.grad.numpy()] + [
+        v.value.grad.numpy() for v in block.trainable_weights]
+
+
+@pytest.mark.parametrize("approximate_gelu", [True, False])
+@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_training_computes_the_same_block_as_inference(policy, tolerance, approximate_gelu):
+    # On TensorFlow, training runs GELU (with its bias) and LayerNorm as XLA-compiled
+    # functions with their own gradients (layers.xla_fused); inference runs the plain ops.
+    keras.config.set_dtype_policy(policy)
+    block = keras_mixer.MixerBlock(16, 64, approximate_gelu=approximate_gelu)
+    block.build((2, 16, 32))
+    rng = np.random.default_rng(1)
+    for variable in block.weights:  # nonzero biases and LayerNorm offsets
+        variable.assign(rng.normal(size=variable.shape).astype("float32") * 0.5)
+    x = rng.normal(size=(2, 16, 32)).astype("float32")
+    plain = _block_values_and_gradients(block, x, training=False)
+    fused = _block_values_and_gradients(block, x, training=True)
+    assert len(plain) == 2 + len(block.trainable_weights) == 14
+    for want, have in zip(plain, fused):
+        assert np.abs(want).max() > 0.1
+        np.testing.assert_allclose(have, want, rtol=0, atol=tolerance * np.abs(want).max())
 
 
 def test_mixed_bfloat16_policy_trains():

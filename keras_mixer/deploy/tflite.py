@@ -189,7 +189,7 @@ def token_mixing_as_dense():
 
     original = MlpBlock.call
 
-    def call(self, x):
+    def call(self, x, training=False):  # MlpBlock.call's signature; inference only
         if self.axis == -1:
             return original(self, x)
         h = tf.transpose(x, (0, 2, 1))  # (batch, C, S)
