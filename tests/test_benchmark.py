@@ -268,6 +268,7 @@ def test_max_isa_caps_every_backend_and_says_so(monkeypatch, tmp_path):
         XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_max_isa=AVX2")
     assert [row["max_isa"] for row in result["results"]] == ["avx2", "avx2"]
     assert "kernels capped at AVX2 by --max-isa" in (tmp_path / "r.md").read_text()
+    assert result["notes"] == [benchmark.JAX_MAX_ISA_NOTE]
     benchmark.run(tiny_spec(), backends=("jax",), log=lambda msg: None)
     assert envs[-1] == {}  # no cap unless asked
 

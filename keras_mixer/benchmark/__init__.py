@@ -31,6 +31,10 @@ __all__ = ["BACKENDS", "DTYPES", "MAX_ISA", "MODES", "OPTIMIZERS", "BenchmarkSpe
            "export_benchmark",
            "flops", "host_info", "markdown", "run", "run_backend", "succeeded", "write_report"]
 
+# Measured on an AMX machine: --xla_cpu_max_isa=AVX2 left JAX's float32 GEMM as fast as uncapped.
+JAX_MAX_ISA_NOTE = ("jax: --xla_cpu_max_isa caps the code XLA generates, not the matmul library "
+                    "it calls: its GEMMs run at full speed, so its rows are no proxy")
+
 WORKERS = {
     "throughput": "keras_mixer.benchmark.throughput:worker",
     "training": "keras_mixer.benchmark.training:worker",
@@ -56,6 +60,8 @@ def run(spec, backends=BACKENDS, json_path=None, markdown_path=None, log=print):
     if max_isa:
         report["host"]["max_isa"] = max_isa
         log(f"kernels capped at {max_isa.upper()}: {options['env']}")
+        if "jax" in backends:
+            report["notes"].append(JAX_MAX_ISA_NOTE)
     if spec.suite == "training" and spec.cifar_steps:
         options["cifar_root"], why_not = find_cifar(spec, log)
         if why_not:

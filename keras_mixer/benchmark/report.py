@@ -24,7 +24,8 @@ CPU_FEATURES = {
 
 # ``--max-isa``: run every backend as if the CPU stopped at an older instruction set, through
 # each kernel library's own switch (oneDNN, MKL, ATen, XLA CPU), so that an AMX machine can
-# stand in for one without AMX. Kernels outside those libraries (e.g. Eigen) are not capped.
+# stand in for one without AMX. Kernels outside those libraries (e.g. Eigen, and the matmul
+# library that XLA CPU calls) are not capped.
 MAX_ISA = {
     "avx2": dict(oneDNN="AVX2", MKL="AVX2", ATen="avx2", XLA="AVX2"),
     "avx512": dict(oneDNN="AVX512_CORE", MKL="AVX512", ATen="avx512", XLA="AVX512"),
