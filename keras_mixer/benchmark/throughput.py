@@ -27,7 +27,7 @@ from keras_mixer.benchmark import exports, precision
 from keras_mixer.benchmark.gemm import gemm_flops, matmul_step, reference_gemms
 from keras_mixer.benchmark.device import PeakMemory, device_name, versions
 from keras_mixer.benchmark.peers import find_peer
-from keras_mixer.benchmark.report import MAX_ISA
+from keras_mixer.benchmark.report import max_isa_environment
 from keras_mixer.config import MixerConfig, as_architecture, flops
 
 DTYPES = ("float32", "bfloat16")
@@ -77,8 +77,7 @@ class BenchmarkSpec:
             raise ValueError(f"Unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}.")
         if self.jit_compile not in ("auto", True, False):
             raise ValueError(f"jit_compile must be 'auto', True or False, got {self.jit_compile!r}.")
-        if self.max_isa is not None and self.max_isa not in MAX_ISA:
-            raise ValueError(f"Unknown max_isa {self.max_isa!r}; choose from {sorted(MAX_ISA)}.")
+        max_isa_environment(self.max_isa)  # validates the instruction set
         flops(self.config, self.image_size)  # validates the image size
 
     def to_json(self):
