@@ -100,6 +100,22 @@ def _xla_layer_norm(axis, epsilon):
     return xla_fused(lambda x, gamma, beta: ops.layer_normalization(x, gamma, beta, axis, epsilon))
 
 
+def patch_product(images, kernel, bias):
+    """A ``P x P``, stride-``P`` "valid" convolution as one product, flattened to tokens.
+
+    ``images (batch, H, W, C_in)`` are cut into non-overlapping patches, each flattened
+    in the kernel's ``(P, P, C_in)`` order, times the kernel ``(P, P, C_in, D)``
+    reshaped to a matrix: tokens ``(batch, (H / P) * (W / P), D)`` in row-major grid order.
+    """
+    p, _, channels, width = kernel.shape
+    _, height, breadth, _ = images.shape
+    x = ops.reshape(images, (-1, height // p, p, breadth // p, p, channels))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+    x = ops.reshape(x, (-1, (height // p) * (breadth // p), p * p * channels))
+    kernel = ops.cast(ops.reshape(kernel, (p * p * channels, width)), x.dtype)
+    return ops.matmul(x, kernel) + ops.cast(bias, x.dtype)
+
+
 def layer_norm(name, epsilon=LAYER_NORM_EPSILON, dtype=None):
     """LayerNormalization over channels with the paper's epsilon (Keras' default is 1e-3)."""
     return keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype)
@@ -147,6 +163,10 @@ class PatchEmbedding(keras.layers.Layer):
         self.proj.build(input_shape)
 
     def call(self, images):
+        if keras.backend.backend() == "jax":
+            # XLA CPU's 16x16 stride-16 convolution, and more so its gradient, is slower than
+            # the same product over flattened patches (B/16 batch-16 training steps 1.08x).
+            return patch_product(images, self.proj.kernel, self.proj.bias)
         x = self.proj(images)
         return ops.reshape(x, (-1, x.shape[1] * x.shape[2], self.hidden_dim))
 

@@ -289,6 +289,40 @@ def test_token_mixing_while_training_equals_its_inference_form():
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
+
+def test_stem_as_patch_product_equals_the_convolution():
+    # On JAX the stem runs as one product over flattened patches (layers.patch_product).
+    from keras_mixer.layers import patch_product
+
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(2, 8, 12, 3)).astype("float32")
+    kernel = rng.normal(size=(4, 4, 3, 5)).astype("float32")
+    bias = keras.ops.convert_to_tensor(rng.normal(size=(5,)).astype("float32"))
+    weights = keras.ops.convert_to_tensor(rng.normal(size=(2, 6, 5)).astype("float32"))
+
+    def convolution(x, k):
+        y = keras.ops.conv(x, k, strides=4, padding="valid") + bias
+        return keras.ops.reshape(y, (2, 6, 5)) * weights
+
+    def product(x, k):
+        return patch_product(x, k, bias) * weights
+
+    for fn in (convolution, product):
+        assert tuple(fn(images, kernel).shape) == (2, 6, 5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(product(images, kernel)),
+                               keras.ops.convert_to_numpy(convolution(images, kernel)), rtol=1e-5, atol=1e-5)
+    for wrt_kernel in (False, True):
+        grads = [_input_gradient(lambda t, fn=fn: fn(images, t) if wrt_kernel else fn(t, kernel),
+                                 kernel if wrt_kernel else images) for fn in (convolution, product)]
+        assert np.abs(grads[0]).max() > 0.1
+        np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+    stem = keras_mixer.layers.PatchEmbedding(4, 5)
+    stem.build(images.shape)
+    stem.proj.kernel.assign(kernel)
+    stem.proj.bias.assign(bias)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.stop_gradient(stem(images) * weights)),
+                               keras.ops.convert_to_numpy(convolution(images, kernel)), rtol=1e-5, atol=1e-5)
+
 def _block_values_and_gradients(block, x, training):
     """The block's output and the gradients of a weighted sum of it, w.r.t. x and every weight."""
     backend = keras.backend.backend()
