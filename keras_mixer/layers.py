@@ -132,7 +132,7 @@ def traced_by_torch_export():
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PatchEmbedding(keras.layers.Layer):
-    """The Mixer stem: a P x P, stride P convolution, flattened to tokens.
+    """The Mixer stem: a P x P, stride P convolution, flattened to tokens (JAX: :func:`patch_product`).
 
     Maps images ``(batch, H, W, channels)`` to tokens ``(batch, S, hidden_dim)``
     with ``S = (H / P) * (W / P)`` in row-major grid order. ``H`` and ``W`` must
@@ -164,8 +164,9 @@ class PatchEmbedding(keras.layers.Layer):
 
     def call(self, images):
         if keras.backend.backend() == "jax":
-            # XLA CPU's 16x16 stride-16 convolution, and more so its gradient, is slower than
-            # the same product over flattened patches (B/16 batch-16 training steps 1.08x).
+            # XLA CPU's 16x16 stride-16 convolution, and more so its kernel gradient, is slower
+            # than the same product over flattened patches (B/16, batch 16: forward 43 -> 33 ms,
+            # forward and gradient 63 -> 31 ms; about 1% of a step).
             return patch_product(images, self.proj.kernel, self.proj.bias)
         x = self.proj(images)
         return ops.reshape(x, (-1, x.shape[1] * x.shape[2], self.hidden_dim))
