@@ -289,7 +289,6 @@ def test_token_mixing_while_training_equals_its_inference_form():
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
-
 def test_stem_as_patch_product_equals_the_convolution():
     # On JAX the stem runs as one product over flattened patches (layers.patch_product).
     from keras_mixer.layers import patch_product
@@ -322,6 +321,7 @@ def test_stem_as_patch_product_equals_the_convolution():
     stem.proj.bias.assign(bias)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.stop_gradient(stem(images) * weights)),
                                keras.ops.convert_to_numpy(convolution(images, kernel)), rtol=1e-5, atol=1e-5)
+
 
 def _block_values_and_gradients(block, x, training):
     """The block's output and the gradients of a weighted sum of it, w.r.t. x and every weight."""
