@@ -226,10 +226,9 @@ class MlpBlock(keras.layers.Layer):
             # gradient through transposed copies of the activations and of the hidden layer;
             # the rows form leaves it two transposes that fuse into LayerNorm and the residual
             # add (B/16 batch-16 steps 1.09-1.18x faster, interleaved). Inference keeps the product.
-            return self.call_as_rows(x)
+            return self.call_as_rows(x, training)
         if self.axis == -1:
-            h = bias_gelu(ops.matmul(x, self.kernel_0), self.bias_0, self.approximate_gelu, training)
-            return ops.matmul(h, self.kernel_1) + self.bias_1
+            return self._mlp_on_last_axis(x, training)
         # Token mixing: (D_S, S) @ (batch, S, C) -> (batch, D_S, C), and back.
         kernel_0, kernel_1 = ops.transpose(self.kernel_0), ops.transpose(self.kernel_1)
         if keras.backend.backend() == "torch":
@@ -242,7 +241,12 @@ class MlpBlock(keras.layers.Layer):
         h = bias_gelu(ops.matmul(kernel_0, x), self.bias_0[:, None], self.approximate_gelu, training)
         return ops.matmul(kernel_1, h) + self.bias_1[:, None]
 
-    def call_as_rows(self, x):
+    def _mlp_on_last_axis(self, x, training=False):
+        """``gelu(x @ kernel_0 + bias_0) @ kernel_1 + bias_1`` over the last axis of ``x``."""
+        h = bias_gelu(ops.matmul(x, self.kernel_0), self.bias_0, self.approximate_gelu, training)
+        return ops.matmul(h, self.kernel_1) + self.bias_1
+
+    def call_as_rows(self, x, training=False):
         """The same MLP as two 2D products ``(rows, width) @ kernel + bias``.
 
         Token mixing first transposes to ``(batch, C, S)`` and back. Under
@@ -252,9 +256,8 @@ class MlpBlock(keras.layers.Layer):
         """
         if self.axis == 1:
             x = ops.transpose(x, (0, 2, 1))
-        rows = ops.reshape(x, (-1, x.shape[-1]))
-        h = ops.gelu(ops.matmul(rows, self.kernel_0) + self.bias_0, approximate=self.approximate_gelu)
-        y = ops.reshape(ops.matmul(h, self.kernel_1) + self.bias_1, (-1,) + tuple(x.shape[1:]))
+        y = self._mlp_on_last_axis(ops.reshape(x, (-1, x.shape[-1])), training)
+        y = ops.reshape(y, (-1,) + tuple(x.shape[1:]))
         return ops.transpose(y, (0, 2, 1)) if self.axis == 1 else y
 
     def compute_output_shape(self, input_shape):
