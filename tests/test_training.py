@@ -412,6 +412,26 @@ def test_recipe_adamw_matches_keras_adamw(accum):
     assert np.abs(expected[0] - start["kernel"]).max() > 0.05  # the steps moved the weights
 
 
+def test_recipe_adamw_trains_like_keras_adamw():
+    """The same, inside compiled training steps (a constant learning rate, a tiny Mixer)."""
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (4, 8, 8, 3)).astype("float32")
+    labels = rng.integers(0, 3, 4)
+    results = []
+    for cls in (keras.optimizers.AdamW, training.AdamW):
+        keras.utils.set_random_seed(0)
+        model = models.MlpMixer(4, 1, 8, 4, 16, num_classes=3, input_shape=(8, 8, 3),
+                                classifier_activation=None)
+        optimizer = cls(learning_rate=0.01, weight_decay=0.5, epsilon=1e-3, global_clipnorm=0.1)
+        optimizer.exclude_from_weight_decay(var_names=training.NO_WEIGHT_DECAY)
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        for _ in range(3):
+            model.train_on_batch(images, labels)
+        results.append([keras.ops.convert_to_numpy(v) for v in model.variables])
+    for want, have in zip(*results):
+        np.testing.assert_allclose(have, want, rtol=1e-6, atol=1e-6)
+
+
 def test_recipe_adamw_run_resumes_on_every_backend(tmp_path):
     """A compiled .keras saved with the recipe's AdamW loads (safe mode) on every backend,
     and its next step there gives the weights of the next step here."""
