@@ -108,10 +108,10 @@ def patch_product(images, kernel, bias):
     reshaped to a matrix: tokens ``(batch, (H / P) * (W / P), D)`` in row-major grid order.
     """
     p, _, channels, width = kernel.shape
-    _, height, breadth, _ = images.shape
-    x = ops.reshape(images, (-1, height // p, p, breadth // p, p, channels))
+    grid_h, grid_w = token_grid(images.shape[1:], p)
+    x = ops.reshape(images, (-1, grid_h, p, grid_w, p, channels))
     x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
-    x = ops.reshape(x, (-1, (height // p) * (breadth // p), p * p * channels))
+    x = ops.reshape(x, (-1, grid_h * grid_w, p * p * channels))
     kernel = ops.cast(ops.reshape(kernel, (p * p * channels, width)), x.dtype)
     return ops.matmul(x, kernel) + ops.cast(bias, x.dtype)
 
