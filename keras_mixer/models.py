@@ -28,7 +28,7 @@ from keras_mixer.config import (
 )
 from keras_mixer.files import describe_contents
 from keras_mixer.files import atomic_output
-from keras_mixer.layers import PACKAGE, MixerBlock, PatchEmbedding, layer_norm
+from keras_mixer.layers import PACKAGE, MixerBlock, PatchEmbedding, fused_inference, layer_norm
 
 # Layer names: the one place that knows them (the properties below give the layers).
 STEM, PRE_HEAD_NORM, HEAD = "stem", "pre_head_layer_norm", "head"
@@ -157,6 +157,16 @@ class MlpMixer(keras.Model):
     def config(self):
         """The :class:`~keras_mixer.config.ModelConfig` of this model."""
         return self._mixer_config
+
+    def predict_step(self, *args, **kwargs):
+        """Keras' step; on TensorFlow with bias + GELU and LayerNorm in XLA (:func:`fused_inference`)."""
+        with fused_inference():
+            return super().predict_step(*args, **kwargs)
+
+    def test_step(self, *args, **kwargs):
+        """Keras' step, fused like :meth:`predict_step`."""
+        with fused_inference():
+            return super().test_step(*args, **kwargs)
 
     def make_predict_function(self, force=False):
         """On torch with ``jit_compile=True``: :func:`keras_mixer.inductor.predict_function`.

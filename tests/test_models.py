@@ -376,6 +376,38 @@ def test_training_computes_the_same_block_as_inference(policy, tolerance, approx
         np.testing.assert_allclose(have, want, rtol=0, atol=tolerance * np.abs(want).max())
 
 
+
+def test_predict_and_evaluate_fuse_on_tensorflow_and_give_the_plain_answer(monkeypatch):
+    # MlpMixer's predict and test steps trace under layers.fused_inference (on TensorFlow,
+    # bias + GELU and LayerNorm in XLA); a direct call, as exports trace it, keeps plain ops.
+    from keras_mixer import layers
+
+    fused = []
+    xla_bias_gelu = layers._xla_bias_gelu
+
+    def counting(approximate):
+        fused.append(approximate)
+        return xla_bias_gelu(approximate)
+
+    monkeypatch.setattr(layers, "_xla_bias_gelu", counting)
+    model = tiny(num_classes=5, classifier_activation=None)
+    rng = np.random.default_rng(2)
+    for variable in model.weights:  # nonzero biases, LayerNorm offsets and head
+        variable.assign(rng.normal(size=variable.shape).astype("float32") * 0.3)
+    images = tiny_images(3)
+    labels = np.array([0, 3, 4])
+    plain = keras.ops.convert_to_numpy(model(images))
+    assert not fused
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    predicted = model.predict_on_batch(images)
+    loss = model.evaluate(images, labels, verbose=0)
+    # Two MLPs per block, traced once by the predict step and once by the test step.
+    assert len(fused) == (8 if keras.backend.backend() == "tensorflow" else 0)
+    assert np.abs(plain).max() > 0.5
+    np.testing.assert_allclose(predicted, plain, rtol=0, atol=1e-5 * np.abs(plain).max())
+    plain_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, plain)
+    np.testing.assert_allclose(loss, keras.ops.convert_to_numpy(plain_loss), rtol=1e-5)
+
 def test_mixed_bfloat16_policy_trains():
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = tiny(num_classes=4, drop_path_rate=0.1, dropout=0.1)
