@@ -224,26 +224,42 @@ def test_fit_step_lowers_loss():
     assert model.evaluate(images, labels, verbose=0) < before
 
 
-def _input_gradient(fn, x):
-    """d sum(fn(x)) / dx with the backend's own autodiff, as NumPy."""
+def _values_and_gradients(fn, x, variables=()):
+    """``fn(x)`` and the gradients of its sum w.r.t. ``x`` and ``variables``, with the backend's
+    own autodiff, as float32 NumPy: ``[fn(x), d/dx, *d/dvariables]``."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        return np.asarray(jax.grad(lambda t: keras.ops.sum(fn(t)))(keras.ops.convert_to_tensor(x)))
+        def loss(t, values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                y = keras.ops.cast(fn(t), "float32")
+            return keras.ops.sum(y), y
+
+        grads, y = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+            keras.ops.convert_to_tensor(x), [v.value for v in variables])
+        return [np.asarray(g, "float32") for g in [y, grads[0], *grads[1]]]
     if backend == "tensorflow":
         import tensorflow as tf
 
         t = tf.convert_to_tensor(x)
         with tf.GradientTape() as tape:
             tape.watch(t)
-            loss = tf.reduce_sum(fn(t))
-        return tape.gradient(loss, t).numpy()
+            y = tf.cast(fn(t), "float32")
+            loss = tf.reduce_sum(y)
+        grads = tape.gradient(loss, [t] + [v.value for v in variables])
+        return [np.asarray(tf.cast(g, "float32")) for g in [y, *grads]]
     import torch
 
     t = torch.tensor(x, requires_grad=True)
-    keras.ops.sum(fn(t)).backward()
-    return t.grad.numpy()
+    y = keras.ops.cast(fn(t), "float32")
+    keras.ops.sum(y).backward()
+    return [y.detach().numpy(), t.grad.numpy()] + [v.value.grad.float().numpy() for v in variables]
+
+
+def _input_gradient(fn, x):
+    """d sum(fn(x)) / dx, as NumPy."""
+    return _values_and_gradients(fn, x)[1]
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
@@ -324,36 +340,11 @@ def test_stem_as_patch_product_equals_the_convolution():
 
 
 def _block_values_and_gradients(block, x, training):
-    """The block's output and the gradients of a weighted sum of it, w.r.t. x and every weight."""
-    backend = keras.backend.backend()
+    """The block's output times fixed weights, and the gradients of its sum w.r.t. x and every weight."""
     weights = keras.ops.convert_to_tensor(np.linspace(-1, 1, x.size, dtype="float32").reshape(x.shape))
-    if backend == "jax":
-        import jax
-
-        def loss(x, values):
-            y, _ = block.stateless_call(values, [], x, training=training)
-            return keras.ops.sum(keras.ops.cast(y, "float32") * weights), y
-
-        grads, y = jax.grad(loss, argnums=(0, 1), has_aux=True)(
-            keras.ops.convert_to_tensor(x), [v.value for v in block.trainable_weights])
-        return [np.asarray(g, "float32") for g in [y, grads[0], *grads[1]]]
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        t = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(t)
-            y = block(t, training=training)
-            loss = tf.reduce_sum(tf.cast(y, "float32") * weights)
-        grads = tape.gradient(loss, [t] + [v.value for v in block.trainable_weights])
-        return [np.asarray(tf.cast(g, "float32")) for g in [y, *grads]]
-    import torch
-
-    t = torch.tensor(x, requires_grad=True)
-    y = block(t, training=training)
-    keras.ops.sum(keras.ops.cast(y, "float32") * weights).backward()
-    return [y.detach().float().numpy(), t.grad.numpy()] + [
-        v.value.grad.numpy() for v in block.trainable_weights]
+    return _values_and_gradients(
+        lambda t: keras.ops.cast(block(t, training=training), "float32") * weights, x,
+        block.trainable_weights)
 
 
 @pytest.mark.parametrize("approximate_gelu", [True, False])

@@ -178,25 +178,17 @@ def _patched(cls, name, method):
 
 
 def token_mixing_as_dense():
-    """While tracing: token mixing as transpose, ``x @ kernel`` twice, transpose back.
+    """While tracing: token mixing in its rows form (:meth:`MlpBlock.call_as_rows`).
 
     The model's ``kernel.T @ x`` (constant left operand) converts to BATCH_MATMUL,
     which quantizes its weights per tensor and has no XNNPACK int8 kernel (measured
-    ~4x slower than float in ``int8``); ``x @ kernel`` converts to FULLY_CONNECTED:
-    per-channel int8 weights, XNNPACK kernels. Same values.
+    ~4x slower than float in ``int8``); the rows form's ``rows @ kernel`` converts to
+    FULLY_CONNECTED: per-channel int8 weights, XNNPACK kernels. Same values.
     """
-    import tensorflow as tf
-
     original = MlpBlock.call
 
     def call(self, x, training=False):  # MlpBlock.call's signature; inference only
-        if self.axis == -1:
-            return original(self, x)
-        h = tf.transpose(x, (0, 2, 1))  # (batch, C, S)
-        h = tf.tensordot(h, self.kernel_0, axes=1) + self.bias_0
-        h = tf.nn.gelu(h, approximate=self.approximate_gelu)
-        h = tf.tensordot(h, self.kernel_1, axes=1) + self.bias_1
-        return tf.transpose(h, (0, 2, 1))
+        return original(self, x) if self.axis == -1 else self.call_as_rows(x)
 
     return _patched(MlpBlock, "call", call)
 
