@@ -13,12 +13,13 @@ import json
 import os
 import types
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.processes import run_script
 
-from keras_mixer import cli, data, deploy, images, models
+from keras_mixer import cli, data, deploy, images, layers, models
 from keras_mixer.deploy import saved_model, signatures, tflite
 from keras_mixer.evaluate import evaluate
 from keras_mixer.training import TrainConfig, train
@@ -105,6 +106,24 @@ def test_keras_and_saved_model_agree_image_by_image(trained, tmp_path):
     first = served["rows"][0]
     assert rows[1] == [first["path"], first["label"], first["prediction"], f"{first['score']:.6f}"]
     assert os.path.dirname(os.path.dirname(first["path"])) == os.path.join(trained.folder, "test")
+
+
+def test_a_logits_model_is_evaluated_as_its_test_step_computes(trained, tmp_path, monkeypatch):
+    # A model ending in logits is evaluated through a softmax wrapper, which Keras' predict
+    # would run with plain ops; evaluate fuses it as the model's own test step does (TensorFlow).
+    model = models.load_keras_file(trained.keras_path, compile=False)
+    logits = models.MlpMixer(**{**model.config.to_kwargs(), "classifier_activation": None})
+    logits.set_weights(model.get_weights())
+    logits_path = str(tmp_path / "logits.keras")
+    logits.save(logits_path)
+    fused = []
+    xla_bias_gelu = layers._xla_bias_gelu
+    monkeypatch.setattr(layers, "_xla_bias_gelu", lambda approximate: fused.append(1) or xla_bias_gelu(approximate))
+    from_logits = evaluate(logits_path, trained.folder, log=None)
+    assert bool(fused) == (keras.backend.backend() == "tensorflow")
+    monkeypatch.undo()
+    from_probabilities = evaluate(trained.keras_path, trained.folder, log=None)
+    np.testing.assert_allclose(from_logits["probabilities"], from_probabilities["probabilities"], atol=1e-5)
 
 
 def test_tflite_file_agrees_with_keras(trained, tmp_path):

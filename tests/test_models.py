@@ -399,6 +399,7 @@ def test_predict_and_evaluate_fuse_on_tensorflow_and_give_the_plain_answer(monke
     plain_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, plain)
     np.testing.assert_allclose(loss, keras.ops.convert_to_numpy(plain_loss), rtol=1e-5)
 
+
 def test_mixed_bfloat16_policy_trains():
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = tiny(num_classes=4, drop_path_rate=0.1, dropout=0.1)
