@@ -119,11 +119,17 @@ def test_a_logits_model_is_evaluated_as_its_test_step_computes(trained, tmp_path
     fused = []
     xla_bias_gelu = layers._xla_bias_gelu
     monkeypatch.setattr(layers, "_xla_bias_gelu", lambda approximate: fused.append(1) or xla_bias_gelu(approximate))
+    on_tensorflow = keras.backend.backend() == "tensorflow"
     from_logits = evaluate(logits_path, trained.folder, log=None)
-    assert bool(fused) == (keras.backend.backend() == "tensorflow")
+    assert bool(fused) == on_tensorflow
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
+    fused.clear()
+    direct = signatures.keras_probabilities(logits, pixels)  # the export checks' Keras side
+    assert bool(fused) == on_tensorflow
     monkeypatch.undo()
     from_probabilities = evaluate(trained.keras_path, trained.folder, log=None)
     np.testing.assert_allclose(from_logits["probabilities"], from_probabilities["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(direct, signatures.keras_probabilities(model, pixels), atol=1e-5)
 
 
 def test_tflite_file_agrees_with_keras(trained, tmp_path):

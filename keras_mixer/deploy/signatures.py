@@ -56,10 +56,13 @@ def keras_probabilities(model, images, batch_size=32):
     """
     import numpy as np
 
+    from keras_mixer.layers import fused_inference
+
     images = np.asarray(images)
     check_images(images)
-    return np.asarray(probability_model(model).predict(images, batch_size=batch_size, verbose=0),
-                      dtype="float64")
+    with fused_inference():  # as the model's own predict step, also through a wrapper model
+        probabilities = probability_model(model).predict(images, batch_size=batch_size, verbose=0)
+    return np.asarray(probabilities, dtype="float64")
 
 
 def check_images(images):
