@@ -17,6 +17,7 @@ import os
 import tempfile
 
 from keras_mixer import images as image_policy
+from keras_mixer.layers import fused_inference
 
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
@@ -55,8 +56,6 @@ def keras_probabilities(model, images, batch_size=32):
     and NaN or Inf pixels (``model.predict`` returns NaN probabilities for them).
     """
     import numpy as np
-
-    from keras_mixer.layers import fused_inference
 
     images = np.asarray(images)
     check_images(images)
