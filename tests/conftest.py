@@ -32,6 +32,23 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture
+def fused_traces(monkeypatch):
+    """The ``approximate`` flag of each bias + GELU traced as an XLA function, in order
+    (``layers.bias_gelu``'s fused path: TensorFlow training and ``layers.fused_inference``)."""
+    from keras_mixer import layers
+
+    traced = []
+    xla_bias_gelu = layers._xla_bias_gelu
+
+    def counting(approximate):
+        traced.append(approximate)
+        return xla_bias_gelu(approximate)
+
+    monkeypatch.setattr(layers, "_xla_bias_gelu", counting)
+    return traced
+
+
 @pytest.fixture(scope="session")
 def exported_mixer(tmp_path_factory):
     """A tiny Mixer trained one step on this backend, saved as .keras, exported (with labels) as version 1."""

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from helpers.processes import run_script
 
-from keras_mixer import cli, data, deploy, images, layers, models
+from keras_mixer import cli, data, deploy, images, models
 from keras_mixer.deploy import saved_model, signatures, tflite
 from keras_mixer.evaluate import evaluate
 from keras_mixer.training import TrainConfig, train
@@ -108,7 +108,7 @@ def test_keras_and_saved_model_agree_image_by_image(trained, tmp_path):
     assert os.path.dirname(os.path.dirname(first["path"])) == os.path.join(trained.folder, "test")
 
 
-def test_a_logits_model_is_evaluated_as_its_test_step_computes(trained, tmp_path, monkeypatch):
+def test_a_logits_model_is_evaluated_as_its_test_step_computes(trained, tmp_path, fused_traces):
     # A model ending in logits is evaluated through a softmax wrapper, which Keras' predict
     # would run with plain ops; evaluate fuses it as the model's own test step does (TensorFlow).
     model = models.load_keras_file(trained.keras_path, compile=False)
@@ -116,9 +116,7 @@ def test_a_logits_model_is_evaluated_as_its_test_step_computes(trained, tmp_path
     logits.set_weights(model.get_weights())
     logits_path = str(tmp_path / "logits.keras")
     logits.save(logits_path)
-    fused = []
-    xla_bias_gelu = layers._xla_bias_gelu
-    monkeypatch.setattr(layers, "_xla_bias_gelu", lambda approximate: fused.append(1) or xla_bias_gelu(approximate))
+    fused = fused_traces
     on_tensorflow = keras.backend.backend() == "tensorflow"
     from_logits = evaluate(logits_path, trained.folder, log=None)
     assert bool(fused) == on_tensorflow
@@ -126,7 +124,6 @@ def test_a_logits_model_is_evaluated_as_its_test_step_computes(trained, tmp_path
     fused.clear()
     direct = signatures.keras_probabilities(logits, pixels)  # the export checks' Keras side
     assert bool(fused) == on_tensorflow
-    monkeypatch.undo()
     from_probabilities = evaluate(trained.keras_path, trained.folder, log=None)
     np.testing.assert_allclose(from_logits["probabilities"], from_probabilities["probabilities"], atol=1e-5)
     np.testing.assert_allclose(direct, signatures.keras_probabilities(model, pixels), atol=1e-5)

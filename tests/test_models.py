@@ -368,19 +368,10 @@ def test_training_computes_the_same_block_as_inference(policy, tolerance, approx
 
 
 
-def test_predict_and_evaluate_fuse_on_tensorflow_and_give_the_plain_answer(monkeypatch):
+def test_predict_and_evaluate_fuse_on_tensorflow_and_give_the_plain_answer(fused_traces):
     # MlpMixer's predict and test steps trace under layers.fused_inference (on TensorFlow,
     # bias + GELU and LayerNorm in XLA); a direct call, as exports trace it, keeps plain ops.
-    from keras_mixer import layers
-
-    fused = []
-    xla_bias_gelu = layers._xla_bias_gelu
-
-    def counting(approximate):
-        fused.append(approximate)
-        return xla_bias_gelu(approximate)
-
-    monkeypatch.setattr(layers, "_xla_bias_gelu", counting)
+    fused = fused_traces
     model = tiny(num_classes=5, classifier_activation=None)
     rng = np.random.default_rng(2)
     for variable in model.weights:  # nonzero biases, LayerNorm offsets and head
