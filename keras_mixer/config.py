@@ -222,6 +222,34 @@ def flops(config, image_size=224, num_classes=1000, channels=3):
     return 2 * (stem + config.num_blocks * (token_mixing + channel_mixing) + head)
 
 
+def parameter_count(config, image_size=224, num_classes=1000, channels=3):
+    """Number of weights of a Mixer, from its sizes alone (no model is built).
+
+    Args:
+        config: as for :func:`flops` (a :class:`ModelConfig` uses its own image
+            size and head).
+        image_size: ``H`` (square) or ``(H, W)``: the token count sets the token-mixing sizes.
+        num_classes: classes of the head (``0`` for none).
+
+    Returns:
+        The count (Mixer-B/16 at 224 with 1000 classes: 59,880,472, as paper Table 1).
+    """
+    if isinstance(config, ModelConfig):
+        image_size = config.image_size
+        num_classes = config.num_classes if config.include_top else 0
+        channels = config.image_shape[2]
+    config = as_architecture(config)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    tokens = (height // config.patch_size) * (width // config.patch_size)
+    width_c, d_s, d_c = config.hidden_dim, config.tokens_mlp_dim, config.channels_mlp_dim
+    stem = config.patch_size ** 2 * channels * width_c + width_c
+    block = (4 * width_c                              # two LayerNorms
+             + 2 * tokens * d_s + d_s + tokens        # token-mixing MLP
+             + 2 * width_c * d_c + d_c + width_c)     # channel-mixing MLP
+    head = (width_c + 1) * num_classes
+    return stem + config.num_blocks * block + 2 * width_c + head
+
+
 def as_architecture(config):
     """A :class:`MixerConfig` from a MixerConfig, ModelConfig, dict or variant name."""
     if isinstance(config, MixerConfig):

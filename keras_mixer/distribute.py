@@ -324,13 +324,13 @@ def _jax(strategy, model_parallel=0, **_):
 def mixer_layout_map(mesh):
     """Shard the wide channel-mixing MLPs (``D_C = 4C``) over the ``model`` mesh axis.
 
-    ``kernel_0`` ``(C, D_C)`` is split by columns and ``kernel_1`` ``(D_C, C)``
+    ``dense_0``'s kernel ``(C, D_C)`` is split by columns and ``dense_1``'s ``(D_C, C)``
     by rows (Megatron-style), so the hidden activations stay sharded.
     """
     layout_map = keras.distribution.LayoutMap(mesh)
-    layout_map[r"channel_mixing/kernel_0"] = (None, "model")
-    layout_map[r"channel_mixing/bias_0"] = ("model",)
-    layout_map[r"channel_mixing/kernel_1"] = ("model", None)
+    layout_map[r"channel_mixing/dense_0/kernel"] = (None, "model")
+    layout_map[r"channel_mixing/dense_0/bias"] = ("model",)
+    layout_map[r"channel_mixing/dense_1/kernel"] = ("model", None)
     return layout_map
 
 

@@ -13,6 +13,8 @@ the matmuls. ``MlpMixer`` uses this for ``predict`` when compiled with
 
 import keras
 
+from keras_mixer import compat
+
 # Inductor options: weights as constants, so that oneDNN can prepack them and fuse post-ops.
 OPTIONS = {"freezing": True}
 
@@ -40,10 +42,7 @@ def compile_forward(model, example):
     compiled = torch.compile(program.module(), options=OPTIONS)
 
     def forward(x):
-        # Dynamo decides whether the weights are constants from the global inductor config
-        # (``torch._dynamo.utils.is_parameter_freezing``), not from ``options``: without
-        # this patch inductor keeps them as inputs, and nothing is prepacked or fused.
-        with torch._inductor.config.patch(OPTIONS):
+        with compat.inductor_freezing(OPTIONS):  # else the weights stay inputs: nothing is fused
             return compiled(x)
 
     return forward

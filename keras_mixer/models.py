@@ -3,20 +3,24 @@ and the one way to build a model from a name, a config, a ``.keras`` file or a c
 
 Shaped like ``keras.applications``: every constructor takes ``include_top``,
 ``weights``, ``input_tensor``, ``input_shape``, ``pooling``, ``num_classes``,
-``classifier_activation`` and ``include_preprocessing``. Like keras-hub's
-backbones, ``MlpMixer`` builds a functional graph in ``__init__`` and returns
-its constructor arguments from ``get_config()``; ``model.config`` is the
-:class:`~keras_mixer.config.ModelConfig` that everything downstream reads.
+``classifier_activation`` and ``include_preprocessing``, and rejects unknown
+arguments. Like keras-hub's backbones, ``MlpMixer`` builds a functional graph in
+``__init__`` and returns its constructor arguments from ``get_config()``;
+``model.config`` is the :class:`~keras_mixer.config.ModelConfig` that everything
+downstream reads. After ``import keras_mixer``, ``keras.saving.load_model`` loads
+the ``.keras`` files this release writes.
 """
 
+import inspect
 import os
+import re
 import zipfile
 import zlib
 
 import keras
 import numpy as np
 
-from keras_mixer import checkpoints, inductor
+from keras_mixer import checkpoints, compat, fast, inductor
 from keras_mixer.checkpoints import formats, keys, presets, tiling
 from keras_mixer.config import (
     LAYER_NORM_EPSILON,
@@ -24,11 +28,11 @@ from keras_mixer.config import (
     ModelConfig,
     canonical_variant,
     model_name,
+    parameter_count,
     token_grid,
 )
-from keras_mixer.files import describe_contents
-from keras_mixer.files import atomic_output
-from keras_mixer.layers import PACKAGE, MixerBlock, PatchEmbedding, fused_inference, layer_norm
+from keras_mixer.files import atomic_output, describe_contents
+from keras_mixer.layers import PACKAGE, LayerNorm, MixerBlock, PatchEmbedding
 
 # Layer names: the one place that knows them (the properties below give the layers).
 STEM, PRE_HEAD_NORM, HEAD = "stem", "pre_head_layer_norm", "head"
@@ -53,7 +57,7 @@ def _mixer_graph(inputs, config):
             layer_norm_epsilon=config.layer_norm_epsilon,
             name=block_name(i),
         )(x)
-    x = layer_norm(PRE_HEAD_NORM, config.layer_norm_epsilon)(x)
+    x = LayerNorm(config.layer_norm_epsilon, name=PRE_HEAD_NORM)(x)
     if config.include_top:
         x = keras.layers.GlobalAveragePooling1D(name="avg_pool")(x)
         if config.dropout:
@@ -73,6 +77,11 @@ def _mixer_graph(inputs, config):
 class MlpMixer(keras.Model):
     """An MLP-Mixer of any size (Tolstikhin et al., 2021).
 
+    Images ``(batch, H, W, 3)`` go through the stem (a ``P x P`` convolution with
+    stride ``P``), ``num_blocks`` :class:`~keras_mixer.MixerBlock` layers, a
+    LayerNorm, the mean over tokens and a ``Dense`` head, exactly as the official
+    code computes them. The paper's sizes are :func:`MixerB16` and its siblings.
+
     Args:
         patch_size: side ``P`` of the square patches.
         num_blocks: number of Mixer blocks.
@@ -82,7 +91,9 @@ class MlpMixer(keras.Model):
         include_top: end with the classification head.
         weights: ``None`` (random init), or a weights file / preset accepted
             by :func:`keras_mixer.load_weights`.
-        input_tensor: optional Keras tensor to use as the model input.
+        input_tensor: optional Keras tensor to use as the model's input (as in
+            ``keras.applications``: the model's inputs are then the inputs it
+            comes from).
         input_shape: ``(height, width, channels)``, default ``(224, 224, 3)``;
             height and width must be multiples of ``patch_size``.
         pooling: with ``include_top=False``: ``None`` returns the normalised
@@ -96,7 +107,8 @@ class MlpMixer(keras.Model):
         drop_path_rate: stochastic depth of the last block; block ``i`` uses
             ``drop_path_rate * i / (num_blocks - 1)``.
         dropout: dropout rate before the head.
-        approximate_gelu: tanh GELU as the official code (default) or exact erf.
+        approximate_gelu: tanh GELU as the official code (default) or exact erf
+            (timm's and keras-cv's weights).
         layer_norm_epsilon: LayerNorm epsilon (official: 1e-6).
         crop_fraction: evaluation and serving center-crop this fraction of an
             image's shorter side before resizing (``keras_mixer.images``); kept
@@ -105,6 +117,21 @@ class MlpMixer(keras.Model):
         dtype: a Keras dtype policy for every layer (``"bfloat16"``,
             ``"mixed_bfloat16"``, ...); default Keras' global policy. LayerNorm
             statistics and the outputs stay float32 under any policy.
+        trainable: whether the model's weights are trainable.
+
+    Returns:
+        A ``keras.Model``; ``model.config`` is its
+        :class:`~keras_mixer.config.ModelConfig`.
+
+    Example:
+
+    >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+    ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+    ...                              input_shape=(32, 32, 3), num_classes=10)
+    >>> model.predict(np.zeros((2, 32, 32, 3)), verbose=0).shape
+    (2, 10)
+    >>> model.config.grid
+    (4, 4)
     """
 
     def __init__(
@@ -129,7 +156,7 @@ class MlpMixer(keras.Model):
         crop_fraction=1.0,
         name="mlp_mixer",
         dtype=None,
-        **kwargs,
+        trainable=True,
     ):
         # === Config === (validated before anything is built)
         config = ModelConfig(
@@ -145,11 +172,15 @@ class MlpMixer(keras.Model):
         # === Functional model === (every layer under the model's dtype policy)
         policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
         with dtype_policy(policy):
-            inputs = _model_input(input_tensor, config.image_shape)
-            outputs = _mixer_graph(inputs, config)
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+            images = _model_input(input_tensor, config.image_shape)
+            outputs = _mixer_graph(images, config)
+        # As keras.applications: a model built on another model's tensor starts at that model's inputs.
+        from_tensor = input_tensor is not None and keras.backend.is_keras_tensor(input_tensor)
+        inputs = keras.utils.get_source_inputs(input_tensor) if from_tensor else [images]
+        super().__init__(inputs=inputs[0] if len(inputs) == 1 else inputs, outputs=outputs, name=name)
         self.dtype_policy = policy  # a functional model keeps no dtype of its own
         self._mixer_config = config
+        self.trainable = trainable  # after the layers exist, so that it reaches them
         if weights is not None:
             checkpoints.load_weights(self, weights)
 
@@ -159,13 +190,13 @@ class MlpMixer(keras.Model):
         return self._mixer_config
 
     def predict_step(self, *args, **kwargs):
-        """Keras' step; on TensorFlow with bias + GELU and LayerNorm in XLA (:func:`fused_inference`)."""
-        with fused_inference():
+        """Keras' step, under :func:`keras_mixer.fast.inference` (backend fast paths)."""
+        with fast.inference():
             return super().predict_step(*args, **kwargs)
 
     def test_step(self, *args, **kwargs):
-        """Keras' step, fused like :meth:`predict_step`."""
-        with fused_inference():
+        """Keras' step, under :func:`keras_mixer.fast.inference` like :meth:`predict_step`."""
+        with fast.inference():
             return super().test_step(*args, **kwargs)
 
     def make_predict_function(self, force=False):
@@ -180,17 +211,89 @@ class MlpMixer(keras.Model):
             self.predict_function = inductor.predict_function(self)
         return self.predict_function
 
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Keras' ``Model.quantize``: ``"int8"``, ``"int4"`` or ``"float8"`` weights for the ``Dense`` layers.
+
+        Those are the four MLP matrices of every block and the head: all but the
+        stem's share of the FLOPs (Keras quantizes no convolution). ``filters`` are
+        Keras' own (default: every ``Dense``). Keras' ``"gptq"`` and ``"awq"``
+        calibrate on token sequences (a tokenizer, int32 token ids) and do not apply
+        to an image model. A quantized model saves and loads as ``.keras``.
+
+        Example:
+
+        >>> model = keras_mixer.MixerS32(input_shape=(64, 64, 3), num_classes=3)
+        >>> model.quantize("int8")
+        >>> model.blocks[0].channel_mixing.dense_0.quantization_mode
+        'int8'
+        """
+        if (config is None and mode in ("gptq", "awq")) or type(config).__name__ in (
+                "GPTQConfig", "AWQConfig"):
+            raise ValueError(
+                f"Keras' {mode or type(config).__name__} quantization calibrates on token sequences "
+                "(it tokenizes its calibration data and casts it to int32 token ids), so it does not "
+                "apply to an image model. Use model.quantize('int8'), 'int4' or 'float8'.")
+        if filters is None:
+            filters = lambda layer: isinstance(layer, keras.layers.Dense)  # noqa: E731
+        super().quantize(mode, config=config, filters=filters, **kwargs)
+
+    def enable_lora(self, rank, lora_alpha=None, mlps=("token_mixing", "channel_mixing"),
+                    train_head=True):
+        """Fine-tune with LoRA: low-rank adapters on the blocks' MLPs, everything else frozen.
+
+        As keras-hub's ``Backbone.enable_lora``: every layer is frozen, then each
+        ``Dense`` of the chosen MLPs gets Keras' own
+        ``enable_lora(rank)`` (its kernel stays frozen; two small trainable
+        matrices are added). The head stays trainable when ``train_head`` (a new
+        task needs a new head). Saving and loading keep the adapters.
+
+        Args:
+            rank: rank of the adapters.
+            lora_alpha: Keras' LoRA scale (default: ``rank``).
+            mlps: ``"token_mixing"`` and/or ``"channel_mixing"``.
+            train_head: keep the classification head trainable.
+
+        Example:
+
+        >>> model = keras_mixer.MixerS32(input_shape=(64, 64, 3), num_classes=3)
+        >>> model.enable_lora(4)
+        >>> sorted({w.path.split("/")[-1] for w in model.trainable_weights})
+        ['bias', 'kernel', 'lora_kernel_a', 'lora_kernel_b']
+        """
+        unknown = set(mlps) - {"token_mixing", "channel_mixing"}
+        if unknown:
+            raise ValueError(f"mlps are 'token_mixing' and/or 'channel_mixing', got {sorted(unknown)}.")
+        self.trainable = True
+        for _, layer in self.layer_paths():
+            layer.trainable = False
+        for block in self.blocks:
+            block.trainable = True
+            for name, mlp in (("token_mixing", block.token_mixing),
+                              ("channel_mixing", block.channel_mixing)):
+                mlp.trainable = name in mlps
+                for dense in (mlp.dense_0, mlp.dense_1):
+                    dense.trainable = name in mlps
+                    if name in mlps:
+                        dense.enable_lora(rank, lora_alpha=lora_alpha)
+            for other in (block.norm_0, block.norm_1, block.drop_path):
+                other.trainable = False
+        if self.head is not None and train_head:
+            self.head.trainable = True
+        self.train_function = None  # the trainable set changed
+
     @property
     def stem(self):
+        """The :class:`~keras_mixer.PatchEmbedding` layer."""
         return self.get_layer(STEM)
 
     @property
     def blocks(self):
-        """The ``MixerBlock`` layers, in order."""
+        """The :class:`~keras_mixer.MixerBlock` layers, in order."""
         return [self.get_layer(block_name(i)) for i in range(self.config.num_blocks)]
 
     @property
     def pre_head_norm(self):
+        """The final ``LayerNormalization``."""
         return self.get_layer(PRE_HEAD_NORM)
 
     @property
@@ -198,16 +301,69 @@ class MlpMixer(keras.Model):
         """The classification ``Dense`` (``None`` without ``include_top``)."""
         return self.get_layer(HEAD) if self.config.include_top else None
 
+    def layer_at(self, path):
+        """The layer at ``path``: a top-level layer name, then sublayer names, joined by ``/``.
+
+        Example: ``model.layer_at("mixer_block_0/token_mixing/dense_0")``.
+        """
+        for layer_path, layer in self.layer_paths():
+            if layer_path == path:
+                return layer
+        raise ValueError(f"Model {self.name!r} has no layer at {path!r}.")
+
+    def layer_paths(self):
+        """``(path, layer)`` of every layer inside the model, parents before their sublayers."""
+        def walk(layer, prefix):
+            for child in compat.sublayers(layer):
+                path = f"{prefix}{child.name}"
+                yield path, child
+                yield from walk(child, path + "/")
+
+        return list(walk(self, ""))
+
     def get_config(self):
+        """The constructor's arguments, plus the layers' own state that they do not say.
+
+        ``frozen_layers``: paths of layers set to ``trainable=False`` inside a
+        trainable model; ``quantized_layers``: ``{path: mode}`` of layers that
+        ``quantize`` changed; ``lora_layers``: ``{path: [rank, alpha]}`` of layers
+        with LoRA enabled. :meth:`from_config` applies them, so a frozen, quantized
+        or LoRA Mixer comes back as it was saved.
+        """
         config = self.config.to_kwargs()
         config.update(name=self.name, trainable=self.trainable)
         if self.dtype_policy.name != "float32":
             config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
+        paths = self.layer_paths()
+        frozen = [path for path, layer in paths if not layer.trainable
+                  and all(not path.startswith(other + "/") for other, parent in paths
+                          if not parent.trainable)]
+        if frozen and self.trainable:
+            config["frozen_layers"] = frozen
+        quantized = {path: layer.quantization_mode for path, layer in paths
+                     if getattr(layer, "quantization_mode", None)}
+        if quantized:
+            config["quantized_layers"] = quantized
+        lora = {path: [layer.lora_rank, layer.lora_alpha] for path, layer in paths
+                if getattr(layer, "lora_enabled", False)}
+        if lora:
+            config["lora_layers"] = lora
         return config
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        frozen = config.pop("frozen_layers", ())
+        quantized = config.pop("quantized_layers", {})
+        lora = config.pop("lora_layers", {})
+        model = cls(**config)
+        for path, (rank, alpha) in lora.items():
+            model.layer_at(path).enable_lora(rank, lora_alpha=alpha)
+        for path in frozen:
+            model.layer_at(path).trainable = False
+        for path, mode in quantized.items():
+            model.layer_at(path).quantize(mode)
+        return model
 
 
 class dtype_policy:
@@ -284,7 +440,18 @@ def _model_input(input_tensor, input_shape):
 def get_model(variant, **kwargs):
     """Build a paper variant by name, e.g. ``get_model("B/16", num_classes=10)``.
 
-    Takes every keyword argument of :class:`MlpMixer` except the architecture ones.
+    Args:
+        variant: ``"B/16"``, ``"b16"``, ``"Mixer-B_16"``, ... (see ``VARIANTS``).
+        **kwargs: any :class:`MlpMixer` argument except the five architecture ones.
+
+    Returns:
+        An :class:`MlpMixer` named after the variant (``"mixer_b16"``) unless ``name`` is given.
+
+    Example:
+
+    >>> model = keras_mixer.get_model("S/32", input_shape=(64, 64, 3), num_classes=10)
+    >>> model.name, model.config.grid
+    ('mixer_s32', (2, 2))
     """
     variant = canonical_variant(variant)
     kwargs.setdefault("name", model_name(variant))
@@ -293,15 +460,52 @@ def get_model(variant, **kwargs):
                     architecture.tokens_mlp_dim, architecture.channels_mlp_dim, **kwargs)
 
 
-def _variant_constructor(variant):
-    def constructor(**kwargs):
-        return get_model(variant, **kwargs)
+_ARCHITECTURE_ARGUMENTS = ("patch_size", "num_blocks", "hidden_dim", "tokens_mlp_dim",
+                           "channels_mlp_dim")
 
-    constructor.__name__ = constructor.__qualname__ = "Mixer" + variant.replace("/", "")
-    constructor.__doc__ = (
-        f"{VARIANTS[variant].describe()}.\n\n"
-        "Takes every keyword argument of `MlpMixer` except the architecture ones."
-    )
+
+def _argument_docs(docstring, leave_out):
+    """The ``Args:`` entries of a Google-style ``docstring``, without those named in ``leave_out``."""
+    section = docstring.split("    Args:\n", 1)[1].split("\n\n", 1)[0]
+    entries = re.split(r"\n(?=        \w+: )", section)
+    return "\n".join(entry for entry in entries
+                     if entry.strip().split(":", 1)[0] not in leave_out)
+
+
+def _variant_constructor(variant):
+    """``MixerB16`` and its siblings: :class:`MlpMixer`'s signature without the architecture."""
+    function_name = "Mixer" + variant.replace("/", "")
+    parameters = [parameter for name, parameter in
+                  inspect.signature(MlpMixer.__init__).parameters.items()
+                  if name not in ("self",) + _ARCHITECTURE_ARGUMENTS]
+    parameters = [parameter.replace(default=model_name(variant)) if parameter.name == "name"
+                  else parameter for parameter in parameters]
+    signature = inspect.Signature(parameters)
+
+    def constructor(*args, **kwargs):
+        return get_model(variant, **signature.bind(*args, **kwargs).arguments)
+
+    architecture = VARIANTS[variant]
+    constructor.__name__ = constructor.__qualname__ = function_name
+    constructor.__module__ = __name__
+    constructor.__signature__ = signature
+    constructor.__doc__ = f"""{architecture.describe()}.
+
+    {parameter_count(architecture):,} weights with a 1000-class head at 224 x 224 (paper
+    Table 1). Unknown arguments raise ``TypeError``.
+
+    Args:
+{_argument_docs(MlpMixer.__doc__, _ARCHITECTURE_ARGUMENTS)}
+
+    Returns:
+        An :class:`MlpMixer` named ``{model_name(variant)}``.
+
+    Example:
+
+    >>> model = keras_mixer.{function_name}(input_shape=(64, 64, 3), num_classes=10)
+    >>> model.config.variant
+    '{variant}'
+    """
     return constructor
 
 
@@ -441,12 +645,21 @@ def _is_variant(name):
 
 
 def load_keras_file(path, compile=True):
-    """A ``.keras`` Mixer, loaded with ``safe_mode``; a keras-mixer 0.1 file is converted.
+    """A ``.keras`` Mixer, loaded with ``safe_mode``; files of older releases are converted.
 
-    keras-mixer 0.1 saved plain functional models; their architecture is read
-    off the graph once here and the weights are copied into an :class:`MlpMixer`.
-    A file that is not a complete ``.keras`` archive (empty, text, truncated,
-    damaged) raises :class:`~keras_mixer.checkpoints.CheckpointError` saying so.
+    keras-mixer 0.1 saved plain functional models, and 0.1 and 0.2 kept each MLP's
+    weights in the ``MlpBlock`` itself; such a file is read as a checkpoint (its
+    architecture from its ``config.json``, its weights by their official names) into
+    a new :class:`MlpMixer`. A file that is not a complete ``.keras`` archive
+    (empty, text, truncated, damaged) raises
+    :class:`~keras_mixer.checkpoints.CheckpointError` saying so.
+
+    Args:
+        path: the ``.keras`` file.
+        compile: restore the saved training configuration (current files only).
+
+    Returns:
+        An :class:`MlpMixer`.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file not found: {path}")
@@ -455,22 +668,18 @@ def load_keras_file(path, compile=True):
             f"Cannot load {path}: the file {describe_contents(path)}; a .keras model file is "
             "a zip archive (written by model.save)."
         )
-    try:
-        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
-    except Exception as error:
-        damaged = _damaged_member(path)
-        if damaged is None:
-            raise
-        raise checkpoints.CheckpointError(
-            f"Cannot load {path}: the file is corrupt ({damaged})."
-        ) from error
-    if isinstance(model, MlpMixer):
+    damaged = _damaged_member(path)
+    if damaged is not None:
+        raise checkpoints.CheckpointError(f"Cannot load {path}: the file is corrupt ({damaged}).")
+    saved_config, legacy = formats.inspect_keras_archive(path)
+    if legacy or saved_config.get("class_name") == "Functional":
+        model = from_config(_saved_model_config(saved_config, path))
+        checkpoints.load_params(model, formats.read_keras_archive(path), verbose=False)
         return model
-    upgraded = from_config(_functional_config(model))
-    for layer in upgraded.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return upgraded
+    model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    if not isinstance(model, MlpMixer):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a keras_mixer.MlpMixer.")
+    return model
 
 
 def _damaged_member(path):
@@ -490,28 +699,35 @@ def save_keras_file(model, path):
     return os.fspath(path)
 
 
-def _functional_config(model):
-    """The :class:`ModelConfig` of a keras-mixer 0.1 functional Mixer, read off its layers."""
-    names = {layer.name for layer in model.layers}
-    blocks = [layer for layer in model.layers if isinstance(layer, MixerBlock)]
-    if STEM not in names or not blocks:
-        raise ValueError(f"Model {model.name!r} in this file is not a Mixer (no stem or MixerBlocks).")
-    stem = model.get_layer(STEM)
+def _saved_model_config(saved, path):
+    """The :class:`ModelConfig` of an older release's ``.keras`` file, from its ``config.json``."""
+    config = saved.get("config", {})
+    if saved.get("class_name") == "MlpMixer":  # 0.2
+        fields = {name: value for name, value in config.items()
+                  if name not in ("trainable", "dtype")}
+        return ModelConfig.from_kwargs(**fields)
+    layers = {layer["config"]["name"]: layer for layer in config.get("layers", [])}  # 0.1
+    blocks = [layer["config"] for layer in layers.values() if layer["class_name"] == "MixerBlock"]
+    if STEM not in layers or not blocks:
+        raise ValueError(f"{path} holds a model that is not a Mixer (no stem or MixerBlocks).")
+    stem = layers[STEM]["config"]
+    inputs = [layer for layer in layers.values() if layer["class_name"] == "InputLayer"]
     fields = dict(
-        patch_size=stem.patch_size, num_blocks=len(blocks), hidden_dim=stem.hidden_dim,
-        tokens_mlp_dim=blocks[0].tokens_mlp_dim, channels_mlp_dim=blocks[0].channels_mlp_dim,
-        image_shape=tuple(model.input.shape[1:]), include_top=HEAD in names,
-        include_preprocessing="preprocessing" in names, drop_path_rate=blocks[-1].drop_path_rate,
-        approximate_gelu=blocks[0].approximate_gelu,
-        layer_norm_epsilon=blocks[0].layer_norm_epsilon, name=model.name,
+        patch_size=stem["patch_size"], num_blocks=len(blocks), hidden_dim=stem["hidden_dim"],
+        tokens_mlp_dim=blocks[0]["tokens_mlp_dim"], channels_mlp_dim=blocks[0]["channels_mlp_dim"],
+        image_shape=tuple(inputs[0]["config"]["batch_shape"][1:]), include_top=HEAD in layers,
+        include_preprocessing="preprocessing" in layers,
+        drop_path_rate=blocks[-1]["drop_path_rate"], approximate_gelu=blocks[0]["approximate_gelu"],
+        layer_norm_epsilon=blocks[0]["layer_norm_epsilon"], name=config.get("name", "mlp_mixer"),
     )
     if fields["include_top"]:
-        fields["num_classes"] = model.get_layer(HEAD).units
-        fields["classifier_activation"] = model.get_layer("predictions").get_config()["activation"]
-        if "head_dropout" in names:
-            fields["dropout"] = model.get_layer("head_dropout").rate
+        fields["num_classes"] = layers[HEAD]["config"]["units"]
+        fields["classifier_activation"] = layers["predictions"]["config"]["activation"]
+        if "head_dropout" in layers:
+            fields["dropout"] = layers["head_dropout"]["config"]["rate"]
     else:
-        fields["pooling"] = "avg" if "avg_pool" in names else "max" if "max_pool" in names else None
+        fields["pooling"] = ("avg" if "avg_pool" in layers else "max" if "max_pool" in layers
+                             else None)
     return ModelConfig(**fields)
 
 

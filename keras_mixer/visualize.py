@@ -15,7 +15,7 @@ from keras_mixer.imagenet import decode_predictions, preprocess_input
 def token_mixing_units(model, block=0, sort_by_frequency=True):
     """The first token-mixing Dense of ``block`` as pictures ``(D_S, H/P, W/P)``.
 
-    Hidden unit ``u`` reads token ``t`` with weight ``kernel_0[t, u]``; tokens are the
+    Hidden unit ``u`` reads token ``t`` with weight ``dense_0.kernel[t, u]``; tokens are the
     patch grid in row-major order, so each unit's weights form an ``H/P x W/P`` image.
     With ``sort_by_frequency`` units go from smooth to high-frequency patterns
     (mean spatial frequency of their 2-D spectrum), as in the paper's figure.
@@ -23,7 +23,7 @@ def token_mixing_units(model, block=0, sort_by_frequency=True):
     blocks = model.blocks
     if not -len(blocks) <= block < len(blocks):
         raise ValueError(f"Block {block} out of range: the model has {len(blocks)} blocks.")
-    kernel = keras.ops.convert_to_numpy(blocks[block].token_mixing.kernel_0.value)
+    kernel = keras.ops.convert_to_numpy(blocks[block].token_mixing.dense_0.kernel)
     units = np.asarray(kernel, np.float64).T.reshape(-1, *model.config.grid)
     if sort_by_frequency:
         units = units[np.argsort(_mean_frequency(units), kind="stable")]

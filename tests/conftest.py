@@ -35,17 +35,17 @@ def rng():
 @pytest.fixture
 def fused_traces(monkeypatch):
     """The ``approximate`` flag of each bias + GELU traced as an XLA function, in order
-    (``layers.bias_gelu``'s fused path: TensorFlow training and ``layers.fused_inference``)."""
-    from keras_mixer import layers
+    (TensorFlow's fast path, :mod:`keras_mixer.fast.tensorflow`: training and ``fast.inference``)."""
+    from keras_mixer.fast import tensorflow as tensorflow_paths
 
     traced = []
-    xla_bias_gelu = layers._xla_bias_gelu
+    xla_bias_gelu = tensorflow_paths._xla_bias_gelu
 
     def counting(approximate):
         traced.append(approximate)
         return xla_bias_gelu(approximate)
 
-    monkeypatch.setattr(layers, "_xla_bias_gelu", counting)
+    monkeypatch.setattr(tensorflow_paths, "_xla_bias_gelu", counting)
     return traced
 
 

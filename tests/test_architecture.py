@@ -2,7 +2,10 @@
 and no function-local imports of our own modules; workers and scripts stay thin."""
 
 import ast
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 from helpers.processes import ROOT
@@ -12,7 +15,8 @@ PACKAGE_DIR = os.path.join(ROOT, PACKAGE)
 # The import order, bottom first: a module may import modules of lower layers, and
 # modules of its own package (keras_mixer.checkpoints.*, ...), never a higher layer.
 LAYERS = [
-    ("config", "files", "startup", "backend", "resources"),
+    ("config", "files", "startup", "backend", "resources", "compat"),
+    ("fast",),
     ("layers", "inductor"),
     ("checkpoints",),
     ("models",),
@@ -145,3 +149,23 @@ def test_workers_do_not_import_conftest_and_scripts_stay_thin():
             source = open(os.path.join(ROOT, "scripts", name), encoding="utf-8").read()
             assert "sys.path.insert" not in source, f"scripts/{name} edits sys.path"
             assert "from keras_mixer.cli import main" in source, f"scripts/{name} is not a shim"
+
+
+HEAVY = ("tensorflow", "matplotlib", "grpc", "tensorflow_datasets", "ai_edge_litert", "keras_cv",
+         "tensorflow_serving", "keras_hub", "torch", "jax")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_import_keras_mixer_adds_nothing_heavy_and_prints_nothing(backend):
+    # What `import keras_mixer` loads beyond `import keras` itself (Keras imports matplotlib and
+    # scikit-learn on its own where they are installed), in a fresh process.
+    code = ("import json, sys; import keras; before = set(sys.modules); import keras_mixer; "
+            "keras_mixer.MixerS32; print(json.dumps(sorted(set(sys.modules) - before)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, KERAS_BACKEND=backend,
+                                     PYTHONPATH=ROOT), timeout=300)
+    assert result.returncode == 0, result.stderr
+    added = json.loads(result.stdout.strip().splitlines()[-1])
+    heavy = sorted({name.split(".")[0] for name in added} & set(HEAVY) - {backend})
+    assert not heavy, f"import keras_mixer under {backend} loads {heavy}"
+    assert not result.stderr.strip(), result.stderr

@@ -1,4 +1,5 @@
-"""Inference through torch.export + inductor (``jit_compile=True`` on torch), and the row form it traces."""
+"""Inference through torch.export + inductor (``jit_compile=True`` on torch), and the row form it
+traces (whose values tests/test_fast.py checks against the plain layers)."""
 
 import numpy as np
 import pytest
@@ -6,21 +7,8 @@ from helpers.tiny import tiny_classifier, tiny_images
 
 import keras
 from keras_mixer import inductor, models
-from keras_mixer.layers import MlpBlock
 
 ON_TORCH = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile is torch's")
-
-
-@pytest.mark.parametrize("axis", [1, -1])
-def test_mixing_as_rows_equals_the_layer(axis):
-    """The form traced for inductor computes the layer's own function (float32, random weights)."""
-    block = MlpBlock(24, axis=axis)
-    block.build((2, 16, 8))
-    rng = np.random.default_rng(0)
-    block.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in block.get_weights()])
-    x = keras.ops.convert_to_tensor(rng.normal(size=(2, 16, 8)).astype("float32"))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(block.call_as_rows(x)),
-                               keras.ops.convert_to_numpy(block(x)), rtol=1e-5, atol=1e-5)
 
 
 @ON_TORCH

@@ -28,7 +28,7 @@ def test_bfloat16_policy_reaches_every_layer_but_the_outputs(how):
     assert policies.pop("predictions") == "float32"  # probabilities stay float32
     assert set(policies.values()) == {"bfloat16"}, policies
     assert model.dtype_policy.name == "bfloat16"
-    assert keras.backend.standardize_dtype(model.blocks[0].token_mixing.kernel_0.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(model.blocks[0].token_mixing.dense_0.kernel.dtype) == "bfloat16"
     out = model.predict(tiny_images(2), verbose=0)
     assert keras.backend.standardize_dtype(out.dtype) == "float32" and np.all(np.isfinite(out))
 

@@ -249,6 +249,7 @@ def test_jax_layout_map_targets_channel_mixing_kernels():
     assert callable(distribute.mixer_layout_map)
     model = keras_mixer.MlpMixer(**TINY, input_shape=(32, 32, 3), num_classes=10)
     paths = [v.path for v in model.weights]
-    for pattern in ("channel_mixing/kernel_0", "channel_mixing/bias_0", "channel_mixing/kernel_1"):
+    for pattern in ("channel_mixing/dense_0/kernel", "channel_mixing/dense_0/bias",
+                    "channel_mixing/dense_1/kernel"):
         hits = [p for p in paths if re.search(pattern, p)]
         assert len(hits) == TINY["num_blocks"], (pattern, paths)

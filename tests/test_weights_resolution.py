@@ -51,7 +51,7 @@ def test_each_block_mixes_each_tile_like_the_original(factors):
     rng = np.random.default_rng(3)
     tokens = rng.standard_normal((2, kh * kw * 16, 32)).astype("float32")
     for small_block, big_block in zip(keras_mixer.mixer_blocks(small), keras_mixer.mixer_blocks(big)):
-        assert big_block.token_mixing.kernel_0.shape == (kh * kw * 16, kh * kw * 12)
+        assert big_block.token_mixing.dense_0.kernel.shape == (kh * kw * 16, kh * kw * 12)
         for layer in ("token_mixing", None):
             small_fn = getattr(small_block, layer) if layer else small_block
             big_fn = getattr(big_block, layer) if layer else big_block

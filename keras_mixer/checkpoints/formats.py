@@ -7,8 +7,10 @@ A file that cannot be read raises :class:`CheckpointError` saying what the file 
 Writers take the same dict and write atomically.
 """
 
+import json
 import math
 import os
+import re
 import zipfile
 import zlib
 
@@ -150,12 +152,8 @@ def read_safetensors(path):
         raise _unreadable(path, "as .safetensors", error) from error
 
 
-def read_keras_weights(path):
-    """A Keras ``.weights.h5`` of an MlpMixer (any backend) in the official layout.
-
-    The file is read with h5py (installed with Keras) and mapped by
-    :func:`keys.from_keras_weights`, so it is checked like any other checkpoint.
-    """
+def _h5_datasets(source, path):
+    """``{dataset path: array}`` of an HDF5 file (a path or a file object)."""
     import h5py
 
     state = {}
@@ -165,11 +163,56 @@ def read_keras_weights(path):
             state[name] = np.asarray(item[()])
 
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(source, "r") as f:
             f.visititems(collect)
     except (OSError, ValueError, KeyError) as error:
-        raise _unreadable(path, "as a Keras .weights.h5 file", error) from error
-    return keys.from_keras_weights(state)
+        raise _unreadable(path, "as a Keras weights file (HDF5)", error) from error
+    return state
+
+
+def read_keras_weights(path):
+    """A Keras ``.weights.h5`` of an MlpMixer (any backend, any release) in the official layout.
+
+    The file is read with h5py (installed with Keras) and mapped by
+    :func:`keys.from_keras_weights`, so it is checked like any other checkpoint.
+    """
+    return keys.from_keras_weights(_h5_datasets(path, path))
+
+
+# keras-mixer 0.1 and 0.2 kept each MLP's weights in the MlpBlock itself.
+_OWN_MLP_WEIGHTS = re.compile(r".*/(token|channel)_mixing/vars/\d+")
+_ARCHIVE_WEIGHTS = "model.weights.h5"
+
+
+def _archive_member(path, read):
+    """``read(config dict, weights file object)`` on a ``.keras`` zip archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+            with archive.open(_ARCHIVE_WEIGHTS) as weights:
+                return read(config, weights)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        raise _unreadable(path, "as a .keras model file", error) from error
+
+
+def inspect_keras_archive(path):
+    """``(config, legacy)``: a ``.keras`` file's ``config.json`` as a dict, and whether its MLPs
+    keep the 0.1/0.2 layout (their own weights), read without loading any weight."""
+    import h5py
+
+    def read(config, weights):
+        names = []
+        with h5py.File(weights, "r") as f:
+            f.visit(names.append)
+        return config, any(_OWN_MLP_WEIGHTS.fullmatch(name) for name in names)
+
+    return _archive_member(path, read)
+
+
+def read_keras_archive(path):
+    """The weights of a ``.keras`` file of any release, in the official layout."""
+    return _archive_member(path, lambda config, weights: keys.from_keras_weights(
+        _h5_datasets(weights, path)))
 
 
 def read_checkpoint(path):

@@ -15,40 +15,70 @@ HEAD_KEYS = ("head/kernel", "head/bias")
 TOKEN_KERNEL_KEY = "MixerBlock_0/token_mixing/Dense_0/kernel"
 
 
+class Slot:
+    """A model variable under its official checkpoint name."""
+
+    def __init__(self, variable):
+        self.variable = variable
+        self.shape = tuple(variable.shape)
+
+    def read(self):
+        """The value as a NumPy array."""
+        return np.asarray(keras.ops.convert_to_numpy(self.variable))
+
+    def assign(self, value):
+        """Assign an official-layout array, cast to the variable's dtype."""
+        self.variable.assign(
+            np.asarray(value).astype(keras.backend.standardize_dtype(self.variable.dtype)))
+
+
+def _dense_slots(layer, prefix):
+    """``{prefix/kernel, prefix/bias}`` of a ``Dense`` that holds plain float weights."""
+    if getattr(layer, "quantization_mode", None):
+        raise ValueError(
+            f"Layer {layer.path!r} is quantized ({layer.quantization_mode}): its weights are no "
+            "longer float checkpoint weights. Save a quantized model with model.save(...) "
+            "(.keras), and load checkpoints before quantizing.")
+    if getattr(layer, "lora_enabled", False):
+        raise ValueError(
+            f"Layer {layer.path!r} has LoRA enabled: merge it first (layer.kernel is the merged "
+            "kernel; build a model without LoRA and assign it) or save with model.save(...).")
+    return {f"{prefix}/kernel": Slot(layer.kernel), f"{prefix}/bias": Slot(layer.bias)}
+
+
 def model_variables(model):
-    """A Mixer's variables keyed by their official checkpoint names.
+    """A Mixer's variables as :class:`Slot` objects keyed by their official checkpoint names.
 
     ``model`` is a ``keras_mixer.MlpMixer``: its config says what it has, and its
     ``stem``, ``blocks``, ``pre_head_norm`` and ``head`` properties give the layers.
+    Raises ``ValueError`` for quantized or LoRA layers (their weights are not a
+    checkpoint's).
     """
     if not hasattr(model, "blocks") or not hasattr(model, "config"):
         raise TypeError(
             f"Expected a keras_mixer.MlpMixer, got {type(model).__name__} {model.name!r}. "
-            "A .keras file written by keras-mixer 0.1 loads as one with keras_mixer.load_model(path)."
+            "A .keras file written by an older keras-mixer loads as one with keras_mixer.load_model(path)."
         )
-    variables = {"stem/kernel": model.stem.proj.kernel, "stem/bias": model.stem.proj.bias}
+    slots = {"stem/kernel": Slot(model.stem.proj.kernel), "stem/bias": Slot(model.stem.proj.bias)}
     for i, block in enumerate(model.blocks):
         prefix = f"MixerBlock_{i}"
         for j, norm in enumerate((block.norm_0, block.norm_1)):
-            variables[f"{prefix}/LayerNorm_{j}/scale"] = norm.gamma
-            variables[f"{prefix}/LayerNorm_{j}/bias"] = norm.beta
+            slots[f"{prefix}/LayerNorm_{j}/scale"] = Slot(norm.gamma)
+            slots[f"{prefix}/LayerNorm_{j}/bias"] = Slot(norm.beta)
         for name, mlp in (("token_mixing", block.token_mixing),
                           ("channel_mixing", block.channel_mixing)):
-            for j in (0, 1):
-                variables[f"{prefix}/{name}/Dense_{j}/kernel"] = getattr(mlp, f"kernel_{j}")
-                variables[f"{prefix}/{name}/Dense_{j}/bias"] = getattr(mlp, f"bias_{j}")
-    variables["pre_head_layer_norm/scale"] = model.pre_head_norm.gamma
-    variables["pre_head_layer_norm/bias"] = model.pre_head_norm.beta
+            for j, dense in enumerate((mlp.dense_0, mlp.dense_1)):
+                slots.update(_dense_slots(dense, f"{prefix}/{name}/Dense_{j}"))
+    slots["pre_head_layer_norm/scale"] = Slot(model.pre_head_norm.gamma)
+    slots["pre_head_layer_norm/bias"] = Slot(model.pre_head_norm.beta)
     if model.config.include_top:
-        variables["head/kernel"] = model.head.kernel
-        variables["head/bias"] = model.head.bias
-    return variables
+        slots.update(_dense_slots(model.head, "head"))
+    return slots
 
 
 def get_params(model):
     """The model's weights as an official-layout dict of float NumPy arrays."""
-    return {key: np.asarray(keras.ops.convert_to_numpy(var.value))
-            for key, var in model_variables(model).items()}
+    return {key: slot.read() for key, slot in model_variables(model).items()}
 
 
 def num_blocks(params, separator="/", prefix="MixerBlock_"):
@@ -148,7 +178,9 @@ def to_timm(params):
 # ``layers/<class name in snake case>``, numbered from the second layer of a class in the
 # model's layer order (``mixer_block``, ``mixer_block_1``, ...), sublayers under their
 # attribute names, and each layer's variables as ``vars/0``, ``vars/1``, ... in creation
-# order. For an MlpMixer (keras_mixer.layers) that is:
+# order. For an MlpMixer (keras_mixer.layers) that is below; keras-mixer 0.1 and 0.2 kept
+# each MLP's four weights in the MlpBlock itself (``token_mixing/vars/0..3``), later
+# releases in its ``dense_0`` and ``dense_1`` sublayers (kernel, bias each).
 _H5_LAYERS = (
     (re.compile(r"layers/patch_embedding/proj/vars/(\d+)"), lambda m: "stem", ("kernel", "bias")),
     (re.compile(r"layers/mixer_block(?:_(\d+))?/norm_([01])/vars/(\d+)"),
@@ -156,7 +188,9 @@ _H5_LAYERS = (
     (re.compile(r"layers/mixer_block(?:_(\d+))?/(token_mixing|channel_mixing)/vars/(\d+)"),
      lambda m: f"MixerBlock_{m.group(1) or 0}/{m.group(2)}",
      ("Dense_0/kernel", "Dense_0/bias", "Dense_1/kernel", "Dense_1/bias")),
-    (re.compile(r"layers/layer_normalization/vars/(\d+)"), lambda m: "pre_head_layer_norm",
+    (re.compile(r"layers/mixer_block(?:_(\d+))?/(token_mixing|channel_mixing)/dense_([01])/vars/(\d+)"),
+     lambda m: f"MixerBlock_{m.group(1) or 0}/{m.group(2)}/Dense_{m.group(3)}", ("kernel", "bias")),
+    (re.compile(r"layers/layer_norm(?:alization)?/vars/(\d+)"), lambda m: "pre_head_layer_norm",
      ("scale", "bias")),
     (re.compile(r"layers/dense/vars/(\d+)"), lambda m: "head", ("kernel", "bias")),
 )

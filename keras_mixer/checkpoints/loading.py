@@ -205,7 +205,7 @@ def load_params(model, params, verbose=True):
     if problems:
         raise _misfit_error(model, architecture, problems)
     for key in expected:
-        variables[key].assign(params[key].astype(variables[key].dtype))
+        variables[key].assign(params[key])
         summary.loaded.append((key, params[key].shape))
     if verbose:
         for message in summary.messages:

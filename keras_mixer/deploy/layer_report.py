@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from keras_mixer import compat
 from keras_mixer.deploy import litert
 from keras_mixer.files import atomic_output, write_text
 
@@ -58,12 +59,11 @@ def quiet_debugger(converter, dataset):
 def quantized_without(debugger, tensors):
     """The debugger's calibrated model quantized with the ops that output ``tensors`` kept float.
 
-    Its ``options`` setter would also rebuild the instrumented model (and fails once no op is
-    left to verify), so only the options of the plain quantization are replaced."""
+    Only the options of the plain quantization are replaced (:func:`compat.set_quantization_debug_options`)."""
     import tensorflow as tf
 
-    debugger._debug_options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_nodes=list(tensors))
+    compat.set_quantization_debug_options(
+        debugger, tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(tensors)))
     with litert.tf_lite_interpreter_inside():
         return debugger.get_nondebug_quantized_model()
 

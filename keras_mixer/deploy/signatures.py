@@ -17,7 +17,7 @@ import os
 import tempfile
 
 from keras_mixer import images as image_policy
-from keras_mixer.layers import fused_inference
+from keras_mixer import fast
 
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
@@ -59,7 +59,7 @@ def keras_probabilities(model, images, batch_size=32):
 
     images = np.asarray(images)
     check_images(images)
-    with fused_inference():  # as the model's own predict step, also through a wrapper model
+    with fast.inference():  # as the model's own predict step, also through a wrapper model
         probabilities = probability_model(model).predict(images, batch_size=batch_size, verbose=0)
     return np.asarray(probabilities, dtype="float64")
 

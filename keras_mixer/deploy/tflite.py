@@ -3,9 +3,11 @@
 The probability model (:func:`signatures.probability_model`) is written as a
 SavedModel with one signature, ``serving_default``: input ``images``
 ``(1, H, W, 3)`` 0-255 pixels (uint8 for ``int8``, else float32), output
-``probabilities``; ``TFLiteConverter.from_saved_model`` converts it. LayerNorm is
-traced as ``x - mean``, ``mean(d * d)``, ``rsqrt``: the same numbers as Keras'
-kernel, in ops that every integer kernel set supports. Calibration and check
+``probabilities``; ``TFLiteConverter.from_saved_model`` converts it. The graph is the
+plain model's (no fast path applies to a direct call): its MLPs are ``Dense`` layers
+(``FULLY_CONNECTED``, per-channel int8 weights) and its LayerNorm is the paper's formula
+(:class:`keras_mixer.layers.LayerNorm`), in ops that every integer kernel set supports.
+Calibration and check
 images go through the image policy (:mod:`keras_mixer.images`). Beside each file:
 ``.json`` (crop, size, the check), ``.layers.json``/``.png`` for quantized modes
 (:mod:`.layer_report`), and ``NAME.labels.txt`` when labels are known.
@@ -23,7 +25,6 @@ from keras_mixer import images as image_policy
 from keras_mixer.deploy import layer_report, litert, runner, signatures
 from keras_mixer.deploy.saved_model import read_labels
 from keras_mixer.files import atomic_output, write_text
-from keras_mixer.layers import MlpBlock
 
 TFLITE_MODES = ("float32", "float16", "dynamic_int8", "int8", "int16x8", "mixed")
 CALIBRATED_MODES = ("int8", "int16x8", "mixed")  # need representative images
@@ -168,55 +169,6 @@ def _images_for(model, images, max_images=256, seed=0, split="test"):
 
 
 @contextlib.contextmanager
-def _patched(cls, name, method):
-    original = getattr(cls, name)
-    setattr(cls, name, method)
-    try:
-        yield
-    finally:
-        setattr(cls, name, original)
-
-
-def token_mixing_as_dense():
-    """While tracing: token mixing in its rows form (:meth:`MlpBlock.call_as_rows`).
-
-    The model's ``kernel.T @ x`` (constant left operand) converts to BATCH_MATMUL,
-    which quantizes its weights per tensor and has no XNNPACK int8 kernel (measured
-    ~4x slower than float in ``int8``); the rows form's ``rows @ kernel`` converts to
-    FULLY_CONNECTED: per-channel int8 weights, XNNPACK kernels. Same values.
-    """
-    original = MlpBlock.call
-
-    def call(self, x, training=False):  # MlpBlock.call's signature; inference only
-        return original(self, x) if self.axis == -1 else self.call_as_rows(x)
-
-    return _patched(MlpBlock, "call", call)
-
-
-def integer_friendly_layer_norm():
-    """While tracing: LayerNorm as ``d = x - mean``, ``d * rsqrt(mean(d * d) + eps)``.
-
-    Keras' TensorFlow kernel emits NEG and SQUARED_DIFFERENCE, which have no
-    int16 kernels; these ops compute the same values and quantize everywhere.
-    """
-    import keras
-    import tensorflow as tf
-
-    def call(self, inputs):
-        mean = tf.reduce_mean(inputs, axis=self.axis, keepdims=True)
-        centred = inputs - mean
-        variance = tf.reduce_mean(centred * centred, axis=self.axis, keepdims=True)
-        outputs = centred * tf.math.rsqrt(variance + self.epsilon)
-        if self.scale:
-            outputs = outputs * self.gamma
-        if self.center:
-            outputs = outputs + self.beta
-        return tf.cast(outputs, self.compute_dtype)
-
-    return _patched(keras.layers.LayerNormalization, "call", call)
-
-
-@contextlib.contextmanager
 def stem_on_int8_grid(model):
     """While writing: the stem's kernel rounded to the grid the converter quantizes it to.
 
@@ -249,7 +201,7 @@ def write_mobile_saved_model(model, path, stem_int8_grid=False):
     archive = keras.export.ExportArchive()
     archive.track(served)
     grid = stem_on_int8_grid(model) if stem_int8_grid else contextlib.nullcontext()
-    with integer_friendly_layer_norm(), token_mixing_as_dense(), grid:
+    with grid:
         archive.add_endpoint(
             signatures.SERVING_DEFAULT,
             lambda images: {"probabilities": served(images, training=False)},

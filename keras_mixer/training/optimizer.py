@@ -5,16 +5,16 @@ import math
 import keras
 from keras import ops
 
+from keras_mixer import compat
 from keras_mixer.layers import PACKAGE
 
 tf = torch = None
 if keras.backend.backend() == "torch":
     import torch
-    from keras.src.backend.torch.optimizers.torch_adamw import AdamW as _KerasAdamW
-else:
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-    _KerasAdamW = keras.optimizers.AdamW
+elif keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+# On torch, Keras' own AdamW is its _foreach variant: derive from that one.
+_KerasAdamW = compat.backend_optimizer_class(keras.optimizers.AdamW)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -25,7 +25,7 @@ class AdamW(_KerasAdamW):
     ``ResourceApplyAdam`` kernel (the same formula as Keras', in one pass over the
     variable, its moments and gradient) instead of about ten elementwise kernels. On torch, instead of Keras' ten or so
     unfused ``_foreach`` passes with full-size temporaries, the update (weight decay
-    included, as two groups for the decay mask) is one ``torch._fused_adamw_`` call
+    included, as two groups for the decay mask) is one fused kernel call (:func:`compat.fused_adamw`)
     per group, given the learning rate, epsilon and decay that reproduce Keras' update
     (epsilon added to sqrt(v) before the bias correction, which Keras rounds in float32);
     global-norm clipping uses ``torch.nn.utils.get_total_norm``. AMSGrad and mixed
@@ -51,7 +51,7 @@ class AdamW(_KerasAdamW):
         return config
 
     def _fusable(self, variables):
-        if torch is None or self.amsgrad or not variables:
+        if torch is None or self.amsgrad or not variables or not compat.fused_adamw_available():
             return False
         first = variables[0].value
         return first.is_floating_point() and all(
@@ -72,7 +72,7 @@ class AdamW(_KerasAdamW):
             clip = self.global_clipnorm
             # Keras' clip_by_global_norm: a NaN scale when the norm is not finite.
             scale = clip * torch.minimum(1.0 / norm, norm.new_tensor(1.0 / clip)) + (norm - norm)
-            scaled = iter(torch._foreach_mul(present, scale))
+            scaled = iter(compat.foreach_mul(present, scale))
             return [next(scaled) if g is not None else None for g in grads]
 
     def update_step(self, gradient, variable, learning_rate):
@@ -122,7 +122,7 @@ class AdamW(_KerasAdamW):
         for decayed, members in groups.items():
             if not members:
                 continue
-            torch._fused_adamw_(
+            compat.fused_adamw(
                 [variables[i].value for i in members],
                 [grads[i] for i in members],
                 [self._momentums[index[i]].value for i in members],

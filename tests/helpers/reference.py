@@ -100,10 +100,9 @@ def assign_official(model, params):
             norm.beta.assign(params[f"{b}/{ln}/bias"])
         for mlp_layer, name in ((block.token_mixing, "token_mixing"),
                                 (block.channel_mixing, "channel_mixing")):
-            mlp_layer.kernel_0.assign(params[f"{b}/{name}/Dense_0/kernel"])
-            mlp_layer.bias_0.assign(params[f"{b}/{name}/Dense_0/bias"])
-            mlp_layer.kernel_1.assign(params[f"{b}/{name}/Dense_1/kernel"])
-            mlp_layer.bias_1.assign(params[f"{b}/{name}/Dense_1/bias"])
+            for j, dense in enumerate((mlp_layer.dense_0, mlp_layer.dense_1)):
+                dense.kernel.assign(params[f"{b}/{name}/Dense_{j}/kernel"])
+                dense.bias.assign(params[f"{b}/{name}/Dense_{j}/bias"])
     norm = model.get_layer("pre_head_layer_norm")
     norm.gamma.assign(params["pre_head_layer_norm/scale"])
     norm.beta.assign(params["pre_head_layer_norm/bias"])

@@ -1,0 +1,124 @@
+"""Every use of another library's private API, in one place, each behind a version guard.
+
+Each entry says which upstream code it relies on and why no public API does the
+job. An entry that changes what runs checks the installed version against the
+versions it was verified with (:data:`VERIFIED`): outside them it falls back to the
+public (slower) way, where there is one, or says what to do. ``tests/test_compat.py``
+fails when the upstream behaviour an entry relies on changes, so that the entry is
+looked at again (and :data:`VERIFIED` moved) with each upgrade.
+"""
+
+import contextlib
+import functools
+import importlib
+import warnings
+
+import keras
+
+# The releases (major, minor) each library's entries were verified with.
+VERIFIED = {"keras": ((3, 15),), "torch": ((2, 13),), "tensorflow": ((2, 21),)}
+
+
+def version(library):
+    """``(major, minor)`` of an installed library."""
+    text = importlib.import_module(library).__version__.split("+")[0]
+    return tuple(int(part) for part in text.split(".")[:2])
+
+
+@functools.cache
+def verified(library):
+    """Whether the installed ``library`` is a release the entries were verified with."""
+    return version(library) in VERIFIED[library]
+
+
+@functools.cache
+def _warn_unverified(library, entry):
+    warnings.warn(f"keras_mixer.compat.{entry}: {library} {importlib.import_module(library).__version__} "
+                  f"is newer than the releases it was verified with {VERIFIED[library]}; using the "
+                  "public (slower) code path instead.", stacklevel=3)
+
+
+# ----------------------------------------------------------------------------- Keras
+
+
+def sublayers(layer, recursive=False):
+    """The layers inside ``layer`` (directly, or at any depth), in creation order.
+
+    Keras 3 tracks them in ``Layer._flatten_layers(include_self=False, recursive=...)``
+    (what ``Model.quantize`` and saving walk); it has no public equivalent for a plain layer.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=recursive))
+
+
+def backend_optimizer_class(public_class):
+    """The class that ``public_class(...)`` really instantiates on this backend.
+
+    On torch, Keras swaps ``keras.optimizers.AdamW`` for its ``_foreach`` variant
+    (``keras/src/backend/torch/optimizers/torch_optimizer.py``, ``TorchOptimizer.__new__``),
+    but only for its own classes, not for a subclass. A subclass that wants the torch
+    variant's update therefore derives from the class that ``__new__`` returns, found
+    here without importing ``keras.src``. Elsewhere it is ``public_class`` itself.
+    """
+    if keras.backend.backend() != "torch":
+        return public_class
+    return type(public_class(learning_rate=0.0))
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def fused_adamw_available():
+    """Whether :func:`fused_adamw` may run (torch's private kernel, on a verified torch)."""
+    import torch
+
+    if not verified("torch"):
+        _warn_unverified("torch", "fused_adamw")
+        return False
+    return hasattr(torch, "_fused_adamw_")
+
+
+def fused_adamw(*args, **kwargs):
+    """``torch._fused_adamw_``: the kernel behind ``torch.optim.AdamW(fused=True)``, one pass over
+    every parameter of a group. ``torch.optim.AdamW`` owns its state; Keras' optimizer owns
+    the moments, so the kernel is called on them directly."""
+    import torch
+
+    return torch._fused_adamw_(*args, **kwargs)
+
+
+def foreach_mul(tensors, scalar):
+    """``torch._foreach_mul``: one call scaling a list of tensors (the kernel behind
+    ``torch.nn.utils.clip_grad_norm_(foreach=True)``, which clips in place)."""
+    import torch
+
+    return torch._foreach_mul(tensors, scalar)
+
+
+@contextlib.contextmanager
+def inductor_freezing(options):
+    """``torch._inductor.config.patch(options)`` while a compiled module runs.
+
+    Dynamo decides whether weights are constants from inductor's *global* config
+    (``torch._dynamo.utils.is_parameter_freezing``), not from ``torch.compile(options=...)``:
+    without this, inductor keeps them as inputs, and nothing is prepacked or fused.
+    """
+    import torch
+
+    if not verified("torch"):
+        _warn_unverified("torch", "inductor_freezing")
+        yield
+        return
+    with torch._inductor.config.patch(options):
+        yield
+
+
+# ----------------------------------------------------------------------------- TensorFlow
+
+
+def set_quantization_debug_options(debugger, options):
+    """Replace a ``tf.lite.experimental.QuantizationDebugger``'s options without rebuilding it.
+
+    The public ``options`` setter also rebuilds the instrumented model (and fails once no op is
+    left to verify); the plain quantization only reads ``_debug_options``.
+    """
+    debugger._debug_options = options
