@@ -14,6 +14,14 @@ import keras  # noqa: E402
 from helpers.tiny import LABELS, tiny_classifier  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark every test of a module that sets ``BACKEND_INDEPENDENT = True`` as
+    ``backend_independent``: scripts/test.sh runs those under one backend only."""
+    for item in items:
+        if getattr(item.module, "BACKEND_INDEPENDENT", False):
+            item.add_marker(pytest.mark.backend_independent)
+
+
 @pytest.fixture(autouse=True)
 def _reset_keras_state():
     keras.config.set_dtype_policy("float32")

@@ -62,10 +62,10 @@ def test_quantize_reaches_every_mlp_matrix_and_keeps_the_answers(trained, mode, 
     np.testing.assert_allclose(loaded.predict(images, verbose=0), got, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["gptq", "awq"])
-def test_token_calibrated_quantization_modes_are_refused_clearly(mode):
+def test_token_calibrated_quantization_is_refused_clearly():
+    config = keras.quantizers.GPTQConfig(dataset=["calibration text"], tokenizer=object())
     with pytest.raises(ValueError, match="token sequences"):
-        tiny().quantize(mode)
+        tiny().quantize("gptq", config=config)
 
 
 def test_lora_fine_tunes_a_frozen_model_and_survives_save_load(trained, tmp_path):
@@ -116,7 +116,7 @@ def test_a_frozen_block_or_sublayer_stays_frozen_after_save_and_load(tmp_path):
     model.get_layer("mixer_block_1").trainable = False
     model.layer_at("mixer_block_0/token_mixing/dense_1").trainable = False
     expected = len(model.trainable_weights)
-    assert expected == len(model.weights) - 10 - 2
+    assert expected == len(model.weights) - 12 - 2  # a block holds 12 weights, a Dense 2
     path = str(tmp_path / "frozen_block.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
