@@ -20,6 +20,8 @@ from keras_mixer import checkpoints, inductor
 from keras_mixer.checkpoints import formats, keys, presets, tiling
 from keras_mixer.config import (
     LAYER_NORM_EPSILON,
+    OFFICIAL_MEAN,
+    OFFICIAL_STD,
     VARIANTS,
     ModelConfig,
     canonical_variant,
@@ -42,7 +44,8 @@ def _mixer_graph(inputs, config):
     """The Mixer's layers applied to ``inputs`` as ``config`` says."""
     x = inputs
     if config.include_preprocessing:
-        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing")(x)
+        scale, offset = config.pixel_scaling
+        x = keras.layers.Rescaling(scale, offset=offset, name="preprocessing")(x)
     x = PatchEmbedding(config.patch_size, config.hidden_dim, name=STEM)(x)
     for i in range(config.num_blocks):
         x = MixerBlock(
@@ -101,6 +104,11 @@ class MlpMixer(keras.Model):
         crop_fraction: evaluation and serving center-crop this fraction of an
             image's shorter side before resizing (``keras_mixer.images``); kept
             in the config so that it travels into exports.
+        interpolation: the resampling filter of evaluation and serving
+            (``"bilinear"``, ``"bicubic"``, ``"nearest"``); kept like ``crop_fraction``.
+        input_mean, input_std: the input normalisation, per channel (or one
+            number) on [0, 1] pixels: the preprocessing layer computes
+            ``(x / 255 - mean) / std``. Default 0.5 / 0.5, the official [-1, 1].
         name: model name.
         dtype: a Keras dtype policy for every layer (``"bfloat16"``,
             ``"mixed_bfloat16"``, ...); default Keras' global policy. LayerNorm
@@ -129,6 +137,9 @@ class MlpMixer(keras.Model):
         crop_fraction=1.0,
         name="mlp_mixer",
         dtype=None,
+        interpolation="bilinear",
+        input_mean=OFFICIAL_MEAN,
+        input_std=OFFICIAL_STD,
         **kwargs,
     ):
         # === Config === (validated before anything is built)
@@ -140,7 +151,7 @@ class MlpMixer(keras.Model):
             pooling=pooling, include_preprocessing=include_preprocessing,
             approximate_gelu=approximate_gelu, layer_norm_epsilon=layer_norm_epsilon,
             drop_path_rate=drop_path_rate, dropout=dropout, crop_fraction=crop_fraction,
-            name=name,
+            name=name, interpolation=interpolation, input_mean=input_mean, input_std=input_std,
         )
         # === Functional model === (every layer under the model's dtype policy)
         policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()

@@ -19,7 +19,14 @@ import numpy as np
 
 from keras_mixer.checkpoints import formats, keys, presets, tiling
 from keras_mixer.checkpoints.formats import CheckpointError, has_suffix
-from keras_mixer.config import ModelConfig, model_name, variant_of
+from keras_mixer.config import (
+    OFFICIAL_MEAN,
+    OFFICIAL_STD,
+    ModelConfig,
+    model_name,
+    per_channel,
+    variant_of,
+)
 from keras_mixer.files import atomic_output
 
 MAX_LISTED_PROBLEMS = 6
@@ -276,16 +283,32 @@ def _variant(model):
     return variant
 
 
-def _check_preset_fit(model, preset):
-    """Warn when the model's input scaling or GELU differ from the preset's training."""
+def check_fit(model, fields, what, stacklevel=4):
+    """Warn when the model's input normalisation or GELU differ from what the weights were trained with.
+
+    ``fields``: :class:`~keras_mixer.config.ModelConfig` fields of the weights' source
+    (``approximate_gelu``, ``input_mean``, ``input_std``); ``what`` names the weights.
+    """
     notes = []
-    if preset.input_scaling == "miil" and model.config.include_preprocessing:
-        notes.append("expect pixels in [0, 1]: build with include_preprocessing=False and "
-                     "feed keras_mixer.preprocess_input(x, mode='miil')")
-    if model.config.approximate_gelu != preset.approximate_gelu:
-        notes.append(f"were trained with approximate_gelu={preset.approximate_gelu}")
+    channels = model.config.image_shape[2]
+    mean = per_channel("input_mean", fields.get("input_mean", OFFICIAL_MEAN), channels)
+    std = per_channel("input_std", fields.get("input_std", OFFICIAL_STD), channels)
+    if model.config.include_preprocessing and (mean, std) != (model.config.input_mean,
+                                                              model.config.input_std):
+        scaled = ""
+        if len(set(mean)) == len(set(std)) == 1:
+            scaled = f"pixels in [{-mean[0] / std[0] + 0.0:g}, {(1.0 - mean[0]) / std[0]:g}] "
+        notes.append(f"expect {scaled}(mean {mean}, std {std} of [0, 1] pixels): build the "
+                     f"model with input_mean={mean}, input_std={std}")
+    gelu = fields.get("approximate_gelu")
+    if gelu is not None and model.config.approximate_gelu != gelu:
+        notes.append(f"were trained with approximate_gelu={gelu}")
     if notes:
-        warnings.warn(f"The {preset.name!r} weights " + "; ".join(notes) + ".", stacklevel=4)
+        warnings.warn(f"The {what} weights " + "; ".join(notes) + ".", stacklevel=stacklevel)
+
+
+def _check_preset_fit(model, preset):
+    check_fit(model, preset.config_fields, repr(preset.name), stacklevel=5)
 
 
 def save_weights(model, path):
