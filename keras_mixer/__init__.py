@@ -13,6 +13,7 @@ from keras_mixer.checkpoints import (
     LoadSummary,
     available_presets,
     load_params,
+    preset_names,
     load_weights,
     save_weights,
 )
@@ -35,6 +36,7 @@ from keras_mixer.models import (
     mixer_blocks,
     model_from_checkpoint,
 )
+from keras_mixer.sharing import save_to_preset
 from keras_mixer.deploy import (
     GrpcClient,
     InvalidInputError,

@@ -83,8 +83,11 @@ class MlpMixer(keras.Model):
         tokens_mlp_dim: hidden width ``D_S`` of the token-mixing MLPs.
         channels_mlp_dim: hidden width ``D_C`` of the channel-mixing MLPs.
         include_top: end with the classification head.
-        weights: ``None`` (random init), or a weights file / preset accepted
-            by :func:`keras_mixer.load_weights`.
+        weights: ``None`` (random init), or a weights file / preset / handle
+            (``hf://...``, ``kaggle://...``, a preset folder) accepted by
+            :func:`keras_mixer.load_weights`. The variant constructors
+            (``MixerB16(weights=...)``) also take the preset's GELU, input
+            normalisation, eval crop and filter, and classes as defaults.
         input_tensor: optional Keras tensor to use as the model input.
         input_shape: ``(height, width, channels)``, default ``(224, 224, 3)``;
             height and width must be multiples of ``patch_size``.
@@ -299,6 +302,8 @@ def get_model(variant, **kwargs):
     """
     variant = canonical_variant(variant)
     kwargs.setdefault("name", model_name(variant))
+    if kwargs.get("weights") is not None:  # build the model the weights were trained as
+        kwargs = {**checkpoints.weights_defaults(kwargs["weights"], variant), **kwargs}
     architecture = VARIANTS[variant]
     return MlpMixer(architecture.patch_size, architecture.num_blocks, architecture.hidden_dim,
                     architecture.tokens_mlp_dim, architecture.channels_mlp_dim, **kwargs)
@@ -339,10 +344,13 @@ def from_config(config, weights=None, **changes):
 
 
 def model_from_checkpoint(path, image_size=None, verbose=True, **kwargs):
-    """Build the Mixer a checkpoint file describes and load it.
+    """Build the Mixer a checkpoint file or handle describes and load it.
 
     Args:
-        path: ``.npz``, ``.pth``, ``.safetensors`` or Keras ``.weights.h5`` checkpoint.
+        path: ``.npz``, ``.pth``, ``.safetensors`` or Keras ``.weights.h5`` checkpoint,
+            or a handle (:mod:`keras_mixer.checkpoints.hub`: a preset name or folder,
+            ``hf://...``, ``kaggle://...``), whose config also fixes the GELU, the
+            input normalisation, the image policy and the head.
         image_size: build at this size (int or ``(height, width)``) with the
             paper's resolution transfer; default: the checkpoint's size.
         verbose: emit the loader's messages as warnings.
@@ -350,14 +358,16 @@ def model_from_checkpoint(path, image_size=None, verbose=True, **kwargs):
             ``include_preprocessing``, ``approximate_gelu``, ...).
 
     Returns:
-        ``(model, summary)``.
+        ``(model, summary)``; ``summary.class_names`` has the source's class names, if any.
     """
-    params = formats.read_checkpoint(path)
-    config = checkpoints.config_from_params(params)
+    source = checkpoints.read_source(path)
+    config = checkpoints.source_config(source)
     if image_size is not None:
         config = _resized_config(config, image_size)
     model = MlpMixer(**config.replace(**_as_config_fields(kwargs)).to_kwargs())
-    return model, checkpoints.load_params(model, params, verbose=verbose)
+    summary = checkpoints.load_params(model, source.params, verbose=verbose)
+    summary.class_names = source.class_names
+    return model, summary
 
 
 def _as_config_fields(kwargs):
@@ -405,9 +415,13 @@ def load_model(source, variant=None, image_size=None, verbose=True, **kwargs):
     Args:
         source: a ``.keras`` model file (also one written by keras-mixer 0.1,
             converted to :class:`MlpMixer`), a checkpoint (``.npz``, ``.pth``,
-            ``.safetensors``: the architecture is read off its shapes), a paper
-            variant name (``"B/16"``: random weights), or a preset name /
-            ``.weights.h5`` file together with ``variant``.
+            ``.safetensors``: the architecture is read off its shapes), a handle
+            (a full preset name such as ``"mixer_b16_224.goog_in21k_ft_in1k"``,
+            ``hf://OWNER/REPO``, ``kaggle://...``, or a preset folder written by
+            :func:`keras_mixer.save_to_preset`: the model its publisher evaluated,
+            preprocessing included), a paper variant name (``"B/16"``: random
+            weights), or a short preset name / ``.weights.h5`` file together with
+            ``variant``.
         variant: paper variant for presets and ``.weights.h5`` files.
         image_size: int or ``(height, width)``; resolution transfer when it differs.
         verbose: emit the loader's messages as warnings.
@@ -422,7 +436,7 @@ def load_model(source, variant=None, image_size=None, verbose=True, **kwargs):
         if kwargs:
             raise ValueError(f"A .keras file fixes the architecture; got extra arguments {kwargs}.")
         model = load_keras_file(path)
-    elif formats.has_suffix(path, formats.CHECKPOINT_SUFFIXES):
+    elif formats.has_suffix(path, formats.CHECKPOINT_SUFFIXES) or checkpoints.is_handle(path):
         return model_from_checkpoint(path, image_size=image_size, verbose=verbose, **kwargs)[0]
     elif presets.is_preset_name(path) or formats.has_suffix(path, formats.KERAS_WEIGHTS_SUFFIXES):
         if variant is None:
@@ -433,8 +447,8 @@ def load_model(source, variant=None, image_size=None, verbose=True, **kwargs):
     else:
         raise ValueError(
             f"Cannot build a Mixer from {path!r}: expected a .keras model, a checkpoint "
-            "(.npz, .pth, .safetensors), a paper variant (B/16, ...), or a preset name / "
-            ".weights.h5 file with variant=."
+            "(.npz, .pth, .safetensors), a preset name or folder, an hf:// or kaggle:// handle, "
+            "a paper variant (B/16, ...), or a short preset name / .weights.h5 file with variant=."
         )
     if image_size is not None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

@@ -192,6 +192,11 @@ def available_presets(variant=None):
     return tuple(name for v, name in PRESETS if v == variant)
 
 
+def preset_names():
+    """Every full preset name (:data:`NAMED_PRESETS`): ``load_model(name)`` builds and loads it."""
+    return tuple(NAMED_PRESETS)
+
+
 def get_preset(variant, name):
     """The :class:`Preset` ``name`` of ``variant``; a clear error when it does not exist."""
     variant = canonical_variant(variant)
