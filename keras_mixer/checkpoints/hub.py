@@ -195,7 +195,7 @@ def _check_lfs_file(hub, repo_id, revision, folder, name, handle):
     problem = _lfs_problem(path)
     if problem is None:
         return
-    if hub.constants.HF_HUB_OFFLINE:
+    if hub.is_offline_mode():
         raise DownloadError(f"The cached {name} of {handle} is corrupt ({problem}); delete "
                             f"{os.path.realpath(path)} and load it again online.")
     hub.hf_hub_download(repo_id, name, revision=revision, force_download=True)
