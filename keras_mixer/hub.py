@@ -92,7 +92,8 @@ class MixerBackbone(MlpMixer, keras_hub.models.Backbone):
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """keras-hub's ``from_preset``; also timm repositories and keras-mixer's preset names."""
         if _foreign(preset):
-            return cls.from_mixer(load_model(preset) if load_weights else _unloaded(preset))
+            return cls.from_mixer(load_model(preset, **kwargs) if load_weights
+                                  else _unloaded(preset, **kwargs))
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
 
@@ -222,12 +223,16 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
         return model
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, load_task_weights=True, **kwargs):
-        """keras-hub's ``from_preset``; also timm repositories and keras-mixer's preset names."""
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """keras-hub's ``from_preset``; also timm repositories and keras-mixer's preset names.
+
+        For those, ``kwargs`` are :func:`keras_mixer.load_model`'s (``num_classes=`` for a
+        fresh head of another size, as keras-hub's).
+        """
         if _foreign(preset):
-            return cls.from_mixer(load_model(preset) if load_weights else _unloaded(preset))
-        return super().from_preset(preset, load_weights=load_weights,
-                                   load_task_weights=load_task_weights, **kwargs)
+            return cls.from_mixer(load_model(preset, **kwargs) if load_weights
+                                  else _unloaded(preset, **kwargs))
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
 
 def _foreign(preset):
@@ -241,7 +246,7 @@ def _foreign(preset):
     return kind != handles.KERAS_HUB
 
 
-def _unloaded(preset):
+def _unloaded(preset, **kwargs):
     """The model ``preset`` describes, with fresh weights."""
     source = checkpoints.read_source(preset)
-    return MlpMixer(**checkpoints.source_config(source).to_kwargs())
+    return MlpMixer(**checkpoints.source_config(source, **kwargs).to_kwargs())
