@@ -6,8 +6,12 @@ Hugging Face cache laid out as ``huggingface_hub`` keeps it, and read with the h
 in offline mode (``HF_HUB_OFFLINE``); Kaggle handles come from a kagglehub cache likewise.
 """
 
+import importlib.util
 import json
 import os
+import re
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -29,7 +33,7 @@ from helpers.presets import (
     timm_reference,
     write_timm_repository,
 )
-from helpers.processes import run_worker
+from helpers.processes import run_worker, worker_env
 from helpers.tiny import TINY, tiny_images
 
 import keras_mixer
@@ -344,3 +348,42 @@ def test_model_config_defaults_keep_todays_models():
         keras_mixer.MlpMixer(**TINY, input_shape=(SIZE, SIZE, 3), input_std=(0.2, 0.3))
     gray = keras_mixer.MlpMixer(**TINY, input_shape=(SIZE, SIZE, 1), num_classes=3)
     assert gray.config.input_mean == (0.5,)
+
+
+def test_everything_but_keras_mixer_hub_works_without_keras_hub(tmp_path):
+    """keras-hub is an extra: ``import keras_mixer`` does not import it, and presets are saved
+    and loaded without it (here made unimportable)."""
+    script = f"""
+import sys
+sys.modules["keras_hub"] = None  # as if not installed
+import keras_mixer
+assert "keras_hub" not in sys.modules or sys.modules["keras_hub"] is None
+model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3), num_classes=5)
+keras_mixer.save_to_preset(model, {str(tmp_path / "preset")!r})
+assert keras_mixer.load_model({str(tmp_path / "preset")!r}).config == model.config
+try:
+    import keras_mixer.hub
+except ImportError:
+    print("no keras_mixer.hub without keras-hub")
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=worker_env(keras.backend.backend()),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "no keras_mixer.hub without keras-hub"
+
+
+def test_guide_examples_run_as_written(tmp_path):
+    """The `docs: run` blocks of docs/guides/presets.md, in order, each in a fresh interpreter."""
+    guide = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "docs", "guides", "presets.md")
+    with open(guide, encoding="utf-8") as f:
+        text = f.read()
+    blocks = re.findall(r"<!-- docs: (run[^>]*?) -->\n```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    for marker, code in blocks:
+        if "keras_hub" in code and importlib.util.find_spec("keras_hub") is None:
+            continue
+        done = subprocess.run([sys.executable, "-c", code], env=worker_env(keras.backend.backend()),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{marker}:\n{done.stderr[-3000:]}"
+    assert os.path.isdir(tmp_path / "my_mixer")
