@@ -42,11 +42,8 @@ class MixerBackbone(MlpMixer, keras_hub.models.Backbone):
     """An MLP-Mixer backbone: images (already scaled) to the normalised tokens ``(batch, S, C)``.
 
     Args:
-        patch_size: side ``P`` of the square patches.
-        num_blocks: number of Mixer blocks.
-        hidden_dim: token width ``C``.
-        tokens_mlp_dim: hidden width ``D_S`` of the token-mixing MLPs.
-        channels_mlp_dim: hidden width ``D_C`` of the channel-mixing MLPs.
+        patch_size, num_blocks, hidden_dim, tokens_mlp_dim, channels_mlp_dim: the
+            architecture, as :class:`keras_mixer.MlpMixer` takes it.
         image_shape: ``(height, width, channels)``; multiples of ``patch_size``.
         approximate_gelu: tanh GELU (official weights) or exact erf (timm's).
         layer_norm_epsilon: LayerNorm epsilon (official: 1e-6).
