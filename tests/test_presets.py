@@ -249,6 +249,16 @@ def test_save_to_preset_refuses_what_must_not_be_published(tmp_path, monkeypatch
     assert keras_mixer.load_model(str(tmp_path / "taken")).config.num_classes == 3  # the old one
 
 
+def test_preset_shared_on_the_hub_loads_by_handle(tmp_path, offline_hf):
+    """A preset uploaded to the Hugging Face Hub (upload_preset / upload_folder) loads by hf://."""
+    model = tiny_mixer()
+    hf_cache(offline_hf, "someone/tiny_mixer", keras_mixer.save_to_preset(model, tmp_path / "preset"))
+    loaded = keras_mixer.load_model("hf://someone/tiny_mixer")
+    pixels = tiny_images(2, SIZE)
+    assert loaded.config == model.config
+    np.testing.assert_array_equal(predict(loaded, pixels), predict(model, pixels))
+
+
 def test_kaggle_handle_from_the_kagglehub_cache(tmp_path, monkeypatch):
     """kaggle://OWNER/MODEL/FRAMEWORK/VARIATION/VERSION: served by kagglehub from its cache."""
     pytest.importorskip("kagglehub")

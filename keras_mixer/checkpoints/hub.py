@@ -79,6 +79,7 @@ TIMM_MIXER = re.compile(r"mixer_([sblh])(\d+)_(\d+)")
 _LFS_SHA256 = re.compile(r"[0-9a-f]{64}")
 _verified = set()  # (path, size, mtime) of hub files whose sha256 checked out in this process
 
+WEIGHTS_FILE_SUFFIXES = formats.CHECKPOINT_SUFFIXES + formats.KERAS_WEIGHTS_SUFFIXES
 OFFICIAL, KERAS_HUB, TIMM, CHECKPOINT = ("official checkpoint", "keras-hub preset", "timm repository",
                                         "checkpoint file")
 
@@ -131,7 +132,7 @@ def read_source(handle, weights=True):
             layout, a file missing).
     """
     text = os.fspath(handle)
-    if os.path.isfile(text):
+    if os.path.isfile(text) or formats.has_suffix(text, WEIGHTS_FILE_SUFFIXES):
         return Source(text, text, CHECKPOINT, {}, formats.read_checkpoint(text) if weights else None)
     if presets.is_named_preset(text):
         preset = presets.named_preset(text)
