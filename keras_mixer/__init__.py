@@ -13,8 +13,8 @@ from keras_mixer.checkpoints import (
     LoadSummary,
     available_presets,
     load_params,
-    preset_names,
     load_weights,
+    preset_names,
     save_weights,
 )
 from keras_mixer.config import VARIANTS, MixerConfig, ModelConfig, canonical_variant, flops
