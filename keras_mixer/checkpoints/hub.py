@@ -130,6 +130,14 @@ def read_source(handle, weights=True):
             repository, a corrupt download).
         CheckpointError: the files are not a Mixer (another architecture, another
             layout, a file missing).
+
+    Example:
+
+    ```python
+    source = keras_mixer.checkpoints.read_source("hf://timm/mixer_b16_224.goog_in21k_ft_in1k")
+    source.kind, source.fields["interpolation"]  # ("timm repository", "bicubic")
+    config = keras_mixer.checkpoints.source_config(source)  # the ModelConfig to build
+    ```
     """
     text = os.fspath(handle)
     if os.path.isfile(text) or formats.has_suffix(text, WEIGHTS_FILE_SUFFIXES):
