@@ -27,7 +27,8 @@ _LAZY = {
 }
 _MODEL_API = {
     "keras_mixer.checkpoints": ("CheckpointError", "DownloadError", "LoadSummary",
-                                "available_presets", "load_params", "load_weights", "save_weights"),
+                                "available_presets", "load_params", "load_weights", "preset_names",
+                                "save_weights"),
     "keras_mixer.config": ("VARIANTS", "MixerConfig", "ModelConfig", "canonical_variant", "flops",
                            "parameter_count"),
     "keras_mixer.imagenet": ("decode_predictions", "preprocess_input"),
@@ -35,6 +36,7 @@ _MODEL_API = {
     "keras_mixer.models": ("MixerB16", "MixerB32", "MixerH14", "MixerL16", "MixerL32", "MixerS16",
                            "MixerS32", "MlpMixer", "convert_resolution", "feature_extractor",
                            "get_model", "load_model", "mixer_blocks", "model_from_checkpoint"),
+    "keras_mixer.sharing": ("save_to_preset",),
 }
 _LAZY.update({name: module for module, names in _MODEL_API.items() for name in names})
 __all__ = sorted(_LAZY)

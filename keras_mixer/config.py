@@ -10,6 +10,11 @@ import dataclasses
 LAYER_NORM_EPSILON = 1e-6  # official; Keras' LayerNormalization default is 1e-3
 DEFAULT_IMAGE_SIZE = 224
 POOLINGS = (None, "avg", "max")
+# Resampling filters of the image policy (keras_mixer.images): tf.image.resize's names, which
+# keras.layers.Resizing (keras-hub's image converters) also takes.
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# The official input scaling, x / 127.5 - 1, as mean and std of [0, 1] pixels (timm's convention).
+OFFICIAL_MEAN = OFFICIAL_STD = (0.5, 0.5, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +129,12 @@ class ModelConfig:
     # (keras_mixer.images); stored here so that it travels with the model into its exports.
     crop_fraction: float = 1.0
     name: str = "mlp_mixer"
+    # The image policy's resampling filter (a preset's: timm's Mixers were evaluated "bicubic").
+    interpolation: str = "bilinear"
+    # The input normalisation, per channel on [0, 1] pixels as timm's pretrained_cfg gives it:
+    # the preprocessing layer computes (x / 255 - mean) / std; 0.5 / 0.5 is the official [-1, 1].
+    input_mean: tuple = OFFICIAL_MEAN
+    input_std: tuple = OFFICIAL_STD
 
     def __post_init__(self):
         for field in ARCHITECTURE_FIELDS:
@@ -144,6 +155,14 @@ class ModelConfig:
                 raise ValueError(f"{field} must be in [0, 1), got {getattr(self, field)}.")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}.")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                             f"got {self.interpolation!r}.")
+        for field in ("input_mean", "input_std"):
+            object.__setattr__(self, field, per_channel(field, getattr(self, field),
+                                                         self.image_shape[2]))
+        if min(self.input_std) <= 0:
+            raise ValueError(f"input_std must be positive, got {self.input_std}.")
 
     @property
     def architecture(self):
@@ -164,6 +183,19 @@ class ModelConfig:
     def grid(self):
         """The token grid ``(H/P, W/P)``."""
         return token_grid(self.image_shape, self.patch_size)
+
+    @property
+    def pixel_scaling(self):
+        """``(scale, offset)`` that map 0-255 pixels to the model's inputs (``x * scale + offset``).
+
+        Numbers when every channel has the same, else one list entry per channel;
+        the official ``(1 / 127.5, -1)`` for the default mean and std.
+        """
+        scale = [1.0 / (255.0 * std) for std in self.input_std]
+        offset = [-mean / std for mean, std in zip(self.input_mean, self.input_std)]
+        if len(set(scale)) == 1 and len(set(offset)) == 1:
+            return scale[0], offset[0]
+        return scale, offset
 
     @property
     def outputs_probabilities(self):
@@ -188,6 +220,20 @@ class ModelConfig:
         if input_shape is not None:
             kwargs["image_shape"] = tuple(input_shape)
         return cls(**kwargs)
+
+
+def per_channel(field, value, channels):
+    """``value`` as a tuple of ``channels`` floats; one number (or all equal) serves every channel."""
+    values = (value,) if isinstance(value, (int, float)) else tuple(value)
+    try:
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field} must be numbers, got {value!r}.") from None
+    if channels is not None and values and len(set(values)) == 1:
+        values = values[:1] * channels
+    if channels is not None and len(values) != channels:
+        raise ValueError(f"{field} needs one value per channel ({channels}), got {value!r}.")
+    return values
 
 
 def flops(config, image_size=224, num_classes=1000, channels=3):

@@ -426,7 +426,7 @@ def rand_augment(ops=2, magnitude=10.0, seed=None):
 
 def make_dataset(source, batch_size, image_size, training, augment=Augmentation(), seed=0,
                  crop_fraction=1.0, shuffle_buffer=10_000, repeat=False, drop_remainder=None,
-                 cache=None, pad_to_batch=False):
+                 cache=None, pad_to_batch=False, interpolation="bilinear"):
     """Batches of ``(float32 images in [0, 255] (B, height, width, 3), one-hot labels (B, K))``.
 
     Args:
@@ -447,6 +447,7 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
             to full size with weight-0 blanks, so that every batch splits evenly over
             data-parallel devices while the loss and the metrics average over the real
             examples only (real examples weigh ``padded / real``, see below).
+        interpolation: the eval resize filter (the model's ``config.interpolation``).
     """
     num_classes = source.num_classes
     size = _size_pair(image_size)
@@ -467,7 +468,7 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         elif training:
             image = images.resize(image, size)
         else:  # evaluation: exactly what the serving signatures do (keras_mixer.images)
-            image = images.resize(image, size, crop_fraction)
+            image = images.resize(image, size, crop_fraction, interpolation)
         if training and augment.flip:
             flip_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)

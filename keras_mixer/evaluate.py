@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from keras_mixer import data as datasets
 from keras_mixer import fast, images, models
+from keras_mixer.config import INTERPOLATIONS
 from keras_mixer.deploy import litert, saved_model, signatures, tflite
 from keras_mixer.files import write_text
 
@@ -37,7 +38,8 @@ TOP_K = 5
 TFLITE_CHUNK = 256  # images prepared at a time for the TFLite interpreter
 
 
-def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=print):
+def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=print,
+             interpolation=None):
     """Top-1 / top-5 accuracy of ``artifact`` on the labelled image folder ``data``.
 
     Args:
@@ -52,26 +54,32 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
             one row per image, class names, score = probability of the prediction.
         batch_size: images per model call.
         log: where the summary lines go (``None``: nowhere).
+        interpolation: the resize filter (``"bilinear"``, ``"bicubic"``, ``"nearest"``);
+            default the model's ``config.interpolation``, recorded like the crop.
 
     Returns:
         A dict: ``top1``, ``top5``, ``num_images``, ``kind`` (``"keras"``,
         ``"saved_model"`` or ``"tflite"``), ``artifact`` (the path evaluated),
-        ``crop_fraction``, ``class_names``, ``probabilities`` ``(n, classes)`` and
+        ``crop_fraction``, ``interpolation``, ``class_names``, ``probabilities`` ``(n, classes)`` and
         ``rows`` (one dict per image: ``path``, ``label``, ``prediction``, ``score``).
     """
     log = log or (lambda *_: None)
     kind, path = artifact_kind(artifact)
     if crop_fraction is not None and not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}.")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                         f"got {interpolation!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     folder, paths, labels, class_names = labelled_files(data)
     run = {KERAS: _keras_probabilities, SAVED_MODEL: _saved_model_probabilities,
            TFLITE: _tflite_probabilities}[kind]
     log(f"evaluating {kind} {path} on {len(paths)} images of {len(class_names)} classes in {folder}")
-    probabilities, crop_fraction = run(path, paths, labels, class_names, crop_fraction, batch_size)
+    probabilities, crop_fraction, interpolation = run(
+        path, paths, labels, class_names, crop_fraction, batch_size, interpolation)
     result = scores(probabilities, labels, paths, class_names)
-    result.update(kind=kind, artifact=path, crop_fraction=crop_fraction)
+    result.update(kind=kind, artifact=path, crop_fraction=crop_fraction, interpolation=interpolation)
     if out is not None:
         write_predictions(out, result["rows"])
         log(f"predictions: {out}")
@@ -129,18 +137,21 @@ def _check_classes(num_classes, class_names, what):
                          f"({', '.join(class_names)}).")
 
 
-def _keras_probabilities(path, paths, labels, class_names, crop_fraction, batch_size):
+def _keras_probabilities(path, paths, labels, class_names, crop_fraction, batch_size,
+                         interpolation):
     model = models.load_keras_file(path, compile=False)
     config = model.config
     crop_fraction = config.crop_fraction if crop_fraction is None else crop_fraction
+    interpolation = interpolation or config.interpolation
     probability_model = signatures.probability_model(model)
     _check_classes(config.num_classes, class_names, f"Model {path}")
     source = datasets.files_source(paths, labels, class_names)
     dataset = datasets.make_dataset(source, batch_size, config.image_size, training=False,
-                                crop_fraction=crop_fraction, cache=False)
+                                crop_fraction=crop_fraction, cache=False,
+                                interpolation=interpolation)
     with fast.inference():  # as the model's own test step
         probabilities = probability_model.predict(dataset.map(lambda x, y: x), verbose=0)
-    return np.asarray(probabilities, dtype="float64"), crop_fraction
+    return np.asarray(probabilities, dtype="float64"), crop_fraction, interpolation
 
 
 def saved_model_crop_fraction(version_dir):
@@ -152,8 +163,24 @@ def saved_model_crop_fraction(version_dir):
         return json.load(f).get("crop_fraction")
 
 
-def _saved_model_probabilities(path, paths, labels, class_names, crop_fraction, batch_size):
+def _recorded_interpolation(recorded, requested, where):
+    """The resize filter an export records (before it recorded one: bilinear); another is refused."""
+    recorded = recorded or "bilinear"
+    if requested is not None and requested != recorded:
+        raise ValueError(f"{where} prepares images with {recorded!r} resizing; --interpolation "
+                         f"{requested} would not be what the model expects. Leave it out.")
+    return recorded
+
+
+def _saved_model_probabilities(path, paths, labels, class_names, crop_fraction, batch_size,
+                               interpolation):
     baked = saved_model_crop_fraction(path)
+    report_path = os.path.join(path, saved_model.REPORT_FILE)
+    recorded = None
+    if os.path.isfile(report_path):
+        with open(report_path) as f:
+            recorded = json.load(f).get("interpolation")
+    interpolation = _recorded_interpolation(recorded, interpolation, f"SavedModel {path}")
     if crop_fraction is not None and (baked is None or abs(crop_fraction - baked) > 1e-9):
         recorded = (f"crops {baked}" if baked is not None else
                     f"does not record its crop (no crop_fraction in {saved_model.REPORT_FILE})")
@@ -175,7 +202,7 @@ def _saved_model_probabilities(path, paths, labels, class_names, crop_fraction, 
     for start in range(0, len(paths), batch_size):
         encoded = tf.constant([_read_bytes(p) for p in paths[start:start + batch_size]])
         batches.append(serve(**{signatures.BYTES_INPUT: encoded})["probabilities"].numpy())
-    return np.concatenate(batches).astype("float64"), baked
+    return np.concatenate(batches).astype("float64"), baked, interpolation
 
 
 def _read_bytes(path):
@@ -199,8 +226,11 @@ def _check_labels(model_labels, class_names, labels_file):
                      f"folders: {'; '.join(details)}.")
 
 
-def _tflite_probabilities(path, paths, labels, class_names, crop_fraction, batch_size):
-    recorded = (tflite.read_info(path) or {}).get("crop_fraction")
+def _tflite_probabilities(path, paths, labels, class_names, crop_fraction, batch_size,
+                          interpolation):
+    info = tflite.read_info(path) or {}
+    interpolation = _recorded_interpolation(info.get("interpolation"), interpolation, path)
+    recorded = info.get("crop_fraction")
     if crop_fraction is None and recorded is None:
         raise ValueError(
             f"{path} has no {os.path.basename(path)}{tflite.INFO_SUFFIX} beside it recording the crop "
@@ -223,9 +253,9 @@ def _tflite_probabilities(path, paths, labels, class_names, crop_fraction, batch
     chunk = max(batch_size, TFLITE_CHUNK)  # run_tflite loads the file once per call
     batches = []
     for start in range(0, len(paths), chunk):
-        prepared = images.load_files(paths[start:start + chunk], size, crop_fraction)
+        prepared = images.load_files(paths[start:start + chunk], size, crop_fraction, interpolation)
         batches.append(litert.run_tflite(path, prepared)[0])
-    return np.concatenate(batches), crop_fraction
+    return np.concatenate(batches), crop_fraction, interpolation
 
 
 def scores(probabilities, labels, paths, class_names):

@@ -59,6 +59,38 @@ def atomic_output(path):
             os.remove(temp_path)
 
 
+@contextlib.contextmanager
+def atomic_directory(path, overwrite=False):
+    """Yield a temporary folder next to ``path``; rename it to ``path`` when the block succeeds.
+
+    A killed writer leaves only a temporary folder (removed by the next writer), never
+    a half-written ``path``. An existing non-empty ``path`` is an error unless
+    ``overwrite``: then it is moved aside, the new folder renamed in, the old removed.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent, base = os.path.split(path)
+    if os.path.exists(path) and not (os.path.isdir(path) and (overwrite or not os.listdir(path))):
+        raise FileExistsError(f"{path} exists" + ("" if os.path.isdir(path) else " and is a file")
+                              + "; choose a new folder" + (" or pass overwrite=True."
+                                                           if os.path.isdir(path) else "."))
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_temps(parent, suffix="-" + base)
+    temp = tempfile.mkdtemp(prefix=temp_prefix(), suffix="-" + base, dir=parent)
+    try:
+        yield temp
+        os.chmod(temp, 0o777 & ~_umask())  # mkdtemp makes it private
+        if os.path.isdir(path):
+            old = tempfile.mkdtemp(prefix=temp_prefix(), suffix="-old-" + base, dir=parent)
+            os.replace(path, old)  # onto the empty folder just made
+            os.replace(temp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            shutil.rmtree(temp, ignore_errors=True)
+
+
 def remove_stale_temps(directory, suffix="", max_age=UNKNOWN_WRITER_MAX_AGE_S):
     """Remove ``.tmp-*`` files and folders in ``directory`` that killed writers left behind.
 

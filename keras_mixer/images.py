@@ -7,10 +7,13 @@ gives the same pixels wherever it goes:
 1. decode with ``tf.io.decode_image`` to RGB uint8 (JPEG, PNG, BMP, GIF);
 2. with ``crop_fraction < 1``, crop the central square whose side is that
    fraction of the shorter side (the model's ``config.crop_fraction``);
-3. resize to the model's size with bilinear filtering, antialiased when
-   shrinking (``tf.image.resize(..., antialias=True)``), as float32 0-255.
+3. resize to the model's size with the model's filter (``config.interpolation``:
+   bilinear by default, bicubic for timm's presets), antialiased when shrinking
+   (``tf.image.resize(..., antialias=True)``), as float32 0-255.
 
-``crop_fraction == 1`` squashes the whole image to the model's size.
+``crop_fraction == 1`` squashes the whole image to the model's size. A pretrained
+preset sets both (timm's Mixers: crop 0.875, bicubic), so that a model is evaluated
+and served the way it was evaluated upstream; exports record them.
 """
 
 import os
@@ -40,15 +43,20 @@ def center_crop(images, crop_fraction):
     return tf.image.crop_to_bounding_box(images, (height - side) // 2, (width - side) // 2, side, side)
 
 
-def resize(images, size, crop_fraction=1.0):
-    """Pixels ``(H, W, 3)`` or ``(batch, H, W, 3)`` -> float32 at ``size`` (``(height, width)``)."""
+def resize(images, size, crop_fraction=1.0, interpolation="bilinear"):
+    """Pixels ``(H, W, 3)`` or ``(batch, H, W, 3)`` -> float32 at ``size`` (``(height, width)``).
+
+    Bicubic resampling overshoots: its values are clipped back to 0-255.
+    """
     images = center_crop(tf.cast(images, tf.float32), crop_fraction)
-    return tf.image.resize(images, tuple(size), method="bilinear", antialias=True)
+    resized = tf.image.resize(images, tuple(size), method=interpolation, antialias=True)
+    return tf.clip_by_value(resized, 0.0, 255.0) if interpolation == "bicubic" else resized
 
 
-def prepare(data, size, crop_fraction=1.0):
+def prepare(data, size, crop_fraction=1.0, interpolation="bilinear"):
     """Encoded bytes -> the model's float32 0-255 input ``(height, width, 3)``."""
-    return tf.ensure_shape(resize(decode(data), size, crop_fraction), tuple(size) + (3,))
+    return tf.ensure_shape(resize(decode(data), size, crop_fraction, interpolation),
+                           tuple(size) + (3,))
 
 
 def list_images(folder):
@@ -65,7 +73,7 @@ def check_header(path):
         raise ValueError(f"Unreadable image {path!r}: not a JPEG, PNG, BMP or GIF file.")
 
 
-def load_files(paths, size, crop_fraction=1.0):
+def load_files(paths, size, crop_fraction=1.0, interpolation="bilinear"):
     """Image files as a NumPy float32 ``(n, height, width, 3)`` of 0-255 pixels, by the policy."""
     arrays = []
     for path in paths:
@@ -73,13 +81,13 @@ def load_files(paths, size, crop_fraction=1.0):
             raise FileNotFoundError(f"Image not found: {path}")
         check_header(path)
         try:
-            arrays.append(prepare(tf.io.read_file(path), size, crop_fraction).numpy())
+            arrays.append(prepare(tf.io.read_file(path), size, crop_fraction, interpolation).numpy())
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(f"Unreadable image {path!r}: {error.message.splitlines()[0]}") from None
     return np.stack(arrays).astype("float32")
 
 
-def load_images(path, size, crop_fraction=1.0, max_images=256, seed=0):
+def load_images(path, size, crop_fraction=1.0, max_images=256, seed=0, interpolation="bilinear"):
     """0-255 float32 images ``(n, H, W, 3)`` from a ``.npy`` file or a folder of image files.
 
     From a folder (searched recursively), ``max_images`` files are drawn at
@@ -95,4 +103,4 @@ def load_images(path, size, crop_fraction=1.0, max_images=256, seed=0):
     if not files:
         raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under {path!r}.")
     files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))[:max_images]]
-    return load_files(files, size, crop_fraction)
+    return load_files(files, size, crop_fraction, interpolation)

@@ -24,6 +24,8 @@ from keras_mixer import checkpoints, compat, fast, inductor
 from keras_mixer.checkpoints import formats, keys, presets, tiling
 from keras_mixer.config import (
     LAYER_NORM_EPSILON,
+    OFFICIAL_MEAN,
+    OFFICIAL_STD,
     VARIANTS,
     ModelConfig,
     canonical_variant,
@@ -46,7 +48,8 @@ def _mixer_graph(inputs, config):
     """The Mixer's layers applied to ``inputs`` as ``config`` says."""
     x = inputs
     if config.include_preprocessing:
-        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing")(x)
+        scale, offset = config.pixel_scaling
+        x = keras.layers.Rescaling(scale, offset=offset, name="preprocessing")(x)
     x = PatchEmbedding(config.patch_size, config.hidden_dim, name=STEM)(x)
     for i in range(config.num_blocks):
         x = MixerBlock(
@@ -89,8 +92,11 @@ class MlpMixer(keras.Model):
         tokens_mlp_dim: hidden width ``D_S`` of the token-mixing MLPs.
         channels_mlp_dim: hidden width ``D_C`` of the channel-mixing MLPs.
         include_top: end with the classification head.
-        weights: ``None`` (random init), or a weights file / preset accepted
-            by :func:`keras_mixer.load_weights`.
+        weights: ``None`` (random init), or a weights file / preset / handle
+            (``hf://...``, ``kaggle://...``, a preset folder) accepted by
+            :func:`keras_mixer.load_weights`. The variant constructors
+            (``MixerB16(weights=...)``) also take the preset's GELU, input
+            normalisation, eval crop and filter, and classes as defaults.
         input_tensor: optional Keras tensor to use as the model's input (as in
             ``keras.applications``: the model's inputs are then the inputs it
             comes from).
@@ -113,6 +119,12 @@ class MlpMixer(keras.Model):
         crop_fraction: evaluation and serving center-crop this fraction of an
             image's shorter side before resizing (``keras_mixer.images``); kept
             in the config so that it travels into exports.
+        interpolation: the resampling filter of evaluation and serving
+            (``"bilinear"``, ``"bicubic"``, ``"nearest"``); kept like ``crop_fraction``.
+        input_mean: the input normalisation's mean, per channel (or one number)
+            on [0, 1] pixels: the preprocessing layer computes
+            ``(x / 255 - input_mean) / input_std``. Default 0.5: the official [-1, 1].
+        input_std: the input normalisation's standard deviation (default 0.5).
         name: model name.
         dtype: a Keras dtype policy for every layer (``"bfloat16"``,
             ``"mixed_bfloat16"``, ...); default Keras' global policy. LayerNorm
@@ -154,6 +166,9 @@ class MlpMixer(keras.Model):
         approximate_gelu=True,
         layer_norm_epsilon=LAYER_NORM_EPSILON,
         crop_fraction=1.0,
+        interpolation="bilinear",
+        input_mean=OFFICIAL_MEAN,
+        input_std=OFFICIAL_STD,
         name="mlp_mixer",
         dtype=None,
         trainable=True,
@@ -167,7 +182,7 @@ class MlpMixer(keras.Model):
             pooling=pooling, include_preprocessing=include_preprocessing,
             approximate_gelu=approximate_gelu, layer_norm_epsilon=layer_norm_epsilon,
             drop_path_rate=drop_path_rate, dropout=dropout, crop_fraction=crop_fraction,
-            name=name,
+            name=name, interpolation=interpolation, input_mean=input_mean, input_std=input_std,
         )
         # === Functional model === (every layer under the model's dtype policy)
         policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
@@ -455,6 +470,8 @@ def get_model(variant, **kwargs):
     """
     variant = canonical_variant(variant)
     kwargs.setdefault("name", model_name(variant))
+    if kwargs.get("weights") is not None:  # build the model the weights were trained as
+        kwargs = {**checkpoints.weights_defaults(kwargs["weights"], variant), **kwargs}
     architecture = VARIANTS[variant]
     return MlpMixer(architecture.patch_size, architecture.num_blocks, architecture.hidden_dim,
                     architecture.tokens_mlp_dim, architecture.channels_mlp_dim, **kwargs)
@@ -532,10 +549,13 @@ def from_config(config, weights=None, **changes):
 
 
 def model_from_checkpoint(path, image_size=None, verbose=True, **kwargs):
-    """Build the Mixer a checkpoint file describes and load it.
+    """Build the Mixer a checkpoint file or handle describes and load it.
 
     Args:
-        path: ``.npz``, ``.pth``, ``.safetensors`` or Keras ``.weights.h5`` checkpoint.
+        path: ``.npz``, ``.pth``, ``.safetensors`` or Keras ``.weights.h5`` checkpoint,
+            or a handle (:mod:`keras_mixer.checkpoints.hub`: a preset name or folder,
+            ``hf://...``, ``kaggle://...``), whose config also fixes the GELU, the
+            input normalisation, the image policy and the head.
         image_size: build at this size (int or ``(height, width)``) with the
             paper's resolution transfer; default: the checkpoint's size.
         verbose: emit the loader's messages as warnings.
@@ -543,14 +563,16 @@ def model_from_checkpoint(path, image_size=None, verbose=True, **kwargs):
             ``include_preprocessing``, ``approximate_gelu``, ...).
 
     Returns:
-        ``(model, summary)``.
+        ``(model, summary)``; ``summary.class_names`` has the source's class names, if any.
     """
-    params = formats.read_checkpoint(path)
-    config = checkpoints.config_from_params(params)
+    source = checkpoints.read_source(path)
+    config = checkpoints.source_config(source)
     if image_size is not None:
         config = _resized_config(config, image_size)
     model = MlpMixer(**config.replace(**_as_config_fields(kwargs)).to_kwargs())
-    return model, checkpoints.load_params(model, params, verbose=verbose)
+    summary = checkpoints.load_params(model, source.params, verbose=verbose)
+    summary.class_names = source.class_names
+    return model, summary
 
 
 def _as_config_fields(kwargs):
@@ -598,9 +620,13 @@ def load_model(source, variant=None, image_size=None, verbose=True, **kwargs):
     Args:
         source: a ``.keras`` model file (also one written by keras-mixer 0.1,
             converted to :class:`MlpMixer`), a checkpoint (``.npz``, ``.pth``,
-            ``.safetensors``: the architecture is read off its shapes), a paper
-            variant name (``"B/16"``: random weights), or a preset name /
-            ``.weights.h5`` file together with ``variant``.
+            ``.safetensors``: the architecture is read off its shapes), a handle
+            (a full preset name such as ``"mixer_b16_224.goog_in21k_ft_in1k"``,
+            ``hf://OWNER/REPO``, ``kaggle://...``, or a preset folder written by
+            :func:`keras_mixer.save_to_preset`: the model its publisher evaluated,
+            preprocessing included), a paper variant name (``"B/16"``: random
+            weights), or a short preset name / ``.weights.h5`` file together with
+            ``variant``.
         variant: paper variant for presets and ``.weights.h5`` files.
         image_size: int or ``(height, width)``; resolution transfer when it differs.
         verbose: emit the loader's messages as warnings.
@@ -615,7 +641,7 @@ def load_model(source, variant=None, image_size=None, verbose=True, **kwargs):
         if kwargs:
             raise ValueError(f"A .keras file fixes the architecture; got extra arguments {kwargs}.")
         model = load_keras_file(path)
-    elif formats.has_suffix(path, formats.CHECKPOINT_SUFFIXES):
+    elif formats.has_suffix(path, formats.CHECKPOINT_SUFFIXES) or checkpoints.is_handle(path):
         return model_from_checkpoint(path, image_size=image_size, verbose=verbose, **kwargs)[0]
     elif presets.is_preset_name(path) or formats.has_suffix(path, formats.KERAS_WEIGHTS_SUFFIXES):
         if variant is None:
@@ -626,8 +652,8 @@ def load_model(source, variant=None, image_size=None, verbose=True, **kwargs):
     else:
         raise ValueError(
             f"Cannot build a Mixer from {path!r}: expected a .keras model, a checkpoint "
-            "(.npz, .pth, .safetensors), a paper variant (B/16, ...), or a preset name / "
-            ".weights.h5 file with variant=."
+            "(.npz, .pth, .safetensors), a preset name or folder, an hf:// or kaggle:// handle, "
+            "a paper variant (B/16, ...), or a short preset name / .weights.h5 file with variant=."
         )
     if image_size is not None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

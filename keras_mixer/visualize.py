@@ -95,7 +95,8 @@ def predict_images(model, paths, top=5, mode="mixer", batch_size=16):
         paths = [paths]
     if not len(paths):
         raise ValueError("No images given: pass at least one image file.")
-    images = image_policy.load_files(paths, config.image_size, config.crop_fraction)
+    images = image_policy.load_files(paths, config.image_size, config.crop_fraction,
+                                     config.interpolation)
     signatures.check_images(images)
     if mode == "miil" and not config.include_preprocessing:
         scores = model.predict(preprocess_input(images, mode="miil"), batch_size=batch_size, verbose=0)

@@ -88,6 +88,7 @@ def test_keras_and_saved_model_agree_image_by_image(trained, tmp_path):
     assert (from_keras["kind"], served["kind"]) == ("keras", "saved_model")
     assert served["artifact"] == trained.version_dir  # NAME/ -> its highest version
     assert from_keras["crop_fraction"] == served["crop_fraction"] == CROP
+    assert from_keras["interpolation"] == served["interpolation"] == "bilinear"
     assert agreement(from_keras, served) >= 0.995
     np.testing.assert_allclose(served["probabilities"], from_keras["probabilities"], atol=1e-4)
     # The run's final evaluation is what the server achieves on the same images.
@@ -134,6 +135,7 @@ def test_tflite_file_agrees_with_keras(trained, tmp_path):
                                   modes=["float32"])
     info = tflite.read_info(row["path"])  # the crop travels with the file
     assert info["crop_fraction"] == CROP and info["image_size"] == [16, 16]
+    assert info["interpolation"] == "bilinear"
     from_tflite = evaluate(row["path"], trained.folder, log=None)
     from_keras = evaluate(trained.keras_path, trained.folder, log=None)
     assert from_tflite["kind"] == "tflite" and from_tflite["num_images"] == trained.num_images
@@ -217,12 +219,16 @@ def test_cli(trained, tmp_path, capsys):
                      "--crop-fraction", "1.0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and f"crops {CROP}" in err
+    assert cli.main(["evaluate", trained.version_dir, "--data", trained.folder,
+                     "--interpolation", "bicubic"]) == 2  # the export records its filter
+    assert "prepares images with 'bilinear' resizing; --interpolation bicubic" in capsys.readouterr().err
 
 
 def test_script(trained):
     """``python scripts/evaluate.py`` as a user runs it, on the SavedModel's version directory."""
     with open(os.path.join(trained.version_dir, saved_model.REPORT_FILE)) as f:
-        assert json.load(f)["crop_fraction"] == CROP
+        report = json.load(f)
+    assert (report["crop_fraction"], report["interpolation"]) == (CROP, "bilinear")
     done = run_script("evaluate.py", [trained.version_dir, "--data", trained.folder,
                                       "--crop-fraction", str(CROP)], timeout=300)
     assert done.returncode == 0, done.stderr

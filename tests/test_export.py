@@ -15,11 +15,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.presets import tiny_params, write_timm_repository
 from helpers.processes import run_worker, worker_env
 from helpers.tiny import SHARED_DATA, tiny_classifier
 
 import keras_mixer
-from keras_mixer import deploy, files
+from keras_mixer import deploy, files, images
 from keras_mixer.deploy import saved_model, signatures
 
 CIFAR_TAR = os.path.join(SHARED_DATA, "cifar10-jpg", "cifar10-jpg.tar.gz")
@@ -67,6 +68,30 @@ def test_saved_model_layout_and_signatures(exported_mixer):
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
         loaded.signatures["serving_default"](images=tf.zeros((0, 32, 32, 3)))
+
+
+def test_preset_model_is_served_as_it_was_evaluated_upstream(tmp_path):
+    """A model loaded from a timm repository (crop 0.875, bicubic, exact GELU) is exported with
+    that policy in both signatures, and the report records it."""
+    folder = write_timm_repository(tmp_path / "repo", tiny_params())
+    model = keras_mixer.load_model(folder)
+    model.save(str(tmp_path / "timm.keras"))  # the config travels: crop, filter, scaling, GELU
+    version_dir = deploy.export_saved_model(str(tmp_path / "timm.keras"), str(tmp_path / "models"),
+                                            name="timm")
+    with open(os.path.join(version_dir, saved_model.REPORT_FILE)) as f:
+        report = json.load(f)
+    assert (report["crop_fraction"], report["interpolation"]) == (0.875, "bicubic")
+    loaded = tf.saved_model.load(version_dir, tags=["serve"])
+    photos = np.random.default_rng(3).integers(0, 256, (2, 40, 48, 3)).astype("uint8")
+    prepared = images.resize(photos, (32, 32), 0.875, "bicubic").numpy()
+    expected = model.predict(prepared, verbose=0)
+    out = loaded.signatures["serving_default"](images=tf.constant(photos, tf.float32))
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    png = tf.stack([tf.io.encode_png(photo) for photo in photos])
+    out = loaded.signatures["serving_bytes"](image_bytes=png)
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    bilinear = model.predict(images.resize(photos, (32, 32), 0.875).numpy(), verbose=0)
+    assert np.abs(bilinear - expected).max() > 1e-4  # the filter matters: this checks something
 
 
 @pytest.mark.parametrize("source_backend", ["jax", "torch"])

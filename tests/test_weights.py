@@ -216,39 +216,12 @@ def test_timm_layout_transposes():
     assert state["norm.bias"] is not None and len(state) == len(params)
 
 
-def torch_timm_forward(state, images):
-    """timm's MlpMixer forward written with torch.nn.functional on a timm state dict."""
-    torch = pytest.importorskip("torch")
-    F = torch.nn.functional
-    s = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.items()}
-    x = torch.as_tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)  # NCHW
-    patch = s["stem.proj.weight"].shape[-1]
-    x = F.conv2d(x, s["stem.proj.weight"], s["stem.proj.bias"], stride=patch)
-    x = x.flatten(2).transpose(1, 2)  # (batch, tokens, channels)
-
-    def norm(t, name):
-        return F.layer_norm(t, t.shape[-1:], s[name + ".weight"], s[name + ".bias"], eps=1e-6)
-
-    def mlp(t, name):
-        t = F.gelu(F.linear(t, s[name + ".fc1.weight"], s[name + ".fc1.bias"]), approximate="tanh")
-        return F.linear(t, s[name + ".fc2.weight"], s[name + ".fc2.bias"])
-
-    i = 0
-    while f"blocks.{i}.norm1.weight" in s:
-        b = f"blocks.{i}"
-        x = x + mlp(norm(x, b + ".norm1").transpose(1, 2), b + ".mlp_tokens").transpose(1, 2)
-        x = x + mlp(norm(x, b + ".norm2"), b + ".mlp_channels")
-        i += 1
-    x = norm(x, "norm").mean(dim=1)
-    return F.linear(x, s["head.weight"], s["head.bias"]).numpy()
-
-
 def test_timm_layout_is_what_pytorch_computes():
     """A PyTorch forward on the timm-layout dict equals the official reference (checks the transposes)."""
     cfg = dict(TINY, size=24)  # 3x3 tokens, non-square weight matrices everywhere
     params = official_params(cfg)
     images = images_for(cfg)
-    np.testing.assert_allclose(torch_timm_forward(checkpoints.to_timm(params), images),
+    np.testing.assert_allclose(reference.timm_forward(checkpoints.to_timm(params), images),
                                reference.forward(params, images), rtol=1e-10, atol=1e-10)
 
 

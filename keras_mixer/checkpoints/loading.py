@@ -17,9 +17,16 @@ import warnings
 
 import numpy as np
 
-from keras_mixer.checkpoints import formats, keys, presets, tiling
+from keras_mixer.checkpoints import formats, hub, keys, presets, tiling
 from keras_mixer.checkpoints.formats import CheckpointError, has_suffix
-from keras_mixer.config import ModelConfig, model_name, variant_of
+from keras_mixer.config import (
+    OFFICIAL_MEAN,
+    OFFICIAL_STD,
+    ModelConfig,
+    model_name,
+    per_channel,
+    variant_of,
+)
 from keras_mixer.files import atomic_output
 
 MAX_LISTED_PROBLEMS = 6
@@ -33,6 +40,7 @@ class LoadSummary:
     skipped: list = dataclasses.field(default_factory=list)
     messages: list = dataclasses.field(default_factory=list)
     tiling: tuple = (1, 1)
+    class_names: list = None  # the head's class names, when the weights' source names them
 
     @property
     def num_values(self):
@@ -77,6 +85,36 @@ def config_from_params(params, **overrides):
         fields["name"] = model_name(variant)
     fields.update(overrides)
     return ModelConfig(**fields)
+
+
+# What a model built for a weights source takes from it by default (keras_mixer.get_model with
+# weights=): the GELU and input normalisation the weights were trained with, the image policy
+# they were evaluated with, and their head.
+DEFAULT_FIELDS = ("approximate_gelu", "layer_norm_epsilon", "crop_fraction", "interpolation",
+                  "input_mean", "input_std", "num_classes")
+
+
+def source_config(source, **overrides):
+    """The :class:`ModelConfig` of a :class:`~keras_mixer.checkpoints.hub.Source`, plus ``overrides``."""
+    return config_from_params(source.params, **{**source.fields, **overrides})
+
+
+def weights_defaults(weights, variant=None, fields=DEFAULT_FIELDS):
+    """The model arguments ``weights`` (a preset name or handle) were trained and evaluated with.
+
+    ``{}`` for files, which say nothing of it. A handle's files are downloaded (and
+    only its config files read).
+    """
+    if presets.is_preset_name(weights) and variant is not None:
+        known = presets.get_preset(variant, weights).config_fields
+    elif hub.is_handle(weights):
+        source = hub.read_source(weights, weights=False)
+        known = dict(source.fields)
+        if not known.get("include_top", True):
+            known.pop("num_classes", None)
+    else:
+        return {}
+    return {key: known[key] for key in fields if key in known}
 
 
 def _head_plan(variables, params, messages):
@@ -234,16 +272,24 @@ def load_weights(model, weights, verbose=True):
         model: a ``keras_mixer.MlpMixer``.
         weights: a preset name (``"imagenet1k"``, ``"imagenet21k"``, ``"sam"``,
             ``"gsam"``, ``"miil_in21k"``, ``"miil_in21k_ft_in1k"``, where published
-            for the model's variant) or a path to an official ``.npz``, a timm
-            ``.pth`` / ``.safetensors`` or a Keras ``.weights.h5`` file (saved on
-            any backend). Every format goes through the same rules
-            (:func:`load_params`).
+            for the model's variant), a handle (a full preset name such as
+            ``"mixer_b16_224.goog_in21k_ft_in1k"``, ``hf://OWNER/REPO``,
+            ``kaggle://...``, a preset folder: :mod:`keras_mixer.checkpoints.hub`) or
+            a path to an official ``.npz``, a timm ``.pth`` / ``.safetensors`` or a
+            Keras ``.weights.h5`` file (saved on any backend). Every format goes
+            through the same rules (:func:`load_params`).
         verbose: emit the loader's messages (skipped head, resolution transfer)
             as warnings.
 
     Returns:
         A :class:`LoadSummary`.
     """
+    if hub.is_handle(weights):
+        source = hub.read_source(weights)
+        check_fit(model, source.fields, repr(source.handle))
+        summary = load_params(model, source.params, verbose=verbose)
+        summary.class_names = source.class_names
+        return summary
     preset = None
     if presets.is_preset_name(weights):
         preset = presets.get_preset(_variant(model), weights)
@@ -253,8 +299,8 @@ def load_weights(model, weights, verbose=True):
     if not os.path.isfile(path) and isinstance(weights, str) and os.sep not in path \
             and "." not in os.path.basename(path):
         raise ValueError(
-            f"Unknown weights {weights!r}: not a file, and not a preset "
-            f"({', '.join(presets.PRESET_NAMES)})."
+            f"Unknown weights {weights!r}: not a file or folder, and not a preset "
+            f"({', '.join(presets.PRESET_NAMES + tuple(presets.NAMED_PRESETS))})."
         )
     try:
         params = formats.read_checkpoint(path)
@@ -276,16 +322,32 @@ def _variant(model):
     return variant
 
 
-def _check_preset_fit(model, preset):
-    """Warn when the model's input scaling or GELU differ from the preset's training."""
+def check_fit(model, fields, what, stacklevel=4):
+    """Warn when the model's input normalisation or GELU differ from what the weights were trained with.
+
+    ``fields``: :class:`~keras_mixer.config.ModelConfig` fields of the weights' source
+    (``approximate_gelu``, ``input_mean``, ``input_std``); ``what`` names the weights.
+    """
     notes = []
-    if preset.input_scaling == "miil" and model.config.include_preprocessing:
-        notes.append("expect pixels in [0, 1]: build with include_preprocessing=False and "
-                     "feed keras_mixer.preprocess_input(x, mode='miil')")
-    if model.config.approximate_gelu != preset.approximate_gelu:
-        notes.append(f"were trained with approximate_gelu={preset.approximate_gelu}")
+    channels = model.config.image_shape[2]
+    mean = per_channel("input_mean", fields.get("input_mean", OFFICIAL_MEAN), channels)
+    std = per_channel("input_std", fields.get("input_std", OFFICIAL_STD), channels)
+    if model.config.include_preprocessing and (mean, std) != (model.config.input_mean,
+                                                              model.config.input_std):
+        scaled = ""
+        if len(set(mean)) == len(set(std)) == 1:
+            scaled = f"pixels in [{-mean[0] / std[0] + 0.0:g}, {(1.0 - mean[0]) / std[0]:g}] "
+        notes.append(f"expect {scaled}(mean {mean}, std {std} of [0, 1] pixels): build the "
+                     f"model with input_mean={mean}, input_std={std}")
+    gelu = fields.get("approximate_gelu")
+    if gelu is not None and model.config.approximate_gelu != gelu:
+        notes.append(f"were trained with approximate_gelu={gelu}")
     if notes:
-        warnings.warn(f"The {preset.name!r} weights " + "; ".join(notes) + ".", stacklevel=4)
+        warnings.warn(f"The {what} weights " + "; ".join(notes) + ".", stacklevel=stacklevel)
+
+
+def _check_preset_fit(model, preset):
+    check_fit(model, preset.config_fields, repr(preset.name), stacklevel=5)
 
 
 def save_weights(model, path):

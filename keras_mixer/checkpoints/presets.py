@@ -1,10 +1,24 @@
-"""Named pretrained weights: which preset exists for which variant, and where it lives.
+"""Named pretrained weights: which preset exists for which variant, where it lives, how it sees images.
 
 Official checkpoints (``.npz``, Flax layout) are published by the paper's
 authors at ``https://storage.googleapis.com/mixer_models/<preset>/Mixer-<V>_<P>.npz``
 (``vit_jax`` README). The ``miil_*`` weights are the Alibaba-MIIL ImageNet-21K-P
 models as released by timm (``timm/models/mlp_mixer.py``, ``mixer_b16_224.miil_*``).
 All were trained at 224 x 224.
+
+Two ways to name one:
+
+- by variant and short name, as ``weights=`` has always taken them
+  (``MixerB16(weights="imagenet21k")``: :data:`PRESETS`);
+- by a full name that fixes the variant too (``load_model("mixer_b16_imagenet21k")``,
+  timm's tags such as ``"mixer_b16_224.goog_in21k_ft_in1k"``: :data:`NAMED_PRESETS`).
+  timm's tags live on the Hugging Face Hub (``handle``: ``hf://timm/<tag>``) and are
+  downloaded by :mod:`keras_mixer.checkpoints.hub` with ``huggingface_hub``.
+
+Each preset carries how its weights see images (``crop_fraction``, ``interpolation``,
+``mean``/``std`` on [0, 1] pixels) and which GELU they were trained with: the official
+code resizes whole images to [-1, 1] with tanh GELU; timm evaluates at crop 0.875,
+bicubic (bilinear for ``miil``), with exact erf GELU (timm's ``pretrained_cfg``).
 
 Files are downloaded once into the Keras cache (:func:`cache_directory`) under a
 temporary name, checked, and only then renamed to their cache name, so a killed
@@ -27,11 +41,13 @@ import zlib
 
 import keras
 
-from keras_mixer.config import canonical_variant
+from keras_mixer.config import OFFICIAL_MEAN, OFFICIAL_STD, canonical_variant, model_name
 from keras_mixer.files import describe_contents, remove_stale_temps, temp_prefix
 
 OFFICIAL_URL = "https://storage.googleapis.com/mixer_models/{preset}/Mixer-{size}_{patch}.npz"
 TIMM_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-tresnet/"
+HF_PREFIX = "hf://"
+TIMM_HF_URL = "https://huggingface.co/timm/{tag}"
 CACHE_SUBDIR = "keras_mixer"
 # torch.hub's convention (``HASH_REGEX``): ``name-<first 8+ hex digits of the sha256>.ext``.
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
@@ -51,12 +67,25 @@ class Preset:
     num_classes: int
     description: str
     image_size: int = 224
-    # Pixel scaling the weights were trained with: "mixer" is [-1, 1]; "miil" is [0, 1].
-    input_scaling: str = "mixer"
     # The GELU the weights were trained with (official: tanh; timm-trained: exact erf).
     approximate_gelu: bool = True
     # The file's full sha256 (hex) where its publisher states one; None: not known here.
     sha256: str = None
+    # How the weights see images: the eval crop and resize filter, and the input
+    # normalisation (per channel, on [0, 1] pixels): official [-1, 1]; miil [0, 1].
+    crop_fraction: float = 1.0
+    interpolation: str = "bilinear"
+    mean: tuple = OFFICIAL_MEAN
+    std: tuple = OFFICIAL_STD
+    # A hub handle (``hf://timm/<tag>``) for files a hub client downloads; None: ``url``.
+    handle: str = None
+
+    @property
+    def config_fields(self):
+        """The :class:`~keras_mixer.config.ModelConfig` fields these weights need to be used as trained."""
+        return dict(approximate_gelu=self.approximate_gelu, crop_fraction=self.crop_fraction,
+                    interpolation=self.interpolation, input_mean=tuple(self.mean),
+                    input_std=tuple(self.std), num_classes=self.num_classes)
 
     @property
     def file_name(self):
@@ -88,6 +117,25 @@ _MIIL = {
     "miil_in21k_ft_in1k": ("mixer_b16_224_miil-9229a591.pth", 1000,
                            "Alibaba-MIIL ImageNet-21K-P, fine-tuned on ImageNet-1k (timm)"),
 }
+# timm's pretrained_cfg for its Mixers (timm/models/mlp_mixer.py, ``_cfg``): eval crop 0.875,
+# bicubic, mean = std = 0.5; the miil weights: bilinear, mean 0 and std 1 ([0, 1] pixels).
+TIMM_EVAL = dict(crop_fraction=0.875, interpolation="bicubic", approximate_gelu=False)
+MIIL_EVAL = dict(TIMM_EVAL, interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+# timm's tags on the Hugging Face Hub (hf_hub_id "timm/"): (variant, classes, description, eval).
+_TIMM_HF = {
+    "mixer_b16_224.goog_in21k_ft_in1k": (
+        "B/16", 1000, "Google's ImageNet-21k pre-training, fine-tuned on ImageNet-1k (timm)",
+        TIMM_EVAL),
+    "mixer_b16_224.goog_in21k": ("B/16", 21843, "Google's ImageNet-21k pre-training (timm)",
+                                 TIMM_EVAL),
+    "mixer_l16_224.goog_in21k_ft_in1k": (
+        "L/16", 1000, "Google's ImageNet-21k pre-training, fine-tuned on ImageNet-1k (timm)",
+        TIMM_EVAL),
+    "mixer_l16_224.goog_in21k": ("L/16", 21843, "Google's ImageNet-21k pre-training (timm)",
+                                 TIMM_EVAL),
+    "mixer_b16_224.miil_in21k": ("B/16", 11221, _MIIL["miil_in21k"][2], MIIL_EVAL),
+    "mixer_b16_224.miil_in21k_ft_in1k": ("B/16", 1000, _MIIL["miil_in21k_ft_in1k"][2], MIIL_EVAL),
+}
 
 
 def _build_presets():
@@ -99,19 +147,41 @@ def _build_presets():
             presets[(variant, name)] = Preset(name, variant, url, num_classes, description)
     for name, (file_name, num_classes, description) in _MIIL.items():
         presets[("B/16", name)] = Preset(
-            name, "B/16", TIMM_RELEASES + file_name, num_classes, description,
-            input_scaling="miil", approximate_gelu=False,
-        )
+            name, "B/16", TIMM_RELEASES + file_name, num_classes, description, **MIIL_EVAL)
     return presets
+
+
+def _build_named_presets():
+    """Full names: ``mixer_<variant>_<official preset>`` and timm's tags."""
+    named = {f"{model_name(variant)}_{name}": dataclasses.replace(preset, name=name)
+             for (variant, name), preset in PRESETS.items() if name in _OFFICIAL}
+    for tag, (variant, num_classes, description, evaluation) in _TIMM_HF.items():
+        named[tag] = Preset(tag, variant, TIMM_HF_URL.format(tag=tag), num_classes, description,
+                            handle=f"{HF_PREFIX}timm/{tag}", **evaluation)
+    return named
 
 
 PRESETS = _build_presets()
 PRESET_NAMES = tuple(dict.fromkeys(name for _, name in PRESETS))
+NAMED_PRESETS = _build_named_presets()
 
 
 def is_preset_name(weights):
     """Whether ``weights`` looks like a preset name rather than a file path."""
     return isinstance(weights, str) and weights.lower() in PRESET_NAMES
+
+
+def is_named_preset(source):
+    """Whether ``source`` is a full preset name (``"mixer_b16_imagenet21k"``, a timm tag)."""
+    return isinstance(source, str) and source.lower() in NAMED_PRESETS
+
+
+def named_preset(name):
+    """The :class:`Preset` of a full name; a clear error listing them when it does not exist."""
+    key = str(name).lower()
+    if key not in NAMED_PRESETS:
+        raise ValueError(f"Unknown preset {name!r}. Presets: {', '.join(NAMED_PRESETS)}.")
+    return NAMED_PRESETS[key]
 
 
 def available_presets(variant=None):
@@ -120,6 +190,11 @@ def available_presets(variant=None):
         return PRESET_NAMES
     variant = canonical_variant(variant)
     return tuple(name for v, name in PRESETS if v == variant)
+
+
+def preset_names():
+    """Every full preset name (:data:`NAMED_PRESETS`): ``load_model(name)`` builds and loads it."""
+    return tuple(NAMED_PRESETS)
 
 
 def get_preset(variant, name):

@@ -11,11 +11,13 @@ printed is `top-1 X top-5 Y on N images`. Examples:
   keras-mixer evaluate saved_models/mixer --data photos/ --out predictions.csv
   keras-mixer evaluate saved_models/mixer.float32.tflite --data photos/
 
---crop-fraction defaults to the .keras model's own (config.crop_fraction); a
-SavedModel's crop is baked into its signature and a .tflite file's is recorded
-beside it (NAME.MODE.tflite.json): another value is an error.
+--crop-fraction and --interpolation default to the .keras model's own
+(config.crop_fraction, config.interpolation: a preset's, e.g. 0.875 and bicubic for
+timm's Mixers); a SavedModel's are baked into its signature and a .tflite file's
+are recorded beside it (NAME.MODE.tflite.json): another value is an error.
 """
 
+from keras_mixer.config import INTERPOLATIONS
 from keras_mixer.evaluate import evaluate
 
 
@@ -26,6 +28,8 @@ def add_arguments(parser):
                         help="labelled images: FOLDER/<class>/<image>, or FOLDER/test/<class>/<image>")
     parser.add_argument("--crop-fraction", type=float, default=None,
                         help="central-square crop before resizing (default: the model's own)")
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
+                        help="resize filter (default: the model's own)")
     parser.add_argument("--out", metavar="CSV",
                         help="write path,label,prediction,score per image to this CSV file")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default: 32)")
@@ -33,4 +37,4 @@ def add_arguments(parser):
 
 def run(args):
     evaluate(args.artifact, args.data, crop_fraction=args.crop_fraction, out=args.out,
-             batch_size=args.batch_size)
+             batch_size=args.batch_size, interpolation=args.interpolation)

@@ -133,6 +133,7 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
             )
         report.update(name=name, dtype=dtype, keras_version=keras.__version__,
                       tensorflow_version=tf.__version__, crop_fraction=model.config.crop_fraction,
+                      interpolation=model.config.interpolation,
                       exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
         final = publish_version(tmp, base, version, report, explicit)
@@ -188,7 +189,8 @@ def check_saved_model(path, model, labels, top_k, num_images=4, seed=0, referenc
     images = np.random.default_rng(seed).integers(0, 256, (num_images, height, width, 3)).astype("float32")
     # Both signatures prepare every image by the policy: with crop_fraction < 1 they crop
     # images that are already at the model's size too.
-    prepared = image_policy.resize(images, config.image_size, config.crop_fraction).numpy()
+    prepared = image_policy.resize(images, config.image_size, config.crop_fraction,
+                                   config.interpolation).numpy()
     expected = signatures.keras_probabilities(model, prepared)
     loaded = tf.saved_model.load(path, tags=["serve"])
     from_arrays = loaded.signatures[SERVING_DEFAULT](images=tf.constant(images))

@@ -81,7 +81,7 @@ def serving_functions(model, labels=None, top_k=5):
     import tensorflow as tf
 
     config = model.config
-    size, crop = config.image_size, config.crop_fraction
+    size, crop, interpolation = config.image_size, config.crop_fraction, config.interpolation
     probabilities_of = probability_model(model)
     num_classes = config.num_classes
     k = min(top_k, num_classes)
@@ -110,12 +110,13 @@ def serving_functions(model, labels=None, top_k=5):
         tf.debugging.assert_positive(tf.shape(images)[0], message="empty batch: send at least one image")
         images = tf.cast(images, tf.float32)
         tf.debugging.assert_all_finite(images, "images contain NaN or Inf: send pixels in 0-255")
-        prepared = image_policy.resize(images, size, crop)
+        prepared = image_policy.resize(images, size, crop, interpolation)
         return outputs_for(tf.ensure_shape(prepared, (None,) + tuple(size) + (3,)))
 
     def decode(image_bytes):
         tf.debugging.assert_positive(tf.size(image_bytes), message="empty batch: send at least one image")
-        prepared = tf.map_fn(lambda data: image_policy.prepare(data, size, crop), image_bytes,
+        prepared = tf.map_fn(lambda data: image_policy.prepare(data, size, crop, interpolation),
+                             image_bytes,
                              fn_output_signature=tf.TensorSpec(tuple(size) + (3,), tf.float32))
         return outputs_for(prepared)
 

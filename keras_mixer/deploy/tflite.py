@@ -155,11 +155,12 @@ def _images_for(model, images, max_images=256, seed=0, split="test"):
         if labels is not None:
             pick = np.sort(np.random.default_rng(seed).permutation(len(paths))[:max_images])
             images = image_policy.load_files([paths[i] for i in pick], config.image_size,
-                                             config.crop_fraction)
+                                             config.crop_fraction, config.interpolation)
             labels = np.asarray(labels)[pick]
         else:
             images = image_policy.load_images(images, config.image_size, config.crop_fraction,
-                                              max_images=max_images, seed=seed)
+                                              max_images=max_images, seed=seed,
+                                              interpolation=config.interpolation)
     images = np.asarray(images, dtype="float32")
     expected = tuple(config.image_size) + (3,)
     if images.ndim != 4 or images.shape[1:] != expected:
@@ -376,7 +377,8 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
                                               if key != "steps"}
             # Mobile code and `keras-mixer evaluate` read how images must be prepared from here.
             write_text(final + INFO_SUFFIX, json.dumps(dict(
-                row, crop_fraction=model.config.crop_fraction, image_size=[height, width],
+                row, crop_fraction=model.config.crop_fraction,
+                interpolation=model.config.interpolation, image_size=[height, width],
                 num_classes=model.config.num_classes, signature=litert.signature(content),
                 input=f"{signatures.IMAGES_INPUT}: (1, H, W, 3) RGB pixels 0-255, "
                 + ("uint8" if mode == "int8" else "float32"),

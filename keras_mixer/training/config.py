@@ -49,7 +49,8 @@ class TrainConfig:
     tokens_mlp_dim: int = _field(32, "custom Mixer: D_S")
     channels_mlp_dim: int = _field(256, "custom Mixer: D_C")
     drop_path_rate: float = _field(0.0, "stochastic depth of the last block (paper: 0.1)")
-    init: str = _field(None, "start from a .keras model or weights file (matching layers)")
+    init: str = _field(None, "start from a .keras model, a weights file, or a preset name / folder / "
+                             "hf:// / kaggle:// handle (matching layers)")
     # recipe
     recipe: str = _field("pretrain", "pretrain: AdamW + linear warmup/decay; finetune: SGD + cosine")
     epochs: int = _field(25, "training epochs")

@@ -69,6 +69,11 @@ def build_optimizer(config, total_steps, warmup_steps):
     return optimizer
 
 
+# What a model started from a preset or handle (--init) takes from it; the image policy
+# (crop, filter) and the head stay the run's.
+INIT_FIELDS = ("approximate_gelu", "layer_norm_epsilon", "input_mean", "input_std")
+
+
 def build_model(config, num_classes):
     """The Mixer of ``config`` (a paper variant or the custom sizes), optionally initialised.
 
@@ -77,6 +82,8 @@ def build_model(config, num_classes):
     """
     common = dict(input_shape=(config.image_size, config.image_size, 3), num_classes=num_classes,
                   drop_path_rate=config.drop_path_rate, crop_fraction=config.crop_fraction)
+    if config.init:  # computes as the weights were trained (a preset's GELU, input scaling)
+        common.update(checkpoints.weights_defaults(config.init, fields=INIT_FIELDS))
     if config.variant == "custom":
         model = models.MlpMixer(config.patch_size, config.num_blocks, config.hidden_dim,
                                 config.tokens_mlp_dim, config.channels_mlp_dim, name="mixer",
@@ -91,7 +98,8 @@ def build_model(config, num_classes):
 def initialize_from(model, path):
     """Copy weights of same-named, same-shaped layers from a ``.keras`` model (a new head is kept).
 
-    Other files go to :func:`keras_mixer.load_weights`.
+    Other files and handles (presets, ``hf://``, ``kaggle://``, preset folders) go to
+    :func:`keras_mixer.load_weights` (a head of another size is kept fresh).
     """
     if not str(path).endswith(".keras"):
         return checkpoints.load_weights(model, path)

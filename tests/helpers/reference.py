@@ -116,3 +116,36 @@ def rel_error(actual, expected):
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
     return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-12))
+
+
+def timm_forward(state, images, approximate="tanh"):
+    """timm's MlpMixer forward written with torch.nn.functional on a timm state dict (float64).
+
+    ``images`` are NHWC and already normalised; ``approximate="none"`` is timm's own
+    (exact erf) GELU, ``"tanh"`` the official one.
+    """
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    s = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.items()}
+    x = torch.as_tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)  # NCHW
+    patch = s["stem.proj.weight"].shape[-1]
+    x = F.conv2d(x, s["stem.proj.weight"], s["stem.proj.bias"], stride=patch)
+    x = x.flatten(2).transpose(1, 2)  # (batch, tokens, channels)
+
+    def norm(t, name):
+        return F.layer_norm(t, t.shape[-1:], s[name + ".weight"], s[name + ".bias"], eps=1e-6)
+
+    def mlp(t, name):
+        t = F.gelu(F.linear(t, s[name + ".fc1.weight"], s[name + ".fc1.bias"]), approximate=approximate)
+        return F.linear(t, s[name + ".fc2.weight"], s[name + ".fc2.bias"])
+
+    i = 0
+    while f"blocks.{i}.norm1.weight" in s:
+        b = f"blocks.{i}"
+        x = x + mlp(norm(x, b + ".norm1").transpose(1, 2), b + ".mlp_tokens").transpose(1, 2)
+        x = x + mlp(norm(x, b + ".norm2"), b + ".mlp_channels")
+        i += 1
+    x = norm(x, "norm").mean(dim=1)
+    return F.linear(x, s["head.weight"], s["head.bias"]).numpy()
