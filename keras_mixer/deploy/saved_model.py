@@ -223,7 +223,8 @@ def check_served_task(base_dir, task, allow_new_task=False, how=None):
     how = how or "export it under a name of its own (--name NAME), or pass --allow-new-task " \
                  "to replace the served model on purpose"
     raise ValueError(
-        f"{version_dir} serves another model ({' and '.join(differ)} differ): it has "
+        f"{version_dir} serves another model ({', '.join(differ[:-1]) + ' and ' if differ[1:] else ''}"
+        f"{differ[-1]} differ{'s' if len(differ) == 1 else ''}): it has "
         f"{describe_task(served)}; this one {describe_task(task)}. Publishing it as the next "
         f"version of {os.path.basename(base_dir)!r} would give every client of that name its "
         f"answers: {how}.")

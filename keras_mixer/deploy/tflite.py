@@ -377,7 +377,8 @@ def _write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_im
                   eval_images=None, num_threads=1, labels=None, max_calibration_images=256,
                   max_eval_images=1000, threads=(1, 2), mixed_target=MIXED_TARGET,
                   mixed_max_float_layers=MIXED_MAX_FLOAT_LAYERS,
-                  mixed_selection_images=MIXED_SELECTION_IMAGES, mixed_margin=MIXED_MARGIN):
+                  mixed_selection_images=MIXED_SELECTION_IMAGES, mixed_margin=MIXED_MARGIN,
+                  training_data=None):
     height, width = model.config.image_size
     held_out = mixed_selection_images if "mixed" in modes else 0
     representative_images, _, _ = _images_for(model, representative_images,
