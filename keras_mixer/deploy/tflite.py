@@ -87,7 +87,13 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
             ``.json`` for ``keras-mixer evaluate``'s overlap warning (default:
             the run directory's record).
         threads: thread counts of the ``latency_ms_<n>t`` figures.
-        mixed_target, mixed_margin, mixed_max_float_layers, mixed_selection_images: see ``"mixed"``.
+        mixed_target: ``mixed``: the top-1 agreement with the float model that the float
+            layers must keep, on images held out of the calibration images.
+        mixed_margin: ``mixed``: agreement kept above ``mixed_target``, for the held-out
+            images' sampling noise.
+        mixed_max_float_layers: ``mixed``: at most this many layers stay float.
+        mixed_selection_images: ``mixed``: training images held out of calibration to
+            choose the float layers on.
 
     Returns:
         One dict per mode: ``mode``, ``path``, ``size_bytes``, ``max_abs_error``
@@ -148,8 +154,8 @@ def _as_input(images):
 
 
 def _images_for(model, images, max_images=256, seed=0, split="test"):
-    """``(images, labels or None, class names or None)`` at the model's size (from a folder with
-    split folders, its ``split`` one)."""
+    """``(images, labels or None, class names or None)`` at the model's size (from a labelled
+    folder, its ``split`` as training makes it: :func:`keras_mixer.data.split_files`)."""
     if images is None:
         return None, None, None
     config = model.config
@@ -158,8 +164,8 @@ def _images_for(model, images, max_images=256, seed=0, split="test"):
         folder = images
         if os.path.isdir(images) and not images.endswith(".npy"):
             with contextlib.suppress(ValueError, OSError):
-                folder, _ = datasets.split_root(images, split)
-                paths, labels, class_names = datasets.scan_folder(folder)
+                # A folder without split folders: the images that training gives that split.
+                folder, paths, labels, class_names, _ = datasets.split_files(images, split)
         if labels is not None:
             pick = np.sort(np.random.default_rng(seed).permutation(len(paths))[:max_images])
             images = image_policy.load_files([paths[i] for i in pick], config.image_size,
