@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 
+import keras
 import numpy as np
 
 from keras_mixer import images as image_policy
@@ -68,6 +69,9 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
     if isinstance(model, (str, os.PathLike)):
         labels = labels_beside(model) if labels is None else labels
         training_data = run_training_data(model) if training_data is None else training_data
+        if keras.backend.backend() != "tensorflow":  # refuse here, not in the export's subprocess
+            config = models.load_keras_file(os.fspath(model), compile=False).config
+            check_served_task(os.path.join(export_dir, name), task_of(config, labels), allow_new_task)
     report = runner.on_tensorflow(
         "keras_mixer.deploy.saved_model:write_saved_model", model, export_dir=export_dir,
         name=name, version=version, labels=read_labels(labels), top_k=top_k, tolerance=tolerance,
