@@ -154,8 +154,8 @@ def _as_input(images):
 
 
 def _images_for(model, images, max_images=256, seed=0, split="test"):
-    """``(images, labels or None, class names or None)`` at the model's size (from a labelled
-    folder, its ``split`` as training makes it: :func:`keras_mixer.data.split_files`)."""
+    """``(images, labels or None, class names or None)`` at the model's size (from a folder with
+    split folders, its ``split`` one)."""
     if images is None:
         return None, None, None
     config = model.config
@@ -164,8 +164,8 @@ def _images_for(model, images, max_images=256, seed=0, split="test"):
         folder = images
         if os.path.isdir(images) and not images.endswith(".npy"):
             with contextlib.suppress(ValueError, OSError):
-                # A folder without split folders: the images that training gives that split.
-                folder, paths, labels, class_names, _ = datasets.split_files(images, split)
+                folder, _ = datasets.split_root(images, split)
+                paths, labels, class_names = datasets.scan_folder(folder)
         if labels is not None:
             pick = np.sort(np.random.default_rng(seed).permutation(len(paths))[:max_images])
             images = image_policy.load_files([paths[i] for i in pick], config.image_size,
