@@ -168,6 +168,36 @@ def split_root(root, split):
     return root, True  # class folders directly under root: hold out every 10th file.
 
 
+HELD_OUT_EVERY = 10  # a folder without split folders: every 10th file is held out for testing
+
+
+def split_files(root, split="train", class_names=None):
+    """One split of an image folder, as training reads it.
+
+    ``root/<split>/<class>/*`` when ``root`` has split folders (``test`` also as
+    ``val`` / ``validation``); otherwise the class folders lie under ``root`` and
+    every 10th file (in sorted order) is the ``"test"`` split, the others the
+    ``"train"`` split. ``"all"`` is every file of such a folder.
+
+    Returns:
+        ``(folder, paths, labels, class_names, held_out)``: ``held_out`` is whether
+        the split was drawn from one folder by the every-10th rule.
+    """
+    if split == "all":
+        if any(os.path.isdir(os.path.join(root, s)) for a in SPLIT_ALIASES.values() for s in a):
+            raise ValueError(f"Image folder {root!r} has split folders: name one split (train or "
+                             f"test), not all.")
+        paths, labels, class_names = scan_folder(root, class_names)
+        return root, paths, labels, class_names, False
+    folder, held_out = split_root(root, split)
+    paths, labels, class_names = scan_folder(folder, class_names)
+    if held_out:
+        keep = [(i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == (split != "train") for i in range(len(paths))]
+        paths = [p for p, k in zip(paths, keep) if k]
+        labels = [label for label, k in zip(labels, keep) if k]
+    return folder, paths, labels, class_names, held_out
+
+
 def scan_folder(root, class_names=None):
     """``(paths, labels, class_names)`` of ``root/class_name/*`` (image files by extension).
 
@@ -237,12 +267,7 @@ def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_image
     ``bad_images="skip"`` leaves unreadable files out (``Source.unreadable``),
     ``"fail"`` raises a ``ValueError`` listing all of them.
     """
-    folder, held_out = split_root(root, split)
-    paths, labels, class_names = scan_folder(folder, class_names)
-    if held_out:
-        keep = [(i % 10 == 9) == (split != "train") for i in range(len(paths))]
-        paths = [p for p, k in zip(paths, keep) if k]
-        labels = [label for label, k in zip(labels, keep) if k]
+    folder, paths, labels, class_names, _ = split_files(root, split, class_names)
     unreadable = find_unreadable(paths)
     if unreadable and bad_images == "fail":
         listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable)

@@ -13,9 +13,13 @@
   then the LiteRT interpreter (:func:`keras_mixer.deploy.litert.run_tflite`).
 
 All three prepare pixels by the one image policy (:mod:`keras_mixer.images`), so
-they agree image by image. The folder is ``root/<class>/<image>`` (every image is
-evaluated) or, when ``root`` has ``train``/``test`` splits, its ``test`` split
-(also ``val`` / ``validation``); classes are the sorted class folder names.
+they agree image by image. The images scored are the folder's held-out split, as
+training makes it (:func:`keras_mixer.data.split_files`): its ``test`` split
+(also ``val`` / ``validation``) when ``root`` has ``train``/``test`` folders, else
+every 10th image of ``root/<class>/<image>``; ``split="all"`` scores every image
+of such a folder. The split is named in the first line printed, and a warning
+says how many of the images scored are ones the model trained on, when its run
+recorded its data. Classes are the sorted class folder names.
 """
 
 import csv
@@ -38,14 +42,17 @@ TOP_K = 5
 TFLITE_CHUNK = 256  # images prepared at a time for the TFLite interpreter
 
 
+SPLITS = ("test", "train", "all")
+
+
 def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=print,
-             interpolation=None):
+             interpolation=None, split="test"):
     """Top-1 / top-5 accuracy of ``artifact`` on the labelled image folder ``data``.
 
     Args:
         artifact: a ``.keras`` file, a SavedModel directory (``NAME/VERSION`` or
             ``NAME``) or a ``.tflite`` file.
-        data: ``root/<class>/<image>``, or a folder with a ``test`` split of those.
+        data: ``root/<class>/<image>``, or a folder with ``train``/``test`` splits of those.
         crop_fraction: central-square crop before resizing (:mod:`keras_mixer.images`).
             Default: the ``.keras`` model's ``config.crop_fraction``; a SavedModel's
             crop is baked into its signature and a ``.tflite`` file's is recorded
@@ -56,12 +63,17 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
         log: where the summary lines go (``None``: nowhere).
         interpolation: the resize filter (``"bilinear"``, ``"bicubic"``, ``"nearest"``);
             default the model's ``config.interpolation``, recorded like the crop.
+        split: ``"test"`` (the held-out split, as training makes it), ``"train"``,
+            or ``"all"`` (every image of a folder without split folders).
 
     Returns:
         A dict: ``top1``, ``top5``, ``num_images``, ``kind`` (``"keras"``,
         ``"saved_model"`` or ``"tflite"``), ``artifact`` (the path evaluated),
-        ``crop_fraction``, ``interpolation``, ``class_names``, ``probabilities`` ``(n, classes)`` and
-        ``rows`` (one dict per image: ``path``, ``label``, ``prediction``, ``score``).
+        ``crop_fraction``, ``interpolation``, ``class_names``, ``probabilities`` ``(n, classes)``,
+        ``rows`` (one dict per image: ``path``, ``label``, ``prediction``, ``score``),
+        ``top_k`` (the k of ``top5``: 5, or the number of classes when fewer),
+        ``split`` (what was scored, in words) and ``training_overlap`` (how many
+        of the images the model trained on; ``None`` when its data is unknown).
     """
     log = log or (lambda *_: None)
     kind, path = artifact_kind(artifact)
@@ -72,14 +84,21 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
                          f"got {interpolation!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    folder, paths, labels, class_names = labelled_files(data)
+    folder, paths, labels, class_names, described = labelled_files(data, split)
     run = {KERAS: _keras_probabilities, SAVED_MODEL: _saved_model_probabilities,
            TFLITE: _tflite_probabilities}[kind]
-    log(f"evaluating {kind} {path} on {len(paths)} images of {len(class_names)} classes in {folder}")
+    log(f"evaluating {kind} {path} on {described}: {len(paths)} images of {len(class_names)} "
+        f"classes in {folder}")
+    overlap = training_overlap(paths, trained_on(kind, path))
+    if overlap:
+        log(f"warning: {overlap} of these {len(paths)} images are images the model trained on "
+            f"(its run trained on {trained_on(kind, path)}): the score overstates its accuracy on "
+            f"new images. Score its held-out split (leave out --split) or a folder it never saw.")
     probabilities, crop_fraction, interpolation = run(
         path, paths, labels, class_names, crop_fraction, batch_size, interpolation)
     result = scores(probabilities, labels, paths, class_names)
-    result.update(kind=kind, artifact=path, crop_fraction=crop_fraction, interpolation=interpolation)
+    result.update(kind=kind, artifact=path, crop_fraction=crop_fraction, interpolation=interpolation,
+                  split=described, training_overlap=overlap)
     if out is not None:
         write_predictions(out, result["rows"])
         log(f"predictions: {out}")
@@ -88,8 +107,10 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
 
 
 def summary_line(result):
-    """``top-1 0.9650 top-5 1.0000 on 200 images``: the line scripts grep for."""
-    return f"top-1 {result['top1']:.4f} top-5 {result['top5']:.4f} on {result['num_images']} images"
+    """``top-1 0.9650 top-5 1.0000 on 200 images``: the line scripts grep for (``top-3`` for a
+    3-class model: k is ``result["top_k"]``, at most 5)."""
+    return (f"top-1 {result['top1']:.4f} top-{result.get('top_k', TOP_K)} {result['top5']:.4f} "
+            f"on {result['num_images']} images")
 
 
 def artifact_kind(artifact):
@@ -121,14 +142,52 @@ def _is_saved_model(path):
     return os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
-def labelled_files(root):
-    """``(folder, paths, labels, class_names)`` of every image of the folder to evaluate."""
+def labelled_files(root, split="test"):
+    """``(folder, paths, labels, class_names, description)`` of the images to evaluate:
+    ``split`` of ``root`` (see :func:`keras_mixer.data.split_files`), and what it is in words."""
     root = os.fspath(root)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder not found: {root}")
-    folder, _ = datasets.split_root(root, "test")  # class folders directly under root: use them all
-    paths, labels, class_names = datasets.scan_folder(folder)
-    return folder, paths, labels, class_names
+    folder, paths, labels, class_names, held_out = datasets.split_files(root, split)
+    if split == "all":
+        description = f"every image of {root} (--split all)"
+    elif held_out:
+        rule = (f"every {datasets.HELD_OUT_EVERY}th image" if split == "test"
+                else f"all but every {datasets.HELD_OUT_EVERY}th image")
+        description = (f"the {split} split of {root} ({rule} of its class folders, as training "
+                       f"splits a folder without train/ and test/; --split all scores every image)")
+    else:
+        description = f"the {split} split of {root}"
+    return folder, paths, labels, class_names, description
+
+
+def trained_on(kind, path):
+    """The image folder the artifact's run trained on (absolute), when it was recorded."""
+    if kind == KERAS:
+        data = saved_model.run_training_data(path)
+    elif kind == SAVED_MODEL:
+        report_path = os.path.join(path, saved_model.REPORT_FILE)
+        data = None
+        if os.path.isfile(report_path):
+            with open(report_path) as f:
+                data = json.load(f).get("training_data")
+    else:
+        data = (tflite.read_info(path) or {}).get("training_data")
+    return data if isinstance(data, str) and os.path.isdir(data) else None
+
+
+def training_overlap(paths, training_folder):
+    """How many of ``paths`` are in the training split of ``training_folder`` (``None``: unknown)."""
+    if training_folder is None:
+        return None
+    try:
+        trained = datasets.split_files(training_folder, "train")[1]
+    except (OSError, ValueError):  # the folder changed since: nothing to compare
+        return None
+    trained = {os.path.realpath(p) for p in trained}
+    return sum(os.path.realpath(p) in trained for p in paths)
 
 
 def _check_classes(num_classes, class_names, what):
@@ -269,7 +328,7 @@ def scores(probabilities, labels, paths, class_names):
                  score=float(row[prediction]))
             for path, label, prediction, row in zip(paths, labels, predictions, probabilities)]
     return dict(top1=float(np.mean(predictions == labels)),
-                top5=float(np.mean((top_k == labels[:, None]).any(-1))),
+                top5=float(np.mean((top_k == labels[:, None]).any(-1))), top_k=k,
                 num_images=len(labels), class_names=list(class_names),
                 probabilities=probabilities, rows=rows)
 

@@ -48,16 +48,19 @@ def imagenet1k_classes():
     return tuple(r[0] for r in rows), tuple(r[1] for r in rows)
 
 
-def decode_predictions(preds, top=5):
+def decode_predictions(preds, top=5, labels=None):
     """The ``top`` classes of each prediction, as ``keras.applications`` does.
 
     Args:
         preds: scores ``(batch, num_classes)`` (probabilities or logits).
         top: how many classes per sample.
+        labels: class names in output order (a model trained on your own
+            folders: its run directory's ``labels.txt``); default: ImageNet-1k's
+            for 1000 classes, else the class index as text.
 
     Returns:
         One list per sample of ``(class_id, class_name, score)``, best first.
-        For 1000 classes ``class_id`` is the WordNet id (``"n01440764"``) and the
+        With ``labels`` both are the label. Otherwise, for 1000 classes ``class_id`` is the WordNet id (``"n01440764"``) and the
         name the ImageNet-1k one; for other heads (e.g. the 21,843 ImageNet-21k
         classes, whose names are not shipped) both are the class index as text.
     """
@@ -65,7 +68,11 @@ def decode_predictions(preds, top=5):
     if preds.ndim != 2:
         raise ValueError(f"decode_predictions expects (batch, num_classes) scores, got {preds.shape}.")
     num_classes = preds.shape[1]
-    if num_classes == 1000:
+    if labels is not None:
+        if len(labels) != num_classes:
+            raise ValueError(f"Got {len(labels)} labels for {num_classes} classes.")
+        ids = names = tuple(str(label) for label in labels)
+    elif num_classes == 1000:
         ids, names = imagenet1k_classes()
     else:
         ids = names = tuple(str(i) for i in range(num_classes))

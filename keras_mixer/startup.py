@@ -10,6 +10,7 @@ Imported as a library, keras-mixer changes nothing. Standard library only
 (TensorFlow is imported here, muted, only in a command's process).
 """
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -17,6 +18,7 @@ import sys
 
 CONSOLE_SCRIPT = "keras-mixer"
 COMMAND_VARIABLE = "KERAS_MIXER_COMMAND"
+VERBOSE_VARIABLE = "KERAS_MIXER_VERBOSE"  # set by --verbose; read by this process and its children
 BACKENDS = ("jax", "tensorflow", "torch")
 
 
@@ -58,7 +60,9 @@ def apply(argv=None):
         flag = f"--xla_force_host_platform_device_count={devices}"
         if flag not in os.environ.get("XLA_FLAGS", ""):  # JAX fixes its device count at import
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
-    if "--verbose" not in argv:
+    if "--verbose" in argv:
+        os.environ[VERBOSE_VARIABLE] = "1"
+    else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR lines
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
@@ -75,12 +79,36 @@ def _import_muted(module):
     """
     if module in sys.modules or importlib.util.find_spec(module) is None:
         return
+    with muted_stderr():
+        importlib.import_module(module)
+
+
+def verbose():
+    """Whether the command line asked for ``--verbose`` (in this process or its parent)."""
+    return os.environ.get(VERBOSE_VARIABLE) == "1"
+
+
+@contextlib.contextmanager
+def muted_stderr():
+    """File descriptor 2 on /dev/null inside the block (what C++ libraries print there too).
+
+    Python's own errors still show: an exception raised inside reaches the caller,
+    and is printed after stderr is back.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "wb") as devnull:
             os.dup2(devnull.fileno(), 2)
-        importlib.import_module(module)
+        yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def native_logs_muted():
+    """:func:`muted_stderr`, unless ``--verbose``: for converters and interpreters that print
+    their progress from C++ (the TFLite converter's ``fully_quantize: ...`` lines, LiteRT's
+    ``Created TensorFlow Lite XNNPACK delegate``)."""
+    return contextlib.nullcontext() if verbose() else muted_stderr()

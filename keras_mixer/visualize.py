@@ -80,8 +80,10 @@ def _save(fig, path):
     return os.fspath(path)
 
 
-def predict_images(model, paths, top=5, mode="mixer", batch_size=16):
+def predict_images(model, paths, top=5, mode="mixer", batch_size=16, labels=None):
     """Top-``top`` ``(class_id, name, score)`` per image file, and the images (0-255).
+
+    ``labels``: the class names in output order (see :func:`keras_mixer.decode_predictions`).
 
     Files are prepared by the image policy (:mod:`keras_mixer.images`), as the
     serving signatures do. ``mode="miil"`` scales pixels to [0, 1] for models
@@ -102,10 +104,10 @@ def predict_images(model, paths, top=5, mode="mixer", batch_size=16):
         scores = model.predict(preprocess_input(images, mode="miil"), batch_size=batch_size, verbose=0)
     else:
         scores = signatures.keras_probabilities(model, images, batch_size=batch_size)
-    return decode_predictions(scores, top=top), images
+    return decode_predictions(scores, top=top, labels=labels), images
 
 
-def plot_predictions(model, image_paths, path, top=3, columns=4, mode="mixer"):
+def plot_predictions(model, image_paths, path, top=3, columns=4, mode="mixer", labels=None):
     """Save a PNG gallery: each image with its top-``top`` classes and scores.
 
     Args:
@@ -116,10 +118,12 @@ def plot_predictions(model, image_paths, path, top=3, columns=4, mode="mixer"):
         columns: images per row.
         mode: input scaling for models without built-in preprocessing
             (see :func:`keras_mixer.preprocess_input`).
+        labels: class names in output order (default: ImageNet-1k's for 1000
+            classes, else class indices).
     """
     from matplotlib.figure import Figure
 
-    predictions, images = predict_images(model, image_paths, top=top, mode=mode)
+    predictions, images = predict_images(model, image_paths, top=top, mode=mode, labels=labels)
     columns = min(columns, len(images))
     rows = math.ceil(len(images) / columns)
     fig = Figure(figsize=(3.2 * columns, (3.2 + 0.22 * top) * rows))

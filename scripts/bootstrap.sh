@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install keras-mixer with every backend and the test tools.
+# Create .venv and install keras-mixer with every backend, the test tools and the docs tools.
 # Idempotent: re-running only reinstalls when setup.cfg changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[all,test]"
+  "$VENV/bin/python" -m pip install -q -e ".[all,test,docs]"
   echo "$want" > "$stamp"
 fi
 echo "keras-mixer installed in $VENV"

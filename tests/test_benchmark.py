@@ -376,14 +376,21 @@ def test_cli_quick_writes_json_and_markdown(tmp_path):
 
 
 def test_training_cli_says_when_cifar_is_missing(tmp_path):
+    """Without the data it stops at once, saying where it looked (not after minutes of speed runs)."""
     backend = keras.backend.backend()
     absent = tmp_path / "no-cifar.tar.gz"
     proc = run_script("benchmark_training.py", [
         "--backends", backend, *TINY_TRAINING, "--pipeline-batches", "1", "--cifar-steps", "2",
         "--cifar-data", absent, "--cifar-dir", tmp_path / "cifar", "--out", tmp_path / "train"],
         timeout=400)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]  # not all measured
-    assert f"no data at {absent}" in proc.stdout and "--cifar-data" in proc.stdout
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith(f"error: no CIFAR-10 data at {absent}") and "--cifar-steps 0" in first
+    assert proc.stdout == "" and not (tmp_path / "train.json").exists()
+    proc = run_script("benchmark_training.py", [  # speed only, as the message says
+        "--backends", backend, *TINY_TRAINING, "--pipeline-batches", "1", "--cifar-steps", "0",
+        "--out", tmp_path / "train"], timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads((tmp_path / "train.json").read_text())
     (row,) = result["results"]
     assert row["backend"] == backend and row["train_img_per_s"] > 0 and "cifar_top1" not in row

@@ -1,31 +1,37 @@
-"""README.md cannot drift: every fenced block carries a docs marker, and the offline ones run.
+"""The documentation cannot drift: every fenced block of README.md and docs/ carries a docs
+marker, every runnable page runs as written, and the docs site builds without a warning.
 
 A marker is an HTML comment on the line just before the fence (or before one blank
 line before it):
 
-  <!-- docs: run -->               run by test_readme_commands_run, in README order, in a
-                                   sandbox that looks like the repository root
-  <!-- docs: run needs PATH -->    the same, as soon as PATH exists in the sandbox (the intro
-                                   snippet loads the model that the Quick start trains)
+  <!-- docs: run -->               run by test_page_runs, in page order, in a fresh directory
+                                   that looks like a clone of the repository
+  <!-- docs: run needs PATH -->    the same, as soon as PATH exists there
   <!-- docs: skip REASON -->       not run here; REASON is one of SKIP_REASONS: network (a
                                    download: PyPI, presets, published checkpoints, datasets),
                                    docker, gpu, tpu, cluster (several hosts)
   <!-- docs: covered-by TARGET --> run elsewhere: TARGET is a file of this repository, or
-                                   tests/FILE.py::test_function
+                                   tests/FILE.py::test_function, or a page (docs/...md): then
+                                   every command of the block must be one that the page runs
   <!-- docs: layout -->            a file tree, not commands: every path it names must exist
 
-Bash blocks (```bash, and plain ``` ones) run command by command (backslash continuations
-joined, `# ...` comments dropped), each with `bash -c`. Python blocks run one after the other
-in one `python` process (one TensorFlow start-up), each as a fresh `__main__` module, so a
-block that uses a name it does not define fails as it would in a new interpreter. `python`,
-`keras-mixer` and `.venv/` are this virtualenv's, importing this checkout's package; the files
-the commands read (photos/, digit.png, cat.jpg, batch.npy, labels.txt, ...) are made from
-scikit-learn's bundled digits by make_fixtures. The commands get tiny settings from
-SUBSTITUTIONS, the only changes made to what the README says. Every command must exit with
-status 0 (and a `curl` must not answer an error).
+Each page runs on its own, in a new directory, with only what a fresh clone has
+(scripts/, serving/, examples/ and the .venv) and what its earlier blocks made: a
+page that needs a trained model trains one. Bash blocks (```bash, and plain ```
+ones) run command by command (backslash continuations joined, `# ...` comments
+dropped), each with `bash -c`. Python blocks run one after the other in one `python`
+process per page, each as a fresh `__main__` module, so a block that uses a name it
+does not define fails as it would in a new interpreter. The commands get tiny
+settings from SUBSTITUTIONS, the only changes made to what the pages say. Every
+command must exit with status 0, a `curl` must not answer an error, and no command
+may answer "Nothing to do" (an example that does nothing teaches nothing).
+
+The pages run once, on the TensorFlow backend (a fresh clone's default), as does the
+site build; the markers are checked on every backend.
 """
 
 import collections
+import glob
 import json
 import os
 import queue
@@ -41,14 +47,18 @@ import numpy as np
 import pytest
 from helpers.processes import ROOT, worker_env
 
-README = os.path.join(ROOT, "README.md")
+README = "README.md"
+README_MAX_LINES = 250
 KINDS = ("run", "skip", "covered-by", "layout")
 SKIP_REASONS = ("network", "docker", "gpu", "tpu", "cluster")
 MARKER = re.compile(r"^<!--\s*docs:\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
 BASH_LANGS = ("bash", "sh", "shell", "")
+# What a fresh clone has that the pages use (the sandbox links them; .venv is this virtualenv).
+CLONE = ("scripts", "serving", "examples")
+NOTHING_DONE = "Nothing to do"
 
-TINY_TRAIN = "--epochs 1 --steps-per-epoch 3 --num-blocks 1"
+TINY_TRAIN = "--epochs 1 --steps-per-epoch 2 --num-blocks 1"
 TINY_BENCHMARK = ("--config 8,1,16,8,32 --image-size 16 --backends tensorflow --modes inference "
                   "--no-peers --warmup 0 --repeats 1")
 
@@ -60,18 +70,14 @@ Rule = collections.namedtuple("Rule", "pattern action text why")
 SUBSTITUTIONS = (
     Rule(r"^bash scripts/bootstrap\.sh && ", "replace", "",
          "bootstrap.sh installs packages from PyPI; the sandbox's .venv is this test's virtualenv"),
-    Rule(r"--variant B/16 --weights b16\.weights\.h5", "replace",
-         "--variant S/32 --image-size 32 --weights b16.weights.h5",
-         "B/16 at 224 px is 60M parameters (30 s, 460 MB written): the sandbox's b16.weights.h5 "
-         "holds S/32 weights at 32 px"),
     Rule(r"(scripts/train\.py|keras-mixer train)\b", "append", TINY_TRAIN,
-         "the main job trains 25 epochs (minutes); 3 steps of 1 block exercise the same path"),
+         "a real run trains for minutes; 2 steps of 1 block exercise the same path"),
     Rule(r"(scripts/benchmark\.py|keras-mixer benchmark)\b(?!.*--help)", "append", TINY_BENCHMARK,
          "B/16 (or L/16) on all three backends takes minutes; a tiny Mixer, TensorFlow only"),
     Rule(r"^keras-mixer serve\b", "append", "--grpc-port 0 --rest-port 0",
          "runs until Ctrl-C: any free ports (8500/8501 may be taken on a shared machine)"),
     Rule(r"^keras-mixer serve\b", "background", "",
-         "started in the background, stopped (SIGTERM, i.e. Ctrl-C) after the last block"),
+         "started in the background, stopped (SIGTERM, i.e. Ctrl-C) after the page's last block"),
     Rule(r"(scripts/predict\.py|keras-mixer predict)\b(?!.*--server)(?!.*--protocol rest)", "append",
          "--server localhost:{grpc}", "its default server is localhost:8500: the served port"),
     Rule(r"(scripts/predict\.py|keras-mixer predict)\b(?!.*--server)(?=.*--protocol rest)", "append",
@@ -82,19 +88,26 @@ SUBSTITUTIONS = (
 PYTHON_RULES = [rule for rule in SUBSTITUTIONS if rule.action == "replace" and "localhost" in rule.pattern]
 
 
-Block = collections.namedtuple("Block", "line lang lines marker marker_line")
+Block = collections.namedtuple("Block", "page line lang lines marker marker_line")
 
 
-def read_readme():
-    with open(README, encoding="utf-8") as f:
+def pages():
+    """README.md and every Markdown page of the docs site, as paths relative to the root."""
+    found = sorted(os.path.relpath(path, ROOT)
+                   for path in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
+    return [README] + found
+
+
+def read_page(page):
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
         return f.read().splitlines()
 
 
-def parse_blocks(lines):
-    """The fenced blocks: ``Block(line, lang, [(line, text)], marker, marker_line)`` (lines 1-based)."""
+def parse_blocks(lines, page=README):
+    """The fenced blocks: ``Block(page, line, lang, [(line, text)], marker, marker_line)`` (1-based)."""
     blocks, i = [], 0
     while i < len(lines):
-        match = FENCE.match(lines[i])
+        match = FENCE.match(lines[i].strip()) if lines[i].startswith("```") else None
         if not match:
             i += 1
             continue
@@ -103,16 +116,20 @@ def parse_blocks(lines):
         while i < len(lines) and lines[i].strip() != "```":
             body.append((i + 1, lines[i]))
             i += 1
-        assert i < len(lines), f"README.md:{start}: code block never closed"
+        assert i < len(lines), f"{page}:{start}: code block never closed"
         marker, marker_line = None, None
         before = start - 2  # index of the line just before the fence
         if before >= 0 and not lines[before].strip() and before >= 1:
             before -= 1
         if before >= 0 and MARKER.match(lines[before]):
             marker, marker_line = MARKER.match(lines[before]).group(1), before + 1
-        blocks.append(Block(start, lang, body, marker, marker_line))
+        blocks.append(Block(page, start, lang, body, marker, marker_line))
         i += 1
     return blocks
+
+
+def all_blocks():
+    return [block for page in pages() for block in parse_blocks(read_page(page), page)]
 
 
 def parse_marker(marker):
@@ -130,6 +147,10 @@ def parse_marker(marker):
     if kind == "layout" and args:
         raise ValueError(f"{marker!r}: 'layout' takes nothing")
     return kind, args
+
+
+def kind_of(block):
+    return parse_marker(block.marker)[0] if block.marker else None
 
 
 def strip_comment(line):
@@ -162,7 +183,7 @@ def shell_commands(block):
         if command:
             commands.append((first, command))
         pending, first = "", None
-    assert not pending, f"README.md:{block.line}: a continuation line ends the block"
+    assert not pending, f"{block.page}:{block.line}: a continuation line ends the block"
     return commands
 
 
@@ -203,63 +224,83 @@ def layout_paths(block):
     return paths
 
 
+def run_commands(page):
+    """Every command that ``page``'s `run` blocks run (bash commands; Python blocks whole)."""
+    commands = set()
+    for block in parse_blocks(read_page(page), page):
+        if kind_of(block) == "run":
+            if block.lang == "python":
+                commands.add("\n".join(text for _, text in block.lines))
+            else:
+                commands.update(command for _, command in shell_commands(block))
+    return commands
+
+
 # ---------------------------------------------------------------------------------- fast checks
 
 def test_every_block_has_a_known_marker():
-    lines = read_readme()
-    blocks = parse_blocks(lines)
-    assert len(blocks) >= 10, "README.md lost its code blocks?"
+    blocks = all_blocks()
+    assert len(blocks) >= 40, "the pages lost their code blocks?"
     problems = []
     for block in blocks:
+        where = f"{block.page}:{block.line}"
         if block.marker is None:
-            problems.append(f"README.md:{block.line}: ```{block.lang} block without a marker "
+            problems.append(f"{where}: ```{block.lang} block without a marker "
                             "(<!-- docs: run|skip REASON|covered-by TARGET|layout --> before it)")
             continue
         try:
-            kind, args = parse_marker(block.marker)
+            kind, _ = parse_marker(block.marker)
         except ValueError as error:
-            problems.append(f"README.md:{block.marker_line}: {error}")
+            problems.append(f"{block.page}:{block.marker_line}: {error}")
             continue
         if kind == "run" and block.lang not in (*BASH_LANGS, "python"):
-            problems.append(f"README.md:{block.line}: cannot run a ```{block.lang} block")
-    attached = {block.marker_line for block in blocks}
-    problems += [f"README.md:{number}: docs marker not attached to a code block"
-                 for number, text in enumerate(lines, 1) if MARKER.match(text) and number not in attached]
+            problems.append(f"{where}: cannot run a ```{block.lang} block")
+    for page in pages():
+        attached = {block.marker_line for block in blocks if block.page == page}
+        problems += [f"{page}:{number}: docs marker not attached to a code block"
+                     for number, text in enumerate(read_page(page), 1)
+                     if MARKER.match(text) and number not in attached]
     assert not problems, "\n".join(problems)
 
 
-def test_covered_by_targets_exist():
+def test_covered_by_targets_exist_and_pages_run_the_same_commands():
     problems = []
-    for block in parse_blocks(read_readme()):
-        if block.marker is None or parse_marker(block.marker)[0] != "covered-by":
+    for block in all_blocks():
+        if kind_of(block) != "covered-by":
             continue
         target = parse_marker(block.marker)[1][0]
         path, _, function = target.partition("::")
         full = os.path.join(ROOT, path)
+        where = f"{block.page}:{block.marker_line}"
         if not os.path.isfile(full):
-            problems.append(f"README.md:{block.marker_line}: {path} does not exist")
+            problems.append(f"{where}: {path} does not exist")
         elif function and not re.search(rf"^def {re.escape(function)}\(",
                                         open(full, encoding="utf-8").read(), re.M):
-            problems.append(f"README.md:{block.marker_line}: {path} has no {function}()")
+            problems.append(f"{where}: {path} has no {function}()")
+        elif path.endswith(".md"):  # another page runs these very commands
+            ran = run_commands(path)
+            commands = ([("\n".join(text for _, text in block.lines))] if block.lang == "python"
+                        else [command for _, command in shell_commands(block)])
+            problems += [f"{where}: {path} runs no {command!r}" for command in commands
+                         if command not in ran]
     assert not problems, "\n".join(problems)
 
 
-def test_layout_names_existing_paths():
-    layouts = [block for block in parse_blocks(read_readme())
-               if block.marker and parse_marker(block.marker)[0] == "layout"]
+def test_layouts_name_existing_paths():
+    layouts = [block for block in all_blocks() if kind_of(block) == "layout"]
     assert layouts, "no <!-- docs: layout --> block"
-    checked = [(number, path) for block in layouts for number, path in layout_paths(block)]
+    checked = [(block.page, number, path) for block in layouts for number, path in layout_paths(block)]
     assert len(checked) >= 10, checked
-    missing = [f"README.md:{number}: {path}" for number, path in checked
+    missing = [f"{page}:{number}: {path}" for page, number, path in checked
                if not os.path.exists(os.path.join(ROOT, path))]
-    assert not missing, "the repository layout names paths that do not exist:\n" + "\n".join(missing)
+    assert not missing, "a repository layout names paths that do not exist:\n" + "\n".join(missing)
 
 
 def prose(lines):
     """``(line, text)`` outside code blocks, inline code spans removed."""
     inside = False
     for number, text in enumerate(lines, 1):
-        if FENCE.match(text):  # an opening or a closing fence
+        if FENCE.match(text.strip()) and text.startswith("```"):  # an opening or a closing fence
             inside = not inside
             continue
         if not inside:
@@ -267,24 +308,63 @@ def prose(lines):
 
 
 def test_no_placeholders():
-    lines = read_readme()
-    found = [f"README.md:{number}: {word!r}" for number, text in enumerate(lines, 1)
-             for word in re.findall(r"\b(?:TODO|XXX|FIXME|TBD)\b", text)]
-    found += [f"README.md:{number}: {text.strip()!r} alone on a line"
-              for number, text in enumerate(lines, 1)
-              if re.fullmatch(r"\s*[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\W*", text)]
-    # Prose words like SUITE_MINUTES (environment variables belong in `code spans`).
-    found += [f"README.md:{number}: {word!r}" for number, text in prose(lines)
-              for word in re.findall(r"\b[A-Z]{2,}(?:_[A-Z]{2,})+\b", text)]
-    assert not found, "placeholders left in README.md:\n" + "\n".join(found)
+    found = []
+    for page in pages():
+        lines = read_page(page)
+        found += [f"{page}:{number}: {word!r}" for number, text in enumerate(lines, 1)
+                  for word in re.findall(r"\b(?:TODO|XXX|FIXME|TBD)\b", text)]
+        # Prose words like SUITE_MINUTES (environment variables belong in `code spans`).
+        found += [f"{page}:{number}: {word!r}" for number, text in prose(lines)
+                  for word in re.findall(r"\b[A-Z]{2,}(?:_[A-Z]{2,})+\b", text)]
+    assert not found, "placeholders left in the docs:\n" + "\n".join(found)
 
 
 def test_headings_follow_a_blank_line():
-    lines = read_readme()
-    glued = [f"README.md:{number}: {text!r} follows {lines[number - 2]!r}"
-             for number, text in prose(lines)
-             if number > 1 and re.match(r"#{1,6}\s", text) and lines[number - 2].strip()]
+    glued = []
+    for page in pages():
+        lines = read_page(page)
+        glued += [f"{page}:{number}: {text!r} follows {lines[number - 2]!r}"
+                  for number, text in prose(lines)
+                  if number > 1 and re.match(r"#{1,6}\s", text) and lines[number - 2].strip()]
     assert not glued, "headings need a blank line before them:\n" + "\n".join(glued)
+
+
+def test_readme_is_short_and_keeps_the_quick_start():
+    lines = read_page(README)
+    assert len(lines) < README_MAX_LINES, f"README.md has {len(lines)} lines (< {README_MAX_LINES})"
+    commands = run_commands(README) | {command for block in parse_blocks(lines)
+                                       for _, command in shell_commands(block)
+                                       if block.lang in BASH_LANGS and kind_of(block) != "layout"}
+    # The two Quick start commands, exactly: CI (.ci/run) runs the second one.
+    assert "bash scripts/bootstrap.sh && .venv/bin/python scripts/train.py" in commands
+    assert "bash scripts/bootstrap.sh && bash scripts/test.sh" in commands
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        assert "bash scripts/bootstrap.sh && bash scripts/test.sh" in f.read()
+
+
+def test_license_is_the_one_the_package_declares():
+    with open(os.path.join(ROOT, "LICENSE"), encoding="utf-8") as f:
+        text = f.read()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    with open(os.path.join(ROOT, "setup.cfg"), encoding="utf-8") as f:
+        assert re.search(r"^license = Apache-2\.0$", f.read(), re.M)
+
+
+def test_shipped_examples_are_the_generators(tmp_path):
+    """examples/images/ and examples/labels.txt are what examples/make_photos.py draws."""
+    from PIL import Image
+
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "make_photos.py"),
+                             "--samples", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    shipped = os.path.join(ROOT, "examples")
+    made = sorted(os.listdir(tmp_path / "images"))
+    assert made == sorted(os.listdir(os.path.join(shipped, "images")))
+    for name in made:
+        new = np.asarray(Image.open(tmp_path / "images" / name), np.float64)
+        old = np.asarray(Image.open(os.path.join(shipped, "images", name)), np.float64)
+        assert new.shape == old.shape and np.abs(new - old).mean() < 2.0, name  # JPEG codecs differ
+    assert (tmp_path / "labels.txt").read_text() == open(os.path.join(shipped, "labels.txt")).read()
 
 
 def test_substitutions():
@@ -303,45 +383,31 @@ def test_substitutions():
     assert strip_comment("pip install x   # needs pip install \".[onnx]\"") == "pip install x"
 
 
-# ------------------------------------------------------------------------------ running the README
+# ------------------------------------------------------------------------------- the docs site
 
-def make_fixtures(root):
-    """What the README's commands expect to find, from scikit-learn's bundled digits."""
-    import tensorflow as tf
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = (digits.images * (255 / 16)).round().astype("uint8")
-    pixels = np.repeat(np.repeat(np.repeat(pixels[..., None], 3, -1), 4, 1), 4, 2)  # (n, 32, 32, 3)
-
-    def write(path, index):
-        path = os.path.join(root, path)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        encode = tf.io.encode_png if path.endswith(".png") else tf.io.encode_jpeg
-        tf.io.write_file(path, encode(pixels[index]))
-
-    for index in range(60):  # the last images of the digits: the main job's test split has them too
-        index = len(pixels) - 1 - index
-        label = digits.target[index]
-        if index % 3 == 0:
-            write(f"photos/{label}/{index}.jpg", index)
-        elif index % 3 == 1:
-            write(f"path/to/train_images/{index}.png", index)
-        else:
-            write(f"path/to/heldout_images/{label}/{index}.jpg", index)
-    for name, index in (("digit.png", 0), ("cat.jpg", 1), ("dog.png", 2), ("dog.jpg", 3)):
-        write(name, index)
-    np.save(os.path.join(root, "batch.npy"), pixels[:4])
-    with open(os.path.join(root, "labels.txt"), "w") as f:
-        f.write("".join(f"{digit}\n" for digit in digits.target_names))
-
-    import keras_mixer  # a local weights file (S/32 at 32 px, see SUBSTITUTIONS)
-
-    keras_mixer.MixerS32(input_shape=(32, 32, 3)).save_weights(os.path.join(root, "b16.weights.h5"))
-    keras.utils.clear_session()
+ONCE = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                          reason="runs once, on the TensorFlow backend (a fresh clone's default)")
 
 
-# Runs the README's Python blocks one after the other in one interpreter (one TensorFlow start-up
+@ONCE
+def test_site_builds_without_warnings(tmp_path):
+    """`mkdocs build --strict`: a broken link, a page missing from the nav or a docstring that
+    the API reference cannot render is an error (the `docs` extra installs the tools)."""
+    try:
+        import mkdocs  # noqa: F401
+    except ImportError:
+        pytest.fail("mkdocs is not installed: pip install -e '.[docs]' (scripts/bootstrap.sh does)")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                             str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert os.path.isfile(tmp_path / "site" / "guides" / "own-data" / "index.html")
+    assert os.path.isfile(tmp_path / "site" / "api" / "models" / "index.html")
+
+
+# ------------------------------------------------------------------------------ running the pages
+
+# Runs a page's Python blocks one after the other in one interpreter (one TensorFlow start-up
 # for all of them), each as a fresh __main__ module: a block sees nothing another one defined.
 PYTHON_WORKER = """
 import runpy, sys, traceback
@@ -399,11 +465,11 @@ class Background:
 
 
 class Sandbox:
-    """A directory that looks like the repository root to the README's commands."""
+    """A directory that looks like a fresh clone of the repository to one page's commands."""
 
-    def __init__(self, root, scratch):
-        self.root, self.scratch = str(root), str(scratch)
-        for name in ("scripts", "serving"):
+    def __init__(self, page, root, scratch):
+        self.page, self.root, self.scratch = page, str(root), str(scratch)
+        for name in CLONE:
             os.symlink(os.path.join(ROOT, name), os.path.join(self.root, name))
         os.symlink(sys.prefix, os.path.join(self.root, ".venv"))  # what bootstrap.sh creates
         bin_dir = os.path.join(sys.prefix, "bin")
@@ -414,7 +480,7 @@ class Sandbox:
 
     def fail(self, line, command, ran, status, output):
         server = f"\n--- server output (tail):\n{self.server.tail(20)}" if self.server else ""
-        pytest.fail(f"README.md:{line}: {command}\nran: {ran}\nexit status {status}\n"
+        pytest.fail(f"{self.page}:{line}: {command}\nran: {ran}\nexit status {status}\n"
                     f"--- output (tail):\n{output[-4000:]}{server}", pytrace=False)
 
     def run_shell(self, line, command):
@@ -428,6 +494,8 @@ class Sandbox:
         output = result.stdout + result.stderr
         if result.returncode != 0:
             self.fail(line, command, ran, result.returncode, output)
+        if NOTHING_DONE in output:
+            self.fail(line, command, ran, f"0, but it said {NOTHING_DONE!r}", output)
         if ran.startswith("curl "):  # curl -s exits with 0 on an HTTP error: read the answer
             try:
                 answer = json.loads(result.stdout)
@@ -438,7 +506,7 @@ class Sandbox:
 
     def run_python(self, line, code, timeout=600):
         ran, _ = substitute(code, self.ports, PYTHON_RULES)
-        path = os.path.join(self.scratch, f"README_line_{line}.py")
+        path = os.path.join(self.scratch, f"block_line_{line}.py")
         with open(path, "w", encoding="utf-8") as f:
             f.write(ran)
         if self.python is None:
@@ -460,7 +528,7 @@ class Sandbox:
 
     def start_server(self, line, command, ran, timeout=240):
         """Start ``ran`` in the background; the ports it prints (``gRPC: host:port``, ``REST: ...``)."""
-        assert self.server is None, f"README.md:{line}: a second server"
+        assert self.server is None, f"{self.page}:{line}: a second server"
         start = time.monotonic()
         self.server = Background(["bash", "-c", "exec " + ran], cwd=self.root, env=self.env)
         while len(self.ports) < 2:
@@ -480,23 +548,23 @@ class Sandbox:
             self.run_shell(line, command)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="the README runs once, on the TensorFlow backend (a fresh clone's "
-                           "default); its markers are checked on every backend")
+def runnable_pages():
+    return [page for page in pages()
+            if any(kind_of(block) == "run" for block in parse_blocks(read_page(page), page))]
+
+
+@ONCE
 @pytest.mark.skipif(sys.prefix == sys.base_prefix,
-                    reason="the README's commands use .venv: run the suite from a virtualenv")
-def test_readme_commands_run(tmp_path):
-    """Every `run` block, in README order, in a sandbox repository root, with SUBSTITUTIONS."""
-    runnable = []
-    for block in parse_blocks(read_readme()):
-        kind, args = parse_marker(block.marker or "missing")  # test_every_block_... says why
-        if kind == "run":
-            runnable.append((block, args[1] if args else None))
+                    reason="the pages' commands use .venv: run the suite from a virtualenv")
+@pytest.mark.parametrize("page", runnable_pages())
+def test_page_runs(page, tmp_path):
+    """Every `run` block of ``page``, in order, in a fresh clone-like directory, with SUBSTITUTIONS."""
+    runnable = [(block, parse_marker(block.marker)[1][1] if parse_marker(block.marker)[1] else None)
+                for block in parse_blocks(read_page(page), page) if kind_of(block) == "run"]
     root, scratch = tmp_path / "repo", tmp_path / "scratch"
     root.mkdir()
     scratch.mkdir()
-    make_fixtures(str(root))
-    sandbox = Sandbox(root, scratch)
+    sandbox = Sandbox(page, root, scratch)
     pending, started, server_status = [], time.monotonic(), None
     try:
         for block, needs in runnable:
@@ -517,10 +585,9 @@ def test_readme_commands_run(tmp_path):
         if sandbox.server is not None:
             server_status = sandbox.server.stop()
         for number, ran, seconds in sandbox.log:
-            print(f"{seconds:6.1f} s  README.md:{number}: {ran}")
+            print(f"{seconds:6.1f} s  {page}:{number}: {ran}")
         print(f"{time.monotonic() - started:6.1f} s  in all")
-        shutil.rmtree(os.path.join(sandbox.root, "saved_models"), ignore_errors=True)  # 150 MB
-        os.remove(os.path.join(sandbox.root, "b16.weights.h5"))
-    assert not pending, "\n".join(f"README.md:{block.line}: needs {needs}, which no block wrote"
+        shutil.rmtree(os.path.join(sandbox.root, "saved_models"), ignore_errors=True)
+    assert not pending, "\n".join(f"{page}:{block.line}: needs {needs}, which no block wrote"
                                   for block, needs in pending)
     assert server_status in (None, 0), f"the server did not stop cleanly:\n{sandbox.server.tail(20)}"

@@ -84,7 +84,7 @@ def test_kill_after_training_never_trains_again(tmp_path):
     """Killed after fit, then after the export: each re-run goes on where the last stopped."""
     run_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "exports")
     settings = dict(epochs=2, export=True, export_dir=export_dir)
-    versions = lambda: sorted(os.listdir(os.path.join(export_dir, "mixer")))  # noqa: E731
+    versions = lambda: sorted(os.listdir(os.path.join(export_dir, "run")))  # noqa: E731 (run dir name)
     returncode, output = run_resume_worker(run_dir, kill_at="after_fit", **settings)
     assert returncode == -9 and "Epoch 2/2" in output, output[-3000:]
     assert not os.path.exists(f"{run_dir}/model.keras")

@@ -222,7 +222,7 @@ def test_train_script_two_processes_killed_peer_and_resume(tmp_path):
     assert sum("final eval on 359" in o for o in outputs) == 1, outputs[0][-2000:]
     # Only the chief wrote: one export version, one backup, no temporary files (the other
     # process saved into a temporary directory of its own, where saving is collective).
-    assert os.listdir(os.path.join(export_dir, "mixer")) == ["1"]
+    assert os.listdir(os.path.join(export_dir, "run")) == ["1"]
     names = {f for _, _, files in os.walk(run_dir) for f in files}
     assert not [f for f in names if ".tmp" in f], names
     assert os.listdir(os.path.join(run_dir, "backup")) == ["process_0"]

@@ -78,6 +78,12 @@ class TrainingSpec:
             batch_size=self.batch_size, export=False, **overrides)
 
 
+def has_cifar(spec):
+    """Whether :func:`find_cifar` will find the data (nothing is extracted here)."""
+    return (os.path.exists(spec.cifar_data)
+            or os.path.exists(os.path.join(spec.cifar_dir, ".extracted")))
+
+
 def find_cifar(spec, log=print):
     """``(CIFAR-10 image folder, None)``, or ``(None, why not)`` when the data is absent.
 

@@ -36,6 +36,26 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError
                BackendCallError, DownloadError, ImportError, RunError, PeerLost)
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A parser that refuses abbreviated flags and reports unknown arguments with its own usage.
+
+    argparse accepts any unambiguous prefix of a flag by default (``--epoch`` for
+    ``--epochs``), and a subcommand hands arguments it does not know back to the
+    top-level parser, whose usage line then names no subcommand option.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def _summary(module):
     return (module.__doc__ or "").strip().splitlines()[0]
 
@@ -55,8 +75,7 @@ def add_common_arguments(parser, default=None):
 def command_parser(name, prog=None):
     """The parser of one command (``prog`` names it in usage lines, e.g. ``train.py``)."""
     module = COMMANDS[name]
-    parser = argparse.ArgumentParser(prog=prog or f"keras-mixer {name}", description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _CommandParser(prog=prog or f"keras-mixer {name}", description=module.__doc__)
     module.add_arguments(parser)
     add_common_arguments(parser)
     return parser
@@ -64,13 +83,12 @@ def command_parser(name, prog=None):
 
 def build_parser():
     """``keras-mixer`` with one subcommand per module in :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(
-        prog="keras-mixer", description="MLP-Mixer for Keras 3: train, evaluate, export, serve.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _CommandParser(
+        prog="keras-mixer", description="MLP-Mixer for Keras 3: train, evaluate, export, serve.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_CommandParser)
     for name, module in COMMANDS.items():
-        sub = commands.add_parser(name, help=_summary(module), description=module.__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = commands.add_parser(name, help=_summary(module), description=module.__doc__)
         module.add_arguments(sub)
         add_common_arguments(sub)
     return parser

@@ -136,7 +136,13 @@ def spec_from_args(args):
 
 def run(args):
     """Run the suite; exit status 1 when anything asked for was not measured."""
-    report = benchmark.run(spec_from_args(args), backends=args.backends,
+    spec = spec_from_args(args)
+    if args.suite == "training" and spec.cifar_steps and not training.has_cifar(spec):
+        raise ValueError(
+            f"no CIFAR-10 data at {spec.cifar_data} for --cifar-steps {spec.cifar_steps}: give the "
+            f"cifar10-jpg tarball or an image folder with train/ and test/ as --cifar-data, or "
+            f"pass --cifar-steps 0 to measure speed only.")
+    report = benchmark.run(spec, backends=args.backends,
                            json_path=args.out + ".json", markdown_path=args.out + ".md")
     print()
     print(benchmark.markdown(report))

@@ -5,7 +5,8 @@ The model is a .keras file saved on any backend (or a checkpoint: .npz, .pth,
 a .weights.h5 file or a preset). Every artifact is checked against the Keras
 model, then published atomically. Examples:
 
-  keras-mixer export saved-model runs/main/model.keras --labels labels.txt    # saved_models/mixer/1/
+  keras-mixer export saved-model runs/main/model.keras                 # saved_models/mixer/1/
+  keras-mixer export saved-model runs/photos/model.keras               # saved_models/photos/1/
   keras-mixer export all runs/main/model.keras --representative-images calib.npy
   keras-mixer export saved-model --variant B/16 --weights b16.weights.h5 --name mixer_b16
   keras-mixer export saved-model runs/main/model.keras --dtype bfloat16  # bf16 matmuls (AMX CPUs)
@@ -13,7 +14,12 @@ model, then published atomically. Examples:
   keras-mixer export tflite model.keras --representative-images data/train --eval-images data/test --table tflite.md
   keras-mixer export onnx runs/main/model.keras                      # needs pip install ".[onnx]"
 
-'all' is the SavedModel and the TFLite files.
+The name defaults to the one the model's run exports under (the run directory's
+config.json: 'mixer' for the main job, else the run directory's name), else
+'mixer'. A model with other classes, image size or architecture than the newest
+version of that name is refused (--allow-new-task publishes it anyway). Labels
+default to the run directory's labels.txt. 'all' is the SavedModel and the TFLite
+files.
 """
 
 import contextlib
@@ -23,6 +29,7 @@ import tempfile
 import keras
 
 from keras_mixer.cli.arguments import positive_float, positive_int
+from keras_mixer import deploy
 from keras_mixer.deploy import TFLITE_MODES, export_onnx, export_saved_model, export_tflite
 from keras_mixer.deploy.saved_model import DTYPES, TOLERANCES
 from keras_mixer.deploy.tflite import (CALIBRATED_MODES, MIXED_MARGIN, MIXED_MAX_FLOAT_LAYERS, MIXED_TARGET,
@@ -45,9 +52,14 @@ def add_arguments(parser):
                         help="with --variant: build at this size (default: 224); with a model "
                              "file: move it to this size (the paper's resolution transfer)")
     parser.add_argument("--export-dir", default="saved_models", help="base directory")
-    parser.add_argument("--name", default="mixer", help="model name")
+    parser.add_argument("--name", help="model name (default: the model's run's export name, else "
+                                       "'mixer')")
+    parser.add_argument("--allow-new-task", action="store_true",
+                        help="publish even if the newest version of --name serves other classes, "
+                             "image size or architecture")
     parser.add_argument("--version", type=positive_int, help="SavedModel version (default: next free)")
-    parser.add_argument("--labels", help="text file with one class name per line")
+    parser.add_argument("--labels", help="text file with one class name per line (default: the "
+                                         "labels.txt beside the model file, if any)")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes in top_k_* outputs")
     parser.add_argument("--tolerance", type=positive_float,
                         help="largest accepted |export - Keras| on sample inputs (default: 1e-4; "
@@ -110,15 +122,21 @@ def export_source(args):
 
 
 def run(args):
+    if args.model_path is not None:
+        args.name = args.name or deploy.run_export_name(args.model_path)
+        args.labels = args.labels or deploy.labels_beside(args.model_path)
+    args.name = args.name or "mixer"
     if args.dtype != "float32" and args.artifact not in ("saved-model", "all"):
         raise ValueError(f"--dtype {args.dtype} applies to the SavedModel; TFLite has --modes, "
                          "ONNX is float32.")
     written = []
+    training_data = None if args.model_path is None else deploy.run_training_data(args.model_path)
     with export_source(args) as model:
         if args.artifact in ("saved-model", "all"):
             written.append(export_saved_model(model, args.export_dir, args.name, args.version,
                                               args.labels, args.top_k, args.tolerance,
-                                              dtype=args.dtype))
+                                              dtype=args.dtype, allow_new_task=args.allow_new_task,
+                                              training_data=training_data))
         if args.artifact in ("tflite", "all"):
             modes = [m for m in args.modes if m not in CALIBRATED_MODES or args.representative_images]
             if len(modes) < len(args.modes) and args.modes != list(TFLITE_MODES):
@@ -132,7 +150,8 @@ def run(args):
                                      labels=args.labels, max_eval_images=args.max_eval_images,
                                      max_calibration_images=args.max_calibration_images,
                                      mixed_target=args.mixed_target, mixed_margin=args.mixed_margin,
-                                     mixed_max_float_layers=args.mixed_max_float_layers)
+                                     mixed_max_float_layers=args.mixed_max_float_layers,
+                                     training_data=training_data)
                 written += [row["path"] for row in rows]
                 if args.table:
                     write_text(args.table, markdown_table(rows))

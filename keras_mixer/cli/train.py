@@ -3,12 +3,14 @@
 With no arguments this is the main job: a small Mixer on scikit-learn's bundled
 digits (offline, real data) on the CPU, >= 95% test accuracy in a few minutes,
 saved under runs/main/ and exported to saved_models/mixer/ (the name that
-`keras-mixer serve` and `keras-mixer predict` use by default). Re-running a
-command resumes its run directory. Examples:
+`keras-mixer serve` and `keras-mixer predict` use by default). Every other run
+exports under its run directory's name, and needs a run directory of its own:
+re-running a command resumes its run directory. Examples:
 
   keras-mixer train                                     # main job (= python scripts/train.py)
-  keras-mixer train --backend jax --cpu-devices 2       # 2-device data parallel
-  keras-mixer train --data cifar10 --flip --randaug-magnitude 10 --mixup-alpha 0.2
+  keras-mixer train --backend jax --cpu-devices 2 --run-dir runs/jax   # 2-device data parallel
+  keras-mixer train --data photos --run-dir runs/photos --flip         # your folder: photos/<class>/*.jpg
+  keras-mixer train --data cifar10 --run-dir runs/cifar10 --flip --randaug-magnitude 10 --mixup-alpha 0.2
   torchrun --nproc-per-node 2 scripts/train.py --backend torch   # torch, 2 processes
 """
 

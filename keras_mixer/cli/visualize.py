@@ -2,13 +2,16 @@
 
 tokens:  the learned token-mixing weights of chosen blocks drawn on the patch grid,
          one picture per hidden unit of the first token-mixing Dense (paper Fig. 5).
-gallery: image files with the model's top-k classes.
+gallery: image files with the model's top-k classes, named by --labels (default: the
+         labels.txt of the model's run directory; ImageNet names for 1000 classes).
 
   keras-mixer visualize tokens Mixer-B_16.npz --blocks 0 1 -1 --out tokens.png
   keras-mixer visualize gallery imagenet1k --variant B/16 --out gallery.png a.jpg b.jpg
 """
 
-from keras_mixer import visualize
+import os
+
+from keras_mixer import deploy, visualize
 from keras_mixer.cli.arguments import positive_int
 from keras_mixer.models import load_model
 
@@ -29,6 +32,8 @@ def add_arguments(parser):
                         "(default: sorted from low to high spatial frequency)")
     gallery.add_argument("images", nargs="+", help="image files")
     gallery.add_argument("--top", type=positive_int, default=3, help="classes shown per image")
+    gallery.add_argument("--labels", help="text file with one class name per line (default: the "
+                                          "labels.txt beside a .keras file, if any)")
     gallery.add_argument("--columns", type=positive_int, default=4, help="images per row")
     gallery.add_argument("--miil", action="store_true",
                          help="[0, 1] input scaling (timm miil weights) for models without preprocessing")
@@ -41,6 +46,9 @@ def run(args):
                                     num_units=args.units or None, columns=args.columns,
                                     sort_by_frequency=not args.unsorted)
     else:
+        labels = args.labels or (deploy.labels_beside(args.weights) if os.path.isfile(args.weights)
+                                 else None)
         visualize.plot_predictions(model, args.images, args.out, top=args.top,
-                                   columns=args.columns, mode="miil" if args.miil else "mixer")
+                                   columns=args.columns, mode="miil" if args.miil else "mixer",
+                                   labels=deploy.read_labels(labels))
     print(f"Wrote {args.out}")

@@ -17,6 +17,16 @@ from keras_mixer.deploy.client import (
     make_client,
 )
 from keras_mixer.deploy.onnx import export_onnx
-from keras_mixer.deploy.saved_model import export_saved_model, next_version, read_labels
+from keras_mixer.deploy.saved_model import (
+    check_served_task,
+    export_saved_model,
+    labels_beside,
+    next_version,
+    read_labels,
+    run_export_name,
+    run_training_data,
+    task_of,
+    write_labels,
+)
 from keras_mixer.deploy.signatures import SERVING_BYTES, SERVING_DEFAULT
 from keras_mixer.deploy.tflite import TFLITE_MODES, export_tflite

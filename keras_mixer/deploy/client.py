@@ -13,10 +13,21 @@ decodes and resizes in the graph), and return one :class:`Prediction` per image.
 import base64
 import dataclasses
 import os
+import re
 
 import numpy as np
 
 from keras_mixer.deploy.signatures import BYTES_INPUT, IMAGES_INPUT, SERVING_BYTES, SERVING_DEFAULT
+
+
+# What TensorFlow appends to an op's error: the graph node and the traced function, e.g.
+# "\n\t [[{{node map/while/decode_image/DecodeImage}}]] [Op:__inference_signature_wrapper_123]".
+_GRAPH_CONTEXT = re.compile(r"\s*\[\[\{\{node [^}]*\}\}\]\]|\s*\[Op:[^\]]*\]")
+
+
+def server_reason(details):
+    """A server's reason for rejecting an input, without TensorFlow's graph context."""
+    return _GRAPH_CONTEXT.sub("", str(details)).strip()
 
 
 class ServingError(RuntimeError):
@@ -189,7 +200,7 @@ class GrpcClient(_Client):
             if code == grpc.StatusCode.NOT_FOUND:
                 raise ModelNotFoundError(f"{where}: model {self._describe()} not found: {details}") from None
             if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidInputError(f"{where} rejected the input: {details}") from None
+                raise InvalidInputError(f"{where} rejected the input: {server_reason(details)}") from None
             raise ServingError(f"{where} failed ({code.name}): {details}") from None
 
     def _describe(self):
@@ -256,7 +267,8 @@ class RestClient(_Client):
         if response.status_code == 404:
             raise ModelNotFoundError(f"REST server {self.address}: {body.get('error', 'not found')}")
         if response.status_code == 400:
-            raise InvalidInputError(f"REST server {self.address} rejected the input: {body.get('error')}")
+            raise InvalidInputError(f"REST server {self.address} rejected the input: "
+                                    f"{server_reason(body.get('error'))}")
         if response.status_code != 200:
             raise ServingError(f"REST server {self.address} answered {response.status_code}: "
                                f"{body.get('error', body)}")

@@ -10,6 +10,8 @@ import warnings
 
 import numpy as np
 
+from keras_mixer import startup
+
 SIGNATURE = "serving_default"
 
 
@@ -29,9 +31,10 @@ def interpreter(model, num_threads=1, preserve_all_tensors=False, delegates=True
 
     source = dict(model_content=model) if isinstance(model, bytes) else dict(model_path=str(model))
     resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    result = Interpreter(**source, num_threads=num_threads, experimental_op_resolver_type=resolver,
-                         experimental_preserve_all_tensors=preserve_all_tensors)
-    result.allocate_tensors()
+    with startup.native_logs_muted():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        result = Interpreter(**source, num_threads=num_threads, experimental_op_resolver_type=resolver,
+                             experimental_preserve_all_tensors=preserve_all_tensors)
+        result.allocate_tensors()
     return result
 
 

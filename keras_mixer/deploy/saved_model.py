@@ -16,13 +16,14 @@ import shutil
 import tempfile
 import time
 
+import keras
 import numpy as np
 
 from keras_mixer import images as image_policy
 from keras_mixer import models
 from keras_mixer.deploy import runner, signatures
 from keras_mixer.deploy.signatures import SERVING_BYTES, SERVING_DEFAULT
-from keras_mixer.files import remove_stale_temps, temp_prefix
+from keras_mixer.files import remove_stale_temps, temp_prefix, write_text
 
 REPORT_FILE = os.path.join("assets.extra", "export_report.json")
 DTYPES = ("float32", "bfloat16")
@@ -32,7 +33,8 @@ TOLERANCES = {"float32": 1e-4, "bfloat16": 1e-2}
 
 
 def export_saved_model(model, export_dir="saved_models", name="mixer", version=None,
-                       labels=None, top_k=5, tolerance=None, dtype="float32"):
+                       labels=None, top_k=5, tolerance=None, dtype="float32", allow_new_task=False,
+                       training_data=None):
     """Export a Mixer as a TF Serving SavedModel ``<export_dir>/<name>/<version>/``.
 
     Args:
@@ -50,6 +52,10 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
         dtype: ``"bfloat16"`` computes under Keras' ``bfloat16`` policy (matmuls
             in bf16: fast on CPUs with AMX); the signatures still take and return
             float32, and the report adds the drift against float32.
+        allow_new_task: publish the model even when the newest version of
+            ``name`` serves another task (other classes, image size or
+            architecture); by default that is a ``ValueError``, since every
+            client of ``name`` would get the new model's answers.
 
     Returns:
         The path of the new version directory. The check's numbers are in its
@@ -60,10 +66,16 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
     if version is not None and os.path.exists(os.path.join(export_dir, name, str(int(version)))):
         raise FileExistsError(
             f"Version directory already exists: {os.path.join(export_dir, name, str(version))}")
+    if isinstance(model, (str, os.PathLike)):
+        labels = labels_beside(model) if labels is None else labels
+        training_data = run_training_data(model) if training_data is None else training_data
+        if keras.backend.backend() != "tensorflow":  # refuse here, not in the export's subprocess
+            config = models.load_keras_file(os.fspath(model), compile=False).config
+            check_served_task(os.path.join(export_dir, name), task_of(config, labels), allow_new_task)
     report = runner.on_tensorflow(
         "keras_mixer.deploy.saved_model:write_saved_model", model, export_dir=export_dir,
         name=name, version=version, labels=read_labels(labels), top_k=top_k, tolerance=tolerance,
-        dtype=dtype)
+        dtype=dtype, allow_new_task=allow_new_task, training_data=training_data)
     if "drift_vs_float32" in report:  # printed here: the export may run in a subprocess
         drift = report["drift_vs_float32"]
         print(f"{dtype} drift against float32 on {drift['num_images']} sample images: top-1 "
@@ -85,6 +97,143 @@ def read_labels(labels):
     return labels
 
 
+def write_labels(path, labels):
+    """The class names, one per line, at ``path`` (atomically): the labels file that
+    :func:`labels_beside` finds next to a model."""
+    return write_text(path, "".join(f"{label}\n" for label in read_labels(labels)))
+
+
+def labels_beside(model_path):
+    """The class names recorded next to a ``.keras`` file (a run directory's ``labels.txt``,
+    else its ``state.json``), or ``None``."""
+    directory = os.path.dirname(os.path.abspath(os.fspath(model_path)))
+    path = os.path.join(directory, "labels.txt")
+    if os.path.isfile(path):
+        return read_labels(path)
+    state = _read_json(os.path.join(directory, "state.json"))
+    return state.get("class_names") if state else None
+
+
+def run_training_data(model_path):
+    """The data that the run of a ``.keras`` file trained on (absolute path of an image
+    folder, or a dataset name), from the run directory's ``config.json``; else ``None``."""
+    config = _read_json(os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))),
+                                     "config.json"))
+    data = (config or {}).get("data")
+    if not isinstance(data, str):
+        return None
+    return os.path.abspath(data) if os.path.isdir(data) else data
+
+
+def run_export_name(model_path, default="mixer"):
+    """The name a ``.keras`` file's run exports under (its ``config.json``), else ``default``."""
+    config = _read_json(os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))),
+                                     "config.json"))
+    name = (config or {}).get("export_name")
+    return name if isinstance(name, str) and name else default
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def task_of(config, labels=None):
+    """What clients of a served model rely on: its classes, image size and architecture.
+
+    ``config`` is a model's :class:`keras_mixer.ModelConfig`; ``labels`` its class names.
+    """
+    labels = read_labels(labels)
+    return {"num_classes": int(config.num_classes), "labels": labels,
+            "image_size": [int(side) for side in config.image_size],
+            "architecture": {field: int(getattr(config, field)) for field in _ARCHITECTURE}}
+
+
+_ARCHITECTURE = ("patch_size", "num_blocks", "hidden_dim", "tokens_mlp_dim", "channels_mlp_dim")
+
+
+def served_task(base_dir):
+    """``(version directory, task)`` of the newest version under ``base_dir``, or ``(None, None)``.
+
+    Versions exported before the task was recorded give what they have: the number
+    of classes (export report) and the labels (``assets/labels.txt``).
+    """
+    if not os.path.isdir(base_dir):
+        return None, None
+    versions = sorted((int(entry) for entry in os.listdir(base_dir)
+                       if entry.isdigit() and os.path.isdir(os.path.join(base_dir, entry))), reverse=True)
+    if not versions:
+        return None, None
+    version_dir = os.path.join(base_dir, str(versions[0]))
+    report = _read_json(os.path.join(version_dir, REPORT_FILE)) or {}
+    task = dict(report.get("task") or {})
+    if "num_classes" not in task and "num_classes" in report:
+        task["num_classes"] = report["num_classes"]
+    labels_file = os.path.join(version_dir, "assets", "labels.txt")
+    if task.get("labels") is None and os.path.isfile(labels_file):
+        task["labels"] = read_labels(labels_file)
+    return version_dir, task
+
+
+def describe_task(task):
+    """``"10 classes (0, 1, 2, ..., 9), 16x16 px, Mixer patch 4, 4 blocks, C 64"``, from what is known."""
+    parts = []
+    labels = task.get("labels")
+    if task.get("num_classes") is not None:
+        names = ""
+        if labels:
+            shown = labels if len(labels) <= 4 else labels[:3] + ["...", labels[-1]]
+            names = f" ({', '.join(shown)})"
+        parts.append(f"{task['num_classes']} classes{names}")
+    if task.get("image_size"):
+        parts.append(f"{'x'.join(map(str, task['image_size']))} px")
+    architecture = task.get("architecture")
+    if architecture:
+        parts.append(f"Mixer patch {architecture['patch_size']}, {architecture['num_blocks']} blocks, "
+                     f"C {architecture['hidden_dim']}")
+    return ", ".join(parts) or "an unrecorded task"
+
+
+def task_differences(served, new):
+    """The fields (``classes``, ``image size``, ``architecture``) in which two tasks differ,
+    comparing only what both record."""
+    differ = []
+    if served.get("num_classes") is not None and served["num_classes"] != new["num_classes"]:
+        differ.append("classes")
+    elif served.get("labels") and new.get("labels") and list(served["labels"]) != list(new["labels"]):
+        differ.append("classes")
+    for key, what in (("image_size", "image size"), ("architecture", "architecture")):
+        if served.get(key) and served[key] != new[key]:
+            differ.append(what)
+    return differ
+
+
+def check_served_task(base_dir, task, allow_new_task=False, how=None):
+    """Refuse (``ValueError``) to publish ``task`` under ``base_dir`` when its newest version
+    serves another task: every client of that name would get the new model's answers.
+
+    ``how`` says what to do instead (default: the export command's flags).
+    """
+    version_dir, served = served_task(base_dir)
+    if version_dir is None or allow_new_task:
+        return
+    differ = task_differences(served, task)
+    if not differ:
+        return
+    how = how or "export it under a name of its own (--name NAME), or pass --allow-new-task " \
+                 "to replace the served model on purpose"
+    raise ValueError(
+        f"{version_dir} serves another model ({', '.join(differ[:-1]) + ' and ' if differ[1:] else ''}"
+        f"{differ[-1]} differ{'s' if len(differ) == 1 else ''}): it has "
+        f"{describe_task(served)}; this one {describe_task(task)}. Publishing it as the next "
+        f"version of {os.path.basename(base_dir)!r} would give every client of that name its "
+        f"answers: {how}.")
+
+
 def next_version(base_dir):
     """The next free integer version under ``base_dir`` (1 when empty)."""
     if not os.path.isdir(base_dir):
@@ -94,7 +243,7 @@ def next_version(base_dir):
 
 
 def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=5,
-                      tolerance=None, dtype="float32"):
+                      tolerance=None, dtype="float32", allow_new_task=False, training_data=None):
     """The export itself (TensorFlow backend); returns the check's report with ``path``."""
     import keras
     import tensorflow as tf
@@ -104,6 +253,8 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
     model = reference if dtype == "float32" else models.with_dtype(model, dtype)
 
     base = os.path.join(export_dir, name)
+    task = task_of(model.config, labels)
+    check_served_task(base, task, allow_new_task)
     os.makedirs(base, exist_ok=True)
     remove_stale_temps(base)  # versions that killed exports left half written
     explicit = version is not None
@@ -134,6 +285,7 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
         report.update(name=name, dtype=dtype, keras_version=keras.__version__,
                       tensorflow_version=tf.__version__, crop_fraction=model.config.crop_fraction,
                       interpolation=model.config.interpolation,
+                      task=task, training_data=training_data,
                       exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
         final = publish_version(tmp, base, version, report, explicit)

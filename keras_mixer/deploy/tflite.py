@@ -22,8 +22,9 @@ import numpy as np
 
 from keras_mixer import data as datasets
 from keras_mixer import images as image_policy
+from keras_mixer import startup
 from keras_mixer.deploy import layer_report, litert, runner, signatures
-from keras_mixer.deploy.saved_model import read_labels
+from keras_mixer.deploy.saved_model import labels_beside, read_labels, run_training_data
 from keras_mixer.files import atomic_output, write_text
 
 TFLITE_MODES = ("float32", "float16", "dynamic_int8", "int8", "int16x8", "mixed")
@@ -54,7 +55,8 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
                   representative_images=None, eval_images=None, num_threads=1, labels=None,
                   max_calibration_images=256, max_eval_images=1000, threads=(1, 2),
                   mixed_target=MIXED_TARGET, mixed_max_float_layers=MIXED_MAX_FLOAT_LAYERS,
-                  mixed_selection_images=MIXED_SELECTION_IMAGES, mixed_margin=MIXED_MARGIN):
+                  mixed_selection_images=MIXED_SELECTION_IMAGES, mixed_margin=MIXED_MARGIN,
+                  training_data=None):
     """Convert a Mixer to TFLite files ``<export_dir>/<name>.<mode>.tflite`` and check them in LiteRT.
 
     Args:
@@ -80,9 +82,19 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
             its ``test/`` split) also gives top-1 accuracy.
         num_threads: interpreter threads for ``latency_ms``.
         labels: class names (list or text file) written to ``NAME.labels.txt``
-            (default: a labelled ``eval_images`` folder's class names).
+            (default: the run directory's ``labels.txt`` when ``model`` is a
+            ``.keras`` file in one, else a labelled ``eval_images`` folder's class names).
+        training_data: what the model trained on, recorded in each file's
+            ``.json`` for ``keras-mixer evaluate``'s overlap warning (default:
+            the run directory's record).
         threads: thread counts of the ``latency_ms_<n>t`` figures.
-        mixed_target, mixed_margin, mixed_max_float_layers, mixed_selection_images: see ``"mixed"``.
+        mixed_target: ``mixed``: the top-1 agreement with the float model that the float
+            layers must keep, on images held out of the calibration images.
+        mixed_margin: ``mixed``: agreement kept above ``mixed_target``, for the held-out
+            images' sampling noise.
+        mixed_max_float_layers: ``mixed``: at most this many layers stay float.
+        mixed_selection_images: ``mixed``: training images held out of calibration to
+            choose the float layers on.
 
     Returns:
         One dict per mode: ``mode``, ``path``, ``size_bytes``, ``max_abs_error``
@@ -108,6 +120,9 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
     for images in (representative_images, eval_images):
         if isinstance(images, (str, os.PathLike)):
             check_image_source(images)
+    if isinstance(model, (str, os.PathLike)):  # a run's model: its labels and data are recorded
+        labels = labels_beside(model) if labels is None else labels
+        training_data = run_training_data(model) if training_data is None else training_data
     return runner.on_tensorflow(
         "keras_mixer.deploy.tflite:write_tflite", model, export_dir=export_dir, name=name,
         modes=list(modes), representative_images=_as_input(representative_images),
@@ -115,7 +130,7 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         labels=read_labels(labels), max_calibration_images=max_calibration_images,
         max_eval_images=max_eval_images, threads=list(threads), mixed_target=mixed_target,
         mixed_max_float_layers=mixed_max_float_layers, mixed_selection_images=mixed_selection_images,
-        mixed_margin=mixed_margin)
+        mixed_margin=mixed_margin, training_data=training_data)
 
 
 def check_image_source(path):
@@ -309,12 +324,20 @@ def convert_mixed(source, calibration, selection, expected, target=MIXED_TARGET,
     return content, report
 
 
-def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_images=None,
-                 eval_images=None, num_threads=1, labels=None, max_calibration_images=256,
-                 max_eval_images=1000, threads=(1, 2), mixed_target=MIXED_TARGET,
-                 mixed_max_float_layers=MIXED_MAX_FLOAT_LAYERS,
-                 mixed_selection_images=MIXED_SELECTION_IMAGES, mixed_margin=MIXED_MARGIN):
-    """The conversion itself (TensorFlow backend); returns one row per mode."""
+def write_tflite(model, export_dir, name, **options):
+    """The conversion itself (TensorFlow backend; options as :func:`export_tflite`'s); returns
+    one row per mode. The converter's and the interpreter's C++ lines are muted unless the
+    command line has ``--verbose``."""
+    with startup.native_logs_muted():
+        return _write_tflite(model, export_dir, name, **options)
+
+
+def _write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_images=None,
+                  eval_images=None, num_threads=1, labels=None, max_calibration_images=256,
+                  max_eval_images=1000, threads=(1, 2), mixed_target=MIXED_TARGET,
+                  mixed_max_float_layers=MIXED_MAX_FLOAT_LAYERS,
+                  mixed_selection_images=MIXED_SELECTION_IMAGES, mixed_margin=MIXED_MARGIN,
+                  training_data=None):
     height, width = model.config.image_size
     held_out = mixed_selection_images if "mixed" in modes else 0
     representative_images, _, _ = _images_for(model, representative_images,
@@ -382,7 +405,8 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
                 num_classes=model.config.num_classes, signature=litert.signature(content),
                 input=f"{signatures.IMAGES_INPUT}: (1, H, W, 3) RGB pixels 0-255, "
                 + ("uint8" if mode == "int8" else "float32"),
-                output="probabilities (1, classes) float32"), indent=2) + "\n")
+                output="probabilities (1, classes) float32", training_data=training_data),
+                indent=2) + "\n")
             # The model last: a published .tflite always has its .json (and report) beside it.
             with atomic_output(final) as tmp:
                 with open(tmp, "wb") as f:

@@ -44,6 +44,7 @@ from keras_mixer.training.recipe import (
     compile_model,
     initialize_from,
     learning_rate_schedule,
+    top_k_of,
 )
 from keras_mixer.training.rundir import (
     KILL_AT_ENV,
@@ -68,7 +69,12 @@ from keras_mixer.training.rundir import (
 def export_model(model_path, config, class_names, version=None):
     """Export the saved model to ``<export_dir>/<name>/<version>/`` for TF Serving."""
     return deploy.export_saved_model(model_path, export_dir=config.export_dir,
-                                     name=config.export_name, version=version, labels=class_names)
+                                     name=config.export_name, version=version, labels=class_names,
+                                     allow_new_task=config.allow_new_task)
+
+
+_EXPORT_NAME_HINT = ("pass --export-name NAME (a re-run with it resumes this run), or "
+                     "--allow-new-task to replace the served model on purpose")
 
 
 def _has_tensorboard():
@@ -159,6 +165,8 @@ def train(config, callbacks=(), distribution=None):
     unreadable = _report_unreadable({"train": train_source, "test": test_source}) if chief else []
     global_examples = train_source.num_examples * dist.shard[0]
     if chief:
+        if config.image_size_notice():
+            print(config.image_size_notice())
         print(f"training {config.architecture_description()} at {config.image_size}px on "
               f"{config.data}: {global_examples} training / {test_source.num_examples} test images, "
               f"{train_source.num_classes} classes; {keras.backend.backend()} backend, "
@@ -184,6 +192,10 @@ def train(config, callbacks=(), distribution=None):
         compile_model(model, config, total_steps, warmup_steps)
         model.optimizer.build(model.trainable_variables)
     dist.prepare_model(model)
+    if chief and config.export:  # before training: a run must not end in a refused export
+        deploy.check_served_task(os.path.join(config.export_dir, config.export_name),
+                                 deploy.task_of(model.config, train_source.class_names),
+                                 config.allow_new_task, how=_EXPORT_NAME_HINT)
 
     os.makedirs(run_dir, exist_ok=True)
     if chief:
@@ -240,7 +252,10 @@ def train(config, callbacks=(), distribution=None):
             raise TrainingDiverged(
                 f"The trained model's test loss is {results['loss']}: no model.keras was written "
                 f"and nothing was exported. Lower --learning-rate, in a new --run-dir.")
-        results = {"top1": float(results["accuracy"]), "top5": float(results["top5"]),
+        top_k = top_k_of(train_source.num_classes)
+        # "top5" keeps its name in results.json: the top-k accuracy, k = "top_k" (5, or fewer classes).
+        results = {"top1": float(results["accuracy"]), "top5": float(results[f"top{top_k}"]),
+                   "top_k": top_k,
                    "loss": float(results["loss"]), "test_examples": test_source.num_examples,
                    "epochs": config.epochs, "backend": keras.backend.backend(),
                    "strategy": dist.name, "replicas": dist.replicas,
@@ -254,9 +269,10 @@ def train(config, callbacks=(), distribution=None):
         kill_point("after_model_save")
         if chief:
             write_json(os.path.join(run_dir, "results.json"), results)
+            deploy.write_labels(os.path.join(run_dir, "labels.txt"), train_source.class_names)
             plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
             print(f"final eval on {test_source.num_examples} test images: "
-                  f"top-1 {results['top1']:.4f}, top-5 {results['top5']:.4f}, loss {results['loss']:.4f} "
+                  f"top-1 {results['top1']:.4f}, top-{top_k} {results['top5']:.4f}, loss {results['loss']:.4f} "
                   f"({results['backend']}, {dist.name} x{dist.replicas}, {results['seconds']} s); "
                   f"model: {model_path}")
         state = dict(state, stage="evaluated", results=results,
@@ -296,7 +312,7 @@ def _finish(config, state, chief, start, model=None):
         if finished and not config.re_export and (state.get("export") or not config.export):
             exported = f"; exported: {state['export']}" if state.get("export") else ""
             print(f"{run_dir} is finished ({results['epochs']} epochs): top-1 {results['top1']:.4f}, "
-                  f"top-5 {results['top5']:.4f}, loss {results['loss']:.4f}; model: "
+                  f"top-{results.get('top_k', 5)} {results['top5']:.4f}, loss {results['loss']:.4f}; model: "
                   f"{os.path.join(run_dir, 'model.keras')}{exported}. Nothing to do (--re-export "
                   f"exports it again; a new --run-dir trains again).")
         elif config.export:

@@ -5,6 +5,8 @@
 
 import dataclasses
 import math
+import os
+import re
 
 from keras_mixer import config as mixer_config
 from keras_mixer import data, distribute
@@ -20,7 +22,16 @@ MAX_LEARNING_RATE = 10.0  # above this a Mixer only diverges: a typo (1e30, 3e3)
 # Settings that may differ between the commands of one run directory: where and how the
 # run goes, not what it trains. Any other difference is refused (see check_settings).
 FREE_SETTINGS = ("data_dir", "bad_images", "strategy", "cpu_devices", "model_parallel", "run_dir",
-                 "progress", "export", "export_dir", "export_name", "re_export")
+                 "progress", "export", "export_dir", "export_name", "re_export", "allow_new_task")
+
+MAIN_RUN_DIR = "runs/main"
+MAIN_EXPORT_NAME = "mixer"  # what serving/models.config, `keras-mixer serve` and `predict` use
+
+# The default --image-size: the digits are 8x8 pictures (16 px is plenty); photos need more
+# pixels than that to be recognisable, and a paper variant was trained at 224.
+DIGITS_IMAGE_SIZE = 16
+FOLDER_IMAGE_SIZE = 64
+VARIANT_IMAGE_SIZE = 224
 
 
 def _field(default, help):
@@ -39,7 +50,9 @@ class TrainConfig:
     # data
     data: str = _field("digits", "\"digits\", an image folder, or a TFDS name")
     data_dir: str = _field(None, "TFDS data directory")
-    image_size: int = _field(16, "input side in pixels (multiple of the patch size)")
+    image_size: int = _field(None, f"input side in pixels (multiple of the patch size); default "
+                                   f"{DIGITS_IMAGE_SIZE} for digits, {FOLDER_IMAGE_SIZE} for other "
+                                   f"data, {VARIANT_IMAGE_SIZE} with a paper --variant")
     crop_fraction: float = _field(1.0, "eval center crop (1.0: resize only)")
     # model: a paper variant ("B/16") or "custom" with the sizes below
     variant: str = _field("custom", "paper variant (S/32, B/16, ...) or \"custom\" (the sizes below)")
@@ -79,19 +92,28 @@ class TrainConfig:
     cpu_devices: int = _field(0, "split the CPU into N devices (tensorflow, jax)")
     model_parallel: int = _field(0, "jax: size of the model mesh axis")
     # run
-    run_dir: str = _field("runs/main", "run directory (re-running the same command resumes it)")
+    run_dir: str = _field(MAIN_RUN_DIR, "run directory (re-running the same command resumes it)")
     seed: int = _field(0, "seed of init, shuffling and augmentation")
     steps_per_epoch: int = _field(None, "default: training examples // batch size")
     progress: str = _field("auto", "Keras progress display: auto, 0 (none), 1 (bar), 2 (a line per epoch)")
     export: bool = _field(True, "export the final model to saved_models/")
     export_dir: str = _field("saved_models", "export directory")
-    export_name: str = _field("mixer", "served model name: saved_models/NAME/VERSION (TF Serving, "
-                                       "serving/models.config and keras-mixer predict use 'mixer')")
+    export_name: str = _field(None, f"served model name: saved_models/NAME/VERSION; default "
+                                    f"'{MAIN_EXPORT_NAME}' for the main job (--run-dir {MAIN_RUN_DIR}: "
+                                    f"TF Serving, serving/models.config and keras-mixer predict use it), "
+                                    f"else the run directory's name")
+    allow_new_task: bool = _field(False, "let the export publish a model with other classes, image "
+                                         "size or architecture as a new version of a served name")
     re_export: bool = _field(False, "export a finished run again (as a new version)")
     bad_images: str = _field("skip", "image folders: skip undecodable images (listed in the log and "
                                      "results.json) or fail listing them")
 
     def __post_init__(self):
+        self.image_size_defaulted = self.image_size is None
+        if self.image_size is None:
+            self.image_size = default_image_size(self.data, self.variant)
+        if self.export_name is None:
+            self.export_name = default_export_name(self.run_dir)
         self.validate()
 
     def validate(self):
@@ -157,6 +179,16 @@ class TrainConfig:
         if self.image_size % patch:
             fail("image_size", f"must be a multiple of the patch size {patch}")
 
+    def image_size_notice(self):
+        """A line saying that the images are resized to a default size, when no size was asked
+        for and the data is not the digits (else ``""``)."""
+        if not self.image_size_defaulted or self.data == "digits":
+            return ""
+        why = "a paper variant" if self.variant != "custom" else "data other than the digits"
+        return (f"note: every image is resized to {self.image_size}x{self.image_size} px, the "
+                f"default for {why}; choose another size with --image-size (a multiple of the "
+                f"patch size)")
+
     def architecture_description(self):
         """``"Mixer-B/16 (patch 16, ...)"`` or the custom sizes, for the run's first line."""
         if self.variant == "custom":
@@ -173,3 +205,25 @@ class TrainConfig:
             randaug_magnitude=self.randaug_magnitude, mixup_alpha=self.mixup_alpha,
             cutmix_alpha=self.cutmix_alpha, mix_prob=self.mix_prob,
         )
+
+
+def default_image_size(data, variant="custom"):
+    """The ``image_size`` a run gets when none is given (see :data:`FOLDER_IMAGE_SIZE`)."""
+    if variant != "custom":
+        return VARIANT_IMAGE_SIZE
+    return DIGITS_IMAGE_SIZE if data == "digits" else FOLDER_IMAGE_SIZE
+
+
+def default_export_name(run_dir):
+    """``"mixer"`` for the main job's run directory, else the run directory's name.
+
+    A run on other data must not become a new version of the served main job, so
+    every other run exports under a name of its own (``runs/photos`` -> ``photos``);
+    characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``.
+    """
+    if run_dir is None:
+        return MAIN_EXPORT_NAME
+    if os.path.normpath(run_dir) == os.path.normpath(MAIN_RUN_DIR):
+        return MAIN_EXPORT_NAME
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(os.path.abspath(run_dir)))
+    return name.lstrip(".") or MAIN_EXPORT_NAME

@@ -120,12 +120,18 @@ def initialize_from(model, path):
         print(f"init: kept fresh weights for {', '.join(skipped)} (not in {path} or other shape)")
 
 
+def top_k_of(num_classes):
+    """The k of the top-k accuracy reported for a model of ``num_classes`` classes: 5, or
+    fewer for fewer classes (a top-5 of 3 classes is always 1)."""
+    return min(5, num_classes)
+
+
 def compile_model(model, config, total_steps, warmup_steps):
-    top_k = min(5, model.output_shape[-1])
+    top_k = top_k_of(model.output_shape[-1])
     model.compile(
         optimizer=build_optimizer(config, total_steps, warmup_steps),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         # Weighted: padded eval batches carry weight-0 blanks (see make_dataset).
         weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                          keras.metrics.TopKCategoricalAccuracy(k=top_k, name="top5")],
+                          keras.metrics.TopKCategoricalAccuracy(k=top_k, name=f"top{top_k}")],
     )
