@@ -66,7 +66,15 @@ def apply(argv=None):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR lines
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-        _import_muted("tensorflow")
+
+
+def quiet_start():
+    """Import TensorFlow (where installed) with its C++ start-up lines muted.
+
+    The command line calls this before it imports a command's module (anything after
+    would print them); ``keras-mixer --help`` imports no command and so no TensorFlow.
+    """
+    _import_muted("tensorflow")
 
 
 def _import_muted(module):

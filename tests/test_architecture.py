@@ -171,3 +171,22 @@ def test_import_keras_mixer_adds_nothing_heavy_and_prints_nothing(backend):
     heavy = sorted({name.split(".")[0] for name in added} & set(HEAVY) - {backend})
     assert not heavy, f"import keras_mixer under {backend} loads {heavy}"
     assert not result.stderr.strip(), result.stderr
+
+
+def test_top_level_help_loads_no_command_and_lists_every_command():
+    # `keras-mixer --help` imports no command module (and so neither Keras nor TensorFlow);
+    # its one-line summaries are the command modules' own first docstring lines.
+    code = ("import sys; from keras_mixer.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT, KERAS_MIXER_COMMAND="1"),
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    from keras_mixer import cli
+
+    for name, summary in cli.COMMANDS.items():
+        source = open(os.path.join(PACKAGE_DIR, "cli", f"{name}.py"), encoding="utf-8").read()
+        assert ast.get_docstring(ast.parse(source)).splitlines()[0] == summary, name
+        assert summary in result.stdout.replace("\n", " ").replace("  ", " ") or name in result.stdout

@@ -1,39 +1,74 @@
 """The command line: ``keras-mixer COMMAND ...`` (also ``python scripts/COMMAND.py ...``).
 
 One module per command, each with a docstring (its ``--help`` text),
-``add_arguments(parser)`` and ``run(args)`` (an exit code, or ``None`` for 0).
-Every option common to all commands is added here: ``--backend`` and
-``--verbose``. A user mistake (a missing file, a bad value, a server that
-rejects the input) prints ``error: ...`` and exits with status 2; ``--verbose``
-shows the traceback and TensorFlow's start-up logs (see :mod:`keras_mixer.startup`).
+``add_arguments(parser)`` and ``run(args)`` (an exit code, or ``None`` for 0). A
+command's module is imported only when that command runs (:func:`command_module`),
+so ``keras-mixer --help`` loads neither Keras nor TensorFlow. Every option common to
+all commands is added here: ``--backend`` and ``--verbose``. A user mistake (a
+missing file, a bad value, a server that rejects the input) prints ``error: ...``
+and exits with status 2; ``--verbose`` shows the traceback and TensorFlow's start-up
+logs (see :mod:`keras_mixer.startup`).
 """
 
 import argparse
+import importlib
 import logging
 import sys
 import warnings
 
-from keras_mixer.backend import BackendCallError
-from keras_mixer.checkpoints import CheckpointError, DownloadError
-from keras_mixer.cli import benchmark, convert, evaluate, export, predict, serve, train, visualize
-from keras_mixer.deploy import ServingError
-from keras_mixer.distribute import PeerLost
-from keras_mixer.training import RunError
+from keras_mixer import startup
 
+# name -> the first line of the command module's docstring (tests/test_cli.py keeps them equal).
 COMMANDS = {
-    "train": train,
-    "evaluate": evaluate,
-    "export": export,
-    "serve": serve,
-    "predict": predict,
-    "convert": convert,
-    "visualize": visualize,
-    "benchmark": benchmark,
+    "train": "Train an MLP-Mixer with model.fit on JAX, TensorFlow or PyTorch (one flag per setting).",
+    "evaluate": "Evaluate a .keras model, a SavedModel or a .tflite file on a labelled image folder.",
+    "export": "Export a Mixer to a TF Serving SavedModel, TFLite files or ONNX (built under TensorFlow).",
+    "serve": "Serve exported SavedModels locally over TF Serving's gRPC and REST APIs (development only).",
+    "predict": "Classify images with a Mixer served by TF Serving, or by `keras-mixer serve` (gRPC or REST).",
+    "convert": "Convert MLP-Mixer weights between formats, and save or fetch presets.",
+    "visualize": "Pictures of a trained MLP-Mixer.",
+    "benchmark": "Benchmark a Mixer on JAX, TensorFlow and PyTorch (each backend in its own subprocess).",
 }
 # Errors that say what the user should change; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
-               NotADirectoryError, PermissionError, CheckpointError, ServingError,
-               BackendCallError, DownloadError, ImportError, RunError, PeerLost)
+               NotADirectoryError, PermissionError, ImportError)
+# keras-mixer's own, by the module that defines them: an error can only have been raised if its
+# module was imported, so they are looked up in sys.modules rather than imported here.
+OWN_USER_ERRORS = {
+    "keras_mixer.backend": ("BackendCallError",),
+    "keras_mixer.checkpoints.formats": ("CheckpointError",),
+    "keras_mixer.checkpoints.presets": ("DownloadError",),
+    "keras_mixer.deploy.client": ("ServingError",),
+    "keras_mixer.distribute": ("PeerLost",),
+    "keras_mixer.training.rundir": ("RunError",),
+}
+# Modules that an extra provides: a command missing one says which extra to install.
+EXTRAS = {"tensorflow": "data", "tensorflow_datasets": "data", "keras_cv": "data",
+          "sklearn": "data", "tensorflow_serving": "serving", "grpc": "serving",
+          "requests": "serving", "ai_edge_litert": "mobile", "matplotlib": "plots",
+          "keras_hub": "hub", "huggingface_hub": "hub", "kagglehub": "hub", "onnx": "onnx",
+          "tf2onnx": "onnx", "onnxruntime": "onnx", "jax": "jax", "torch": "torch"}
+
+
+def command_module(name):
+    """The module of command ``name``, imported now (with TensorFlow's start-up lines muted)."""
+    if not startup.verbose():
+        startup.quiet_start()
+    try:
+        return importlib.import_module(f"keras_mixer.cli.{name}")
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").split(".")[0]
+        if missing not in EXTRAS:
+            raise
+        raise ImportError(f"`keras-mixer {name}` needs the {missing!r} package: "
+                          f"pip install 'keras-mixer[{EXTRAS[missing]}]'.") from error
+
+
+def user_errors():
+    """The exception types that are the user's to fix (see :data:`OWN_USER_ERRORS`)."""
+    own = tuple(getattr(sys.modules[module], name) for module, names in OWN_USER_ERRORS.items()
+                if module in sys.modules for name in names)
+    return USER_ERRORS + own
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -56,10 +91,6 @@ class _CommandParser(argparse.ArgumentParser):
         return namespace, extras
 
 
-def _summary(module):
-    return (module.__doc__ or "").strip().splitlines()[0]
-
-
 def add_common_arguments(parser, default=None):
     """``--backend`` and ``--verbose``, also after a command's own subcommand (``visualize tokens``)."""
     parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default=default,
@@ -72,25 +103,23 @@ def add_common_arguments(parser, default=None):
                 add_common_arguments(subparser, default=argparse.SUPPRESS)
 
 
-def command_parser(name, prog=None):
+def command_parser(name, prog=None, module=None):
     """The parser of one command (``prog`` names it in usage lines, e.g. ``train.py``)."""
-    module = COMMANDS[name]
+    module = module or command_module(name)
     parser = _CommandParser(prog=prog or f"keras-mixer {name}", description=module.__doc__)
     module.add_arguments(parser)
     add_common_arguments(parser)
     return parser
 
 
-def build_parser():
-    """``keras-mixer`` with one subcommand per module in :data:`COMMANDS`."""
+def top_level_parser():
+    """``keras-mixer``: the list of commands (built without importing any of them)."""
     parser = _CommandParser(
-        prog="keras-mixer", description="MLP-Mixer for Keras 3: train, evaluate, export, serve.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=_CommandParser)
-    for name, module in COMMANDS.items():
-        sub = commands.add_parser(name, help=_summary(module), description=module.__doc__)
-        module.add_arguments(sub)
-        add_common_arguments(sub)
+        prog="keras-mixer", description="MLP-Mixer for Keras 3: train, evaluate, export, serve.",
+        epilog="`keras-mixer COMMAND --help` describes a command.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, summary in COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
     return parser
 
 
@@ -118,21 +147,27 @@ def main(argv=None, command=None, prog=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if command is None:
-        args = build_parser().parse_args(argv)
-    else:
-        args = command_parser(command, prog).parse_args(argv)
-        args.command = command
-    _quiet(args.verbose)
+        if not argv or argv[0] not in COMMANDS:
+            top_level_parser().parse_args(argv)  # --help, or an error naming the commands
+            return 2
+        command, argv = argv[0], argv[1:]
+        prog = prog or f"keras-mixer {command}"
+    verbose = "--verbose" in argv
     try:
-        status = COMMANDS[args.command].run(args)
-    except USER_ERRORS as error:
-        if args.verbose:
-            _print_problems(error)
+        module = command_module(command)
+        args = command_parser(command, prog, module).parse_args(argv)
+        args.command = command
+        _quiet(args.verbose)
+        status = module.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if not isinstance(error, user_errors()) or verbose:
+            if verbose:
+                _print_problems(error)
             raise
         message = str(error).strip() or type(error).__name__
         print(f"error: {message}\n(run with --verbose for the traceback)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     return 0 if status is None else int(status)
