@@ -42,12 +42,26 @@ OWN_USER_ERRORS = {
     "keras_mixer.distribute": ("PeerLost",),
     "keras_mixer.training.rundir": ("RunError",),
 }
-# Modules that an extra provides: a command missing one says which extra to install.
-EXTRAS = {"tensorflow": "data", "tensorflow_datasets": "data", "keras_cv": "data",
-          "sklearn": "data", "tensorflow_serving": "serving", "grpc": "serving",
-          "requests": "serving", "ai_edge_litert": "mobile", "matplotlib": "plots",
-          "keras_hub": "hub", "huggingface_hub": "hub", "kagglehub": "hub", "onnx": "onnx",
-          "tf2onnx": "onnx", "onnxruntime": "onnx", "jax": "jax", "torch": "torch"}
+# What each command needs beyond the base install and a backend (setup.cfg's extras), and the
+# extra that provides a module some commands import (a missing one is named in the error).
+COMMAND_EXTRAS = {"train": "data", "evaluate": "data", "export": "export", "serve": "serving",
+                  "predict": "serving", "convert": None, "visualize": "plots", "benchmark": "data"}
+MODULE_EXTRAS = {"tensorflow_datasets": "data", "keras_cv": "data", "sklearn": "data",
+                 "tensorflow_serving": "serving", "grpc": "serving", "requests": "serving",
+                 "ai_edge_litert": "mobile", "matplotlib": "plots", "keras_hub": "hub",
+                 "huggingface_hub": "hub", "kagglehub": "hub", "onnx": "onnx", "tf2onnx": "onnx",
+                 "onnxruntime": "onnx", "jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
+
+
+def missing_extra(command, error):
+    """The install command that provides the module a :class:`ModuleNotFoundError` names, or ``None``."""
+    missing = (error.name or "").split(".")[0]
+    if missing not in MODULE_EXTRAS:
+        return None
+    extra = COMMAND_EXTRAS.get(command) if missing == "tensorflow" else MODULE_EXTRAS[missing]
+    extra = extra or MODULE_EXTRAS[missing]
+    return (f"`keras-mixer {command}` needs the {missing!r} package: "
+            f"pip install 'keras-mixer[{extra}]'.")
 
 
 def command_module(name):
@@ -57,11 +71,10 @@ def command_module(name):
     try:
         return importlib.import_module(f"keras_mixer.cli.{name}")
     except ModuleNotFoundError as error:
-        missing = (error.name or "").split(".")[0]
-        if missing not in EXTRAS:
+        message = missing_extra(name, error)
+        if message is None:
             raise
-        raise ImportError(f"`keras-mixer {name}` needs the {missing!r} package: "
-                          f"pip install 'keras-mixer[{EXTRAS[missing]}]'.") from error
+        raise ImportError(message) from error
 
 
 def user_errors():
@@ -163,6 +176,8 @@ def main(argv=None, command=None, prog=None):
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:
+        if isinstance(error, ModuleNotFoundError) and missing_extra(command, error):
+            error = ImportError(missing_extra(command, error))  # raised while the command ran
         if not isinstance(error, user_errors()) or verbose:
             if verbose:
                 _print_problems(error)

@@ -216,11 +216,11 @@ def integer_coverage(model):
 
 
 def write_report(tflite_path, report):
-    """``report`` as ``PATH.layers.json`` and its bar chart as ``PATH.layers.png``; returns both paths."""
+    """``report`` as ``PATH.layers.json`` and its bar chart as ``PATH.layers.png``; returns both
+    paths (the chart's ``None`` where matplotlib, the ``plots`` extra, is not installed)."""
     json_path, png_path = tflite_path + REPORT_SUFFIX, tflite_path + CHART_SUFFIX
     write_text(json_path, json.dumps(report, indent=2, allow_nan=True) + "\n")
-    plot(report, png_path)
-    return json_path, png_path
+    return json_path, plot(report, png_path)
 
 
 def short_name(tensor):
@@ -232,8 +232,12 @@ def short_name(tensor):
 
 
 def plot(report, path):
-    """Horizontal bars per layer: accumulated SNR (dB) and the debugger's RMSE / scale."""
-    import matplotlib
+    """Horizontal bars per layer: accumulated SNR (dB) and the debugger's RMSE / scale, at ``path``
+    (returned; ``None`` without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt

@@ -270,7 +270,8 @@ def train(config, callbacks=(), distribution=None):
         if chief:
             write_json(os.path.join(run_dir, "results.json"), results)
             deploy.write_labels(os.path.join(run_dir, "labels.txt"), train_source.class_names)
-            plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
+            if not plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png")):
+                print("curves.png skipped: matplotlib is not installed (pip install 'keras-mixer[plots]')")
             print(f"final eval on {test_source.num_examples} test images: "
                   f"top-1 {results['top1']:.4f}, top-{top_k} {results['top5']:.4f}, loss {results['loss']:.4f} "
                   f"({results['backend']}, {dist.name} x{dist.replicas}, {results['seconds']} s); "

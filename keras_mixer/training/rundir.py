@@ -101,8 +101,14 @@ def read_history(csv_path):
 
 
 def plot_history(csv_path, png_path):
-    """Loss and accuracy curves (train and validation) from ``history.csv``, as a PNG."""
-    import matplotlib
+    """Loss and accuracy curves (train and validation) from ``history.csv``, as a PNG.
+
+    Returns ``png_path``, or ``None`` where matplotlib (the ``plots`` extra) is not installed.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,6 +129,7 @@ def plot_history(csv_path, png_path):
     with atomic_output(png_path) as temp:
         fig.savefig(temp, dpi=100)
     plt.close(fig)
+    return png_path
 
 
 def kill_point(point, epoch=None):
