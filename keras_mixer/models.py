@@ -459,10 +459,11 @@ def load_keras_file(path, compile=True):
         model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:
         damaged = _damaged_member(path)
-        if damaged is None:
+        problem = None if damaged else formats.keras_archive_problem(path, error)
+        if damaged is None and problem is None:
             raise
         raise checkpoints.CheckpointError(
-            f"Cannot load {path}: the file is corrupt ({damaged})."
+            f"Cannot load {path}: " + (f"the file is corrupt ({damaged})." if damaged else f"{problem}.")
         ) from error
     if isinstance(model, MlpMixer):
         return model

@@ -18,6 +18,7 @@ from keras_mixer.checkpoints import CheckpointError, DownloadError
 from keras_mixer.cli import benchmark, convert, evaluate, export, predict, serve, train, visualize
 from keras_mixer.deploy import ServingError
 from keras_mixer.distribute import PeerLost
+from keras_mixer.files import DiskFullError
 from keras_mixer.training import RunError
 
 COMMANDS = {
@@ -33,7 +34,7 @@ COMMANDS = {
 # Errors that say what the user should change; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
                NotADirectoryError, PermissionError, CheckpointError, ServingError,
-               BackendCallError, DownloadError, ImportError, RunError, PeerLost)
+               BackendCallError, DownloadError, ImportError, RunError, PeerLost, DiskFullError)
 
 
 def _summary(module):

@@ -22,7 +22,7 @@ from keras_mixer import data as datasets
 from keras_mixer import images as image_policy
 from keras_mixer.deploy import layer_report, litert, runner, signatures
 from keras_mixer.deploy.saved_model import read_labels
-from keras_mixer.files import atomic_output, write_text
+from keras_mixer.files import atomic_output, check_name, disk_full_errors, write_text
 from keras_mixer.layers import MlpBlock
 
 TFLITE_MODES = ("float32", "float16", "dynamic_int8", "int8", "int16x8", "mixed")
@@ -41,12 +41,31 @@ REPORT_IMAGES = 32  # eval images for the accumulated per-layer errors
 
 
 def read_info(path):
-    """The sidecar ``PATH.json`` that :func:`export_tflite` writes beside a ``.tflite`` file, or ``None``."""
+    """The sidecar ``PATH.json`` that :func:`export_tflite` writes beside a ``.tflite`` file, or ``None``.
+
+    A sidecar that is not a JSON object, or whose ``crop_fraction`` is not a
+    number in (0, 1], raises a ``ValueError`` naming the file: the images would
+    otherwise be prepared wrongly.
+
+    Example:
+        >>> read_info("saved_models/mixer.float32.tflite")["crop_fraction"]
+        0.875
+    """
+    info_path = os.fspath(path) + INFO_SUFFIX
     try:
-        with open(os.fspath(path) + INFO_SUFFIX, encoding="utf-8") as f:
-            return json.load(f)
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"Cannot read {info_path}: it is not valid JSON ({error}). Export the "
+                         "model again to rewrite it.") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"Cannot read {info_path}: expected a JSON object, got "
+                         f"{type(info).__name__}.")
+    if info.get("crop_fraction") is not None:
+        image_policy.check_crop_fraction(info["crop_fraction"], info_path)
+    return info
 
 
 def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_MODES,
@@ -59,7 +78,8 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
     Args:
         model: a ``.keras`` file (or an ``MlpMixer`` under TensorFlow).
         export_dir: output directory.
-        name: file-name prefix.
+        name: file-name prefix: one path component of letters, digits, ``_``,
+            ``-`` and ``.`` (:func:`keras_mixer.files.check_name`).
         modes: any of ``"float32"``, ``"float16"``, ``"dynamic_int8"`` (int8
             weights, float activations), ``"int8"`` (full integer: int8 weights
             and activations, uint8 input, float32 output), ``"int16x8"`` (int16
@@ -91,6 +111,7 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         ``ops`` and ``integer_macs`` of ``macs`` (:func:`layer_report.integer_coverage`),
         ``float_layers`` (``mixed``) and ``report`` (quantized modes: the per-layer JSON).
     """
+    check_name(name)
     unknown = set(modes) - set(TFLITE_MODES)
     if unknown:
         raise ValueError(f"Unknown TFLite modes {sorted(unknown)}; known: {TFLITE_MODES}.")
@@ -107,14 +128,17 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
     for images in (representative_images, eval_images):
         if isinstance(images, (str, os.PathLike)):
             check_image_source(images)
-    return runner.on_tensorflow(
-        "keras_mixer.deploy.tflite:write_tflite", model, export_dir=export_dir, name=name,
-        modes=list(modes), representative_images=_as_input(representative_images),
-        eval_images=_as_input(eval_images), num_threads=num_threads,
-        labels=read_labels(labels), max_calibration_images=max_calibration_images,
-        max_eval_images=max_eval_images, threads=list(threads), mixed_target=mixed_target,
-        mixed_max_float_layers=mixed_max_float_layers, mixed_selection_images=mixed_selection_images,
-        mixed_margin=mixed_margin)
+    labels = read_labels(labels)
+    with disk_full_errors("the TFLite files", "each file is written atomically, so those written "
+                                              "are whole: free some space and export again"):
+        return runner.on_tensorflow(
+            "keras_mixer.deploy.tflite:write_tflite", model, export_dir=export_dir, name=name,
+            modes=list(modes), representative_images=_as_input(representative_images),
+            eval_images=_as_input(eval_images), num_threads=num_threads, labels=labels,
+            max_calibration_images=max_calibration_images, max_eval_images=max_eval_images,
+            threads=list(threads), mixed_target=mixed_target,
+            mixed_max_float_layers=mixed_max_float_layers,
+            mixed_selection_images=mixed_selection_images, mixed_margin=mixed_margin)
 
 
 def check_image_source(path):
@@ -362,6 +386,7 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
                  mixed_max_float_layers=MIXED_MAX_FLOAT_LAYERS,
                  mixed_selection_images=MIXED_SELECTION_IMAGES, mixed_margin=MIXED_MARGIN):
     """The conversion itself (TensorFlow backend); returns one row per mode."""
+    check_name(name)
     height, width = model.config.image_size
     held_out = mixed_selection_images if "mixed" in modes else 0
     representative_images, _, _ = _images_for(model, representative_images,
@@ -379,6 +404,7 @@ def write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_ima
     if labels is None and class_names is not None and len(class_names) == model.config.num_classes:
         labels = class_names
     expected = signatures.keras_probabilities(model, eval_images)
+    signatures.check_finite(expected, f"Model {model.name!r}")
     os.makedirs(export_dir, exist_ok=True)
     labels_path = None
     if labels is not None:
