@@ -272,6 +272,7 @@ def test_flags_out_of_range_are_usage_errors(capsys):
                 "--units: must be 0 or more")
     for flag, value in (("--grpc-port", "99999"), ("--rest-port", "-1")):
         usage_error(capsys, ["serve", flag, value], f"{flag}: a port is 0-65535")
+    usage_error(capsys, ["serve", "--workers", "0"], "--workers: must be at least 1")
 
 
 def test_predict_refuses_a_port_out_of_range(capsys):

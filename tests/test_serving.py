@@ -443,7 +443,7 @@ def test_listen_backlog_is_deeper_than_five(server):
     assert backlog == ServerLimits().listen_backlog
 
 
-@pytest.mark.parametrize("signature_name", [["serving_default"], {"a": 1}, 3])
+@pytest.mark.parametrize("signature_name", [["serving_default"], {"a": 1}, 3, 0, []])
 def test_rest_signature_name_must_be_a_string(server, signature_name):
     import requests
 

@@ -236,10 +236,10 @@ class ModelRepository:
 
     def signature(self, name, version, label, signature_name):
         """``(version, loaded SavedModel, signature name, SignatureDef)`` of a request."""
+        if signature_name is not None and not isinstance(signature_name, str):
+            raise _invalid(f"'signature_name' must be a string, got {type(signature_name).__name__}")
         version, (loaded, signature_defs) = self.resolve(name, version, label)
         signature_name = signature_name or SERVING_DEFAULT
-        if not isinstance(signature_name, str):
-            raise _invalid(f"'signature_name' must be a string, got {type(signature_name).__name__}")
         if signature_name not in signature_defs or signature_name.startswith("__"):
             raise _invalid(f"Serving signature name: \"{signature_name}\" not found in signature def")
         return version, loaded, signature_name, signature_defs[signature_name]
@@ -640,7 +640,7 @@ class _RestServer(http.server.HTTPServer):
             remaining = accepted + self.limits.read_timeout - time.monotonic()
             poller = select.poll()
             poller.register(request, select.POLLIN)
-            if remaining > 0 and poller.poll(remaining * 1000):
+            if poller.poll(max(remaining, 0) * 1000):  # what arrived while it queued counts
                 self.finish_request(request, client_address)
             else:
                 request.sendall(_timeout_response(self.limits.read_timeout))
