@@ -32,6 +32,7 @@ from keras_mixer.deploy import litert, saved_model, signatures, tflite
 from keras_mixer.files import write_text
 
 KERAS, SAVED_MODEL, TFLITE = "keras", "saved_model", "tflite"
+KIND_NAMES = {KERAS: "Model", SAVED_MODEL: "SavedModel", TFLITE: "TFLite model"}  # for messages
 CSV_HEADER = ("path", "label", "prediction", "score")
 TOP_K = 5
 TFLITE_CHUNK = 256  # images prepared at a time for the TFLite interpreter
@@ -73,7 +74,7 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
         probabilities, crop_fraction = run(path, paths, labels, class_names, crop_fraction, batch_size)
     except (tf.errors.OpError, images.UnreadableImageError) as error:  # an image is refused
         raise _refused_images(kind, path, paths, folder, error) from None
-    signatures.check_finite(probabilities, f"{kind} {path}")
+    signatures.check_finite(probabilities, f"{KIND_NAMES[kind]} {path}")
     result = scores(probabilities, labels, paths, class_names)
     result.update(kind=kind, artifact=path, crop_fraction=crop_fraction)
     if out is not None:
@@ -94,7 +95,8 @@ def _refused_images(kind, path, paths, folder, error):
     message = (getattr(error, "message", "") or str(error)).strip().splitlines()
     reason = next((line for line in message if line.strip() and "Graph execution" not in line
                    and not line.startswith("Detected at node")), type(error).__name__)
-    return ValueError(f"{kind} {path} refused an image of {folder}: {reason.strip()[:300]}")
+    return ValueError(f"{KIND_NAMES[kind]} {path} refused an image of {folder}: "
+                      f"{reason.strip()[:300]}")
 
 
 def summary_line(result):

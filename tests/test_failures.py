@@ -312,4 +312,4 @@ def test_evaluate_refuses_a_model_with_nan_weights(tmp_path, capsys):
     path = str(tmp_path / "nan.keras")
     model.save(path)
     folder = labelled_folder(tmp_path / "photos")
-    user_error(capsys, ["evaluate", path, "--data", folder], f"keras {path} outputs NaN or Inf")
+    user_error(capsys, ["evaluate", path, "--data", folder], f"Model {path} outputs NaN or Inf")
