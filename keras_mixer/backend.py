@@ -4,14 +4,19 @@ Keras fixes its backend when it is imported, so work that needs another one
 (exporting from a JAX or PyTorch session, benchmarking every backend, tests that
 compare backends) calls ``run_under(backend, "module:function", *args)``.
 Arguments and the result travel as JSON; NumPy arrays travel as ``.npy`` files.
+With ``raise_errors=True`` an exception of the function travels back too: the
+same type is raised here (builtin and keras-mixer types), so a user error in the
+subprocess is reported like one in this process.
 """
 
+import builtins
 import importlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import traceback
 
 import numpy as np
 
@@ -66,8 +71,32 @@ def environment(backend, pythonpath=(), extra=None):
     return env
 
 
+def _child_error(info, backend):
+    """The exception the subprocess raised (``info``: its type and message), rebuilt here, with
+    the subprocess's traceback as its cause; ``None`` when its type is not ours or a builtin."""
+    module, name = info.get("module", ""), info.get("name", "")
+    if module == "builtins":
+        cls = getattr(builtins, name, None)
+    elif module == "keras_mixer" or module.startswith("keras_mixer."):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            cls = None
+    else:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        return None
+    try:
+        error = cls(info.get("message", ""))
+    except Exception:  # a constructor that takes other arguments
+        return None
+    error.__cause__ = BackendCallError(
+        f"raised under KERAS_BACKEND={backend}:\n{info.get('traceback', '')}", 1)
+    return error
+
+
 def run_under(backend, function, *args, capture=True, pythonpath=(), env=None, timeout=None,
-              **kwargs):
+              raise_errors=False, **kwargs):
     """Call ``function`` (``"package.module:name"``) with ``args``/``kwargs`` under ``backend``.
 
     Args:
@@ -76,6 +105,9 @@ def run_under(backend, function, *args, capture=True, pythonpath=(), env=None, t
         pythonpath: extra import paths for the subprocess.
         env: extra environment variables.
         timeout: seconds before the subprocess is killed.
+        raise_errors: when the function raises an exception of a builtin or
+            keras-mixer type, raise that type here with its message (else every
+            failure is a :class:`BackendCallError`).
 
     Returns:
         The function's return value (JSON types and NumPy arrays).
@@ -93,6 +125,14 @@ def run_under(backend, function, *args, capture=True, pythonpath=(), env=None, t
             stderr=subprocess.STDOUT if capture else None,
         )
         output = proc.stdout or ""
+        failure = None
+        if proc.returncode != 0 and os.path.exists(result):
+            with open(result) as f:
+                failure = json.load(f).get("__error__")
+        if raise_errors and failure:
+            error = _child_error(failure, backend)
+            if error is not None:
+                raise error
         if proc.returncode != 0 or not os.path.exists(result):
             raise BackendCallError(
                 f"{function} under KERAS_BACKEND={backend} failed with exit code "
@@ -107,11 +147,20 @@ def _serve_request(request_path):
         request = json.load(f)
     module_name, _, name = request["function"].partition(":")
     function = getattr(importlib.import_module(module_name), name)
-    value = function(*_decode(request["args"]), **_decode(request["kwargs"]))
-    work = os.path.dirname(request["result"])
-    with open(request["result"] + ".tmp", "w") as f:
-        json.dump(_encode(value, work), f)
-    os.replace(request["result"] + ".tmp", request["result"])
+    try:
+        value = function(*_decode(request["args"]), **_decode(request["kwargs"]))
+    except Exception as error:  # its type and message go back (run_under's raise_errors)
+        _write_result(request["result"], {"__error__": {
+            "module": type(error).__module__, "name": type(error).__qualname__,
+            "message": str(error), "traceback": traceback.format_exc()}})
+        raise
+    _write_result(request["result"], _encode(value, os.path.dirname(request["result"])))
+
+
+def _write_result(path, value):
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

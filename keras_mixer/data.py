@@ -19,6 +19,8 @@ still differs from the last.
 
 import dataclasses
 import os
+import socket
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +33,14 @@ SPLIT_ALIASES = {"train": ("train",), "test": ("test", "val", "validation")}
 
 
 BAD_IMAGES = ("skip", "fail")
+# TFDS fetches prepared datasets from here first; unreachable, every download fails (after
+# minutes of retries), so it is tried once, briefly, before any download.
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """A TFDS dataset that is not prepared here and cannot be downloaded now."""
 
 
 @dataclasses.dataclass
@@ -88,6 +98,9 @@ def load_source(name="digits", split="train", data_dir=None, shard=(1, 0), class
         source = digits_source(split, shard)
     elif os.path.isdir(name):
         source = folder_source(name, split, shard, class_names, bad_images)
+    elif os.path.exists(name):
+        raise NotADirectoryError(f"--data {name!r} is a file: give an image folder "
+                                 f"({name}/<class_name>/<image>), 'digits' or a TFDS name.")
     elif os.sep in name or name.startswith("."):
         raise FileNotFoundError(f"Image folder {name!r} does not exist.")
     else:
@@ -207,12 +220,14 @@ def scan_folder(root, class_names=None):
     found = sorted(
         d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
     )
+    _check_utf8(root, found)
     if class_names is not None:
         check_same_classes(class_names, found, f"image folder {root!r}")
     paths, labels, empty = [], [], []
     for label, class_name in enumerate(found):
         class_dir = os.path.join(root, class_name)
         files = [f for f in sorted(os.listdir(class_dir)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        _check_utf8(class_dir, files)
         if not files:
             empty.append(class_dir)
         paths.extend(os.path.join(class_dir, f) for f in files)
@@ -228,6 +243,26 @@ def scan_folder(root, class_names=None):
             f"Add images or remove the folders (every folder under {root!r} is a class)."
         )
     return paths, labels, found
+
+
+def _check_utf8(folder, names):
+    """Refuse names that are not UTF-8 (TensorFlow's strings are): a ``ValueError`` naming them."""
+    bad = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:  # os.listdir keeps undecodable bytes as surrogates
+            bad.append(repr(os.fsencode(path))[1:])
+    if bad:
+        raise ValueError(f"{len(bad)} path(s) are not valid UTF-8, which class names and image "
+                         f"paths must be: {', '.join(bad[:5])}. Rename them.")
+
+
+def describe_unreadable(unreadable, total, folder):
+    """The message for ``unreadable`` ``[(path, reason)]`` images of ``total`` in ``folder``."""
+    listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable)
+    return f"{len(unreadable)} of {total} images in {folder!r} cannot be decoded:\n{listing}"
 
 
 def find_unreadable(paths):
@@ -270,17 +305,23 @@ def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_image
     folder, paths, labels, class_names, _ = split_files(root, split, class_names)
     unreadable = find_unreadable(paths)
     if unreadable and bad_images == "fail":
-        listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable)
         raise ValueError(
-            f"{len(unreadable)} of {len(paths)} images in {folder!r} cannot be decoded:\n"
-            f"{listing}\nRemove or replace them, or skip them with bad_images='skip' "
-            f"(--bad-images skip).")
+            f"{describe_unreadable(unreadable, len(paths), folder)}\nRemove or replace them, or "
+            f"skip them with bad_images='skip' (--bad-images skip).")
     if unreadable:
         bad = {path for path, _ in unreadable}
+        had = set(labels)
         labels = [label for path, label in zip(paths, labels) if path not in bad]
         paths = [path for path in paths if path not in bad]
         if not paths:
             raise ValueError(f"No readable images in {folder!r}.")
+        emptied = [os.path.join(folder, class_names[index]) for index in sorted(had - set(labels))]
+        if emptied:  # a class without examples would be trained (or scored) as never seen
+            raise ValueError(
+                f"Every image of class folder(s) {', '.join(emptied)} is undecodable (skipped), "
+                f"so the class would have no examples:\n"
+                f"{describe_unreadable(unreadable, len(bad) + len(paths), folder)}\n"
+                "Replace the images, or remove the folder(s).")
     if split == "train":  # class-sorted files: mix them once, so a shuffle buffer sees every class
         order = np.random.default_rng(0).permutation(len(paths))
         paths, labels = [paths[i] for i in order], [labels[i] for i in order]
@@ -311,6 +352,37 @@ def prepare_command(name, data_dir="DIR"):
     return f'python -c "{code}"'
 
 
+def network_problem(host=DOWNLOAD_HOST, timeout=5.0):
+    """Why ``host`` (TFDS's download server) cannot be reached, or ``None`` when it can.
+
+    One connection, given ``timeout`` seconds in all (name lookup included); with a
+    proxy configured the network is not judged (``None``).
+    """
+    if any(os.environ.get(variable) for variable in PROXY_VARIABLES):
+        return None
+    outcome = []
+
+    def connect():
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"cannot reach {host[0]}: {error.strerror or error}")
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"cannot reach {host[0]} within {timeout:g} s"
+
+
+def _unprepared(name, builder, reason):
+    return (f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}, and {reason}. Prepare "
+            f"it on a machine with internet access and keras-mixer installed: "
+            f"{prepare_command(name)} (datasets with manual downloads such as imagenet2012 also "
+            f"need download_config=tfds.download.DownloadConfig(manual_dir=...)); copy DIR here "
+            f"and pass --data-dir DIR. Or use an image folder or the offline 'digits' data.")
+
+
 def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
     """A TFDS dataset by name; prepares it when it is not there yet, with a clear error if it can't."""
     import tensorflow_datasets as tfds
@@ -324,17 +396,15 @@ def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
             f"oxford_flowers102)."
         ) from error
     if not builder.is_prepared():
+        offline = network_problem()
+        if offline:
+            raise DatasetUnavailableError(_unprepared(name, builder, f"this machine is offline "
+                                                                     f"({offline})"))
         try:
             builder.download_and_prepare()
         except Exception as error:
-            raise RuntimeError(
-                f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and could not be "
-                f"downloaded ({type(error).__name__}: {error}). Prepare it on a machine with "
-                f"internet access and keras-mixer installed: {prepare_command(name)} "
-                f"(datasets with manual downloads such as imagenet2012 also need "
-                f"download_config=tfds.download.DownloadConfig(manual_dir=...)); copy DIR here "
-                f"and pass --data-dir DIR. Or use an image folder or the offline 'digits' data."
-            ) from error
+            raise DatasetUnavailableError(_unprepared(
+                name, builder, f"could not be downloaded ({type(error).__name__}: {error})")) from error
     splits = builder.info.splits
     if split == "test" and splits and "test" not in splits:
         split = "validation"

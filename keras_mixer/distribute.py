@@ -125,6 +125,11 @@ def setup_distribution(strategy="auto", cpu_devices=0, model_parallel=0):
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}.")
     backend = keras.backend.backend()
+    if model_parallel > 1 and backend != "jax":
+        raise ValueError(
+            f"model_parallel (--model-parallel) {model_parallel} splits the model over JAX "
+            f"devices; the {backend} backend trains data parallel only: leave it at 0, or use "
+            "--backend jax.")
     setup = {"tensorflow": _tensorflow, "jax": _jax, "torch": _torch}.get(backend)
     if setup is None:
         raise ValueError(f"No distributed training for backend {backend!r}.")

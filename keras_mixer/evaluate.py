@@ -37,6 +37,7 @@ from keras_mixer.deploy import litert, saved_model, signatures, tflite
 from keras_mixer.files import write_text
 
 KERAS, SAVED_MODEL, TFLITE = "keras", "saved_model", "tflite"
+KIND_NAMES = {KERAS: "Model", SAVED_MODEL: "SavedModel", TFLITE: "TFLite model"}  # for messages
 CSV_HEADER = ("path", "label", "prediction", "score")
 TOP_K = 5
 TFLITE_CHUNK = 256  # images prepared at a time for the TFLite interpreter
@@ -77,8 +78,8 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
     """
     log = log or (lambda *_: None)
     kind, path = artifact_kind(artifact)
-    if crop_fraction is not None and not 0.0 < crop_fraction <= 1.0:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}.")
+    if crop_fraction is not None:
+        images.check_crop_fraction(crop_fraction, "--crop-fraction")
     if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
                          f"got {interpolation!r}.")
@@ -94,8 +95,12 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
         log(f"warning: {overlap} of these {len(paths)} images are images the model trained on "
             f"(its run trained on {trained_on(kind, path)}): the score overstates its accuracy on "
             f"new images. Score its held-out split (leave out --split) or a folder it never saw.")
-    probabilities, crop_fraction, interpolation = run(
-        path, paths, labels, class_names, crop_fraction, batch_size, interpolation)
+    try:
+        probabilities, crop_fraction, interpolation = run(
+            path, paths, labels, class_names, crop_fraction, batch_size, interpolation)
+    except (tf.errors.OpError, images.UnreadableImageError) as error:  # an image is refused
+        raise _refused_images(kind, path, paths, folder, error) from None
+    signatures.check_finite(probabilities, f"{KIND_NAMES[kind]} {path}")
     result = scores(probabilities, labels, paths, class_names)
     result.update(kind=kind, artifact=path, crop_fraction=crop_fraction, interpolation=interpolation,
                   split=described, training_overlap=overlap)
@@ -104,6 +109,21 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
         log(f"predictions: {out}")
     log(summary_line(result))
     return result
+
+
+def _refused_images(kind, path, paths, folder, error):
+    """A ``ValueError`` naming the images that cannot be decoded, else quoting ``error``."""
+    unreadable = datasets.find_unreadable(paths)
+    if unreadable:
+        return ValueError(f"{datasets.describe_unreadable(unreadable, len(paths), folder)}\n"
+                          "Remove or replace them to evaluate the folder.")
+    if isinstance(error, images.UnreadableImageError):
+        return error
+    message = (getattr(error, "message", "") or str(error)).strip().splitlines()
+    reason = next((line for line in message if line.strip() and "Graph execution" not in line
+                   and not line.startswith("Detected at node")), type(error).__name__)
+    return ValueError(f"{KIND_NAMES[kind]} {path} refused an image of {folder}: "
+                      f"{reason.strip()[:300]}")
 
 
 def summary_line(result):
@@ -148,6 +168,9 @@ def labelled_files(root, split="test"):
     root = os.fspath(root)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise NotADirectoryError(f"--data {root!r} is a file: give a folder of labelled images, "
+                                 f"{root}/<class>/<image>.")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder not found: {root}")
     folder, paths, labels, class_names, held_out = datasets.split_files(root, split)
@@ -218,8 +241,13 @@ def saved_model_crop_fraction(version_dir):
     report_path = os.path.join(version_dir, saved_model.REPORT_FILE)
     if not os.path.isfile(report_path):
         return None
-    with open(report_path) as f:
-        return json.load(f).get("crop_fraction")
+    try:
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"Cannot read {report_path}: it is not valid JSON ({error}).") from None
+    crop = report.get("crop_fraction") if isinstance(report, dict) else None
+    return None if crop is None else images.check_crop_fraction(crop, report_path)
 
 
 def _recorded_interpolation(recorded, requested, where):
@@ -250,7 +278,7 @@ def _saved_model_probabilities(path, paths, labels, class_names, crop_fraction, 
     labels_file = os.path.join(path, "assets", "labels.txt")
     if os.path.isfile(labels_file):
         _check_labels(saved_model.read_labels(labels_file), class_names, labels_file)
-    loaded = tf.saved_model.load(path, tags=["serve"])
+    loaded, _ = saved_model.load_saved_model(path)
     if signatures.SERVING_BYTES not in loaded.signatures:
         raise ValueError(f"SavedModel {path} has no {signatures.SERVING_BYTES!r} signature "
                          f"(it has {', '.join(sorted(loaded.signatures))}).")

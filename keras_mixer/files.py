@@ -5,9 +5,13 @@ into place when complete. A temporary name says who wrote it,
 ``.tmp-p<pid>h<host>-...`` (``<host>``: 6 hex digits of a hash of the host
 name), so that what a killed writer left behind can be recognised and removed
 later (:func:`remove_stale_temps`) without touching the work of a live one.
+
+Also here: the one rule for names that become paths (:func:`check_name`), and
+the one message for a full disk (:func:`disk_full_errors`).
 """
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -24,6 +28,87 @@ _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdiges
 _WRITER = re.compile(r"\.tmp-p(\d+)h([0-9a-f]{6})-")
 # Longest target name that goes whole into a temporary name (file names stop at 255 bytes).
 _MAX_NAMED_TARGET = 200
+# A model name (TF Serving's model_name, an export's file-name prefix): one path component of
+# these characters, not starting with a dot (dot-names are temporary, "." and ".." are not names).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+NAME_RULE = ("one path component of at most 128 letters, digits, '_', '-' and '.', not starting "
+             "with '.' or '-'")
+# errno values of a write that found no room: the disk, the file size limit (ulimit -f), the quota.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write found no room (disk full, ``ulimit -f``, quota); the message says what to do."""
+
+
+def check_name(name, what="model name"):
+    """Return ``name`` when it is a safe model name, else raise a ``ValueError`` naming the rule.
+
+    A model name becomes a path component (``EXPORT_DIR/NAME/VERSION``,
+    ``EXPORT_DIR/NAME.MODE.tflite``) and a URL component (``/v1/models/NAME``), so
+    it is one component of safe characters (:data:`NAME_RULE`), as TF Serving names
+    models: ``../x``, ``a/b``, ``""``, ``.`` and absolute paths are refused.
+
+    Args:
+        name: the name to check.
+        what: how the message calls it (``"--export-name"``, ...).
+
+    Returns:
+        ``name``.
+
+    Example:
+        >>> check_name("mixer_b16")
+        'mixer_b16'
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"Invalid {what} {name!r}: a model name is {NAME_RULE}.")
+    return name
+
+
+@contextlib.contextmanager
+def disk_full_errors(what, advice="free some space and run the same command again"):
+    """Turn a write that found no room into one :class:`DiskFullError` saying what to do.
+
+    Recognises ``OSError`` with ``ENOSPC``, ``EFBIG`` (the file size limit, ``ulimit
+    -f``) or ``EDQUOT``, and errors of TensorFlow or h5py whose message carries one of
+    those reasons; anything else passes unchanged.
+
+    Args:
+        what: what was being written, for the message (``"the export"``).
+        advice: what was kept and what the user should do next.
+
+    Example:
+        >>> with disk_full_errors("the export"):
+        ...     write_text("out.txt", "...")
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as error:
+        reason = _disk_full_reason(error)
+        if reason is None:
+            raise
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        raise DiskFullError(f"No room to write {what}{where}: {reason}; {advice}.") from error
+
+
+def _disk_full_reason(error):
+    """The reason a write failed for lack of room, or ``None`` (``error`` and its causes)."""
+    reasons = {code: os.strerror(code) for code in DISK_FULL_ERRNOS}
+    explained = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit "
+                 "(ulimit -f) is reached", errno.EDQUOT: "the disk quota is reached"}
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in reasons:
+            return explained[error.errno]
+        text = str(error)
+        for code, reason in reasons.items():
+            if reason in text:
+                return explained[code]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def temp_prefix():

@@ -24,12 +24,76 @@ import tensorflow as tf
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Leading bytes of the formats tf.io.decode_image reads.
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8")
+_HEADER_BYTES = 26  # the bytes encoded_size reads: a BMP's info header ends the furthest in
+
+
+class UnreadableImageError(ValueError):
+    """An image file that cannot be decoded; ``path`` names it."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"Unreadable image {path!r}: {reason}")
+        self.path = path
 
 
 def decode(data):
     """Encoded image bytes (a scalar string tensor) -> uint8 ``(H, W, 3)``."""
     image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
     return tf.ensure_shape(image, (None, None, 3))
+
+
+def encoded_size(data):
+    """``(height, width)`` int64 that an encoded image's header declares, read without decoding.
+
+    JPEG (its SOF marker, ``tf.io.extract_jpeg_shape``), PNG (IHDR), GIF (the
+    logical screen) and BMP (the info header); ``(0, 0)`` for anything else,
+    which the decoder then refuses. Works eagerly and inside a ``tf.function``, so a
+    server and an exported signature can refuse an image too large to decode
+    before decoding it.
+
+    Args:
+        data: a scalar string tensor of encoded image bytes.
+
+    Returns:
+        An int64 tensor ``(2,)``.
+
+    Example:
+        >>> encoded_size(tf.io.encode_png(tf.zeros((3, 5, 3), tf.uint8))).numpy()
+        array([3, 5])
+    """
+    padded = tf.strings.join([data, tf.constant(b"\0" * _HEADER_BYTES)])
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8), tf.int64)
+
+    def big_endian(start, count):
+        return sum(head[start + i] * 256 ** (count - 1 - i) for i in range(count))
+
+    def little_endian(start, count):
+        return sum(head[start + i] * 256 ** i for i in range(count))
+
+    def signed32(value):
+        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))  # BMP: negative = top-down
+
+    def starts_with(magic):
+        return tf.reduce_all(tf.equal(head[:len(magic)], list(magic)))
+
+    bmp_core = tf.equal(little_endian(14, 4), 12)  # BITMAPCOREHEADER: 16-bit sides
+    bmp = tf.stack([tf.where(bmp_core, little_endian(20, 2), signed32(little_endian(22, 4))),
+                    tf.where(bmp_core, little_endian(18, 2), signed32(little_endian(18, 4)))])
+    return tf.case([
+        (starts_with(IMAGE_MAGIC[0]), lambda: tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)),
+        (starts_with(IMAGE_MAGIC[1]), lambda: tf.stack([big_endian(20, 4), big_endian(16, 4)])),
+        (starts_with(IMAGE_MAGIC[3]), lambda: tf.stack([little_endian(8, 2), little_endian(6, 2)])),
+        (starts_with(IMAGE_MAGIC[2]), lambda: bmp),
+    ], default=lambda: tf.zeros((2,), tf.int64))
+
+
+def check_crop_fraction(crop_fraction, where):
+    """Return ``crop_fraction`` when it is a number in (0, 1]; else a ``ValueError`` naming ``where``
+    it was read (a file that records it, a flag)."""
+    if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, (int, float)) \
+            or not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"{where} gives crop_fraction {crop_fraction!r}; it must be a number in "
+                         "(0, 1] (1.0: no crop).")
+    return crop_fraction
 
 
 def center_crop(images, crop_fraction):
@@ -66,11 +130,11 @@ def list_images(folder):
 
 
 def check_header(path):
-    """Raise ``ValueError`` naming ``path`` when it does not start like a readable image."""
+    """Raise :class:`UnreadableImageError` when ``path`` does not start like a readable image."""
     with open(path, "rb") as f:
         header = f.read(8)
     if not header.startswith(IMAGE_MAGIC):
-        raise ValueError(f"Unreadable image {path!r}: not a JPEG, PNG, BMP or GIF file.")
+        raise UnreadableImageError(path, "not a JPEG, PNG, BMP or GIF file.")
 
 
 def load_files(paths, size, crop_fraction=1.0, interpolation="bilinear"):
@@ -83,7 +147,7 @@ def load_files(paths, size, crop_fraction=1.0, interpolation="bilinear"):
         try:
             arrays.append(prepare(tf.io.read_file(path), size, crop_fraction, interpolation).numpy())
         except tf.errors.InvalidArgumentError as error:
-            raise ValueError(f"Unreadable image {path!r}: {error.message.splitlines()[0]}") from None
+            raise UnreadableImageError(path, error.message.splitlines()[0]) from None
     return np.stack(arrays).astype("float32")
 
 

@@ -702,7 +702,13 @@ def load_keras_file(path, compile=True):
         model = from_config(_saved_model_config(saved_config, path))
         checkpoints.load_params(model, formats.read_keras_archive(path), verbose=False)
         return model
-    model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    try:
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as error:
+        problem = formats.keras_archive_problem(path, error)
+        if problem is None:
+            raise
+        raise checkpoints.CheckpointError(f"Cannot load {path}: {problem}.") from error
     if not isinstance(model, MlpMixer):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a keras_mixer.MlpMixer.")
     return model

@@ -4,7 +4,8 @@ Keras fixes its backend, and TensorFlow its C++ logging, when they are first
 imported, which ``keras_mixer/__init__`` does. So ``keras_mixer/__init__`` calls
 :func:`apply` first: in a process started as a keras-mixer command (the
 ``keras-mixer`` console script, or a ``scripts/*.py`` shim, which sets
-``KERAS_MIXER_COMMAND``) it applies ``--backend`` and ``--cpu-devices`` and
+``KERAS_MIXER_COMMAND``) it applies ``--backend`` and ``--cpu-devices``, refuses
+an unknown ``KERAS_BACKEND`` in one ``error:`` line (exit status 2), and
 silences TensorFlow's and absl's start-up logs unless ``--verbose`` is given.
 Imported as a library, keras-mixer changes nothing. Standard library only
 (TensorFlow is imported here, muted, only in a command's process).
@@ -53,6 +54,12 @@ def apply(argv=None):
     backend = _option(argv, "--backend")
     if backend in BACKENDS:
         os.environ["KERAS_BACKEND"] = backend
+    elif os.environ.get("KERAS_BACKEND") and os.environ["KERAS_BACKEND"] not in BACKENDS:
+        # Keras would fail at import with a traceback: a command says it in one line.
+        print(f"error: KERAS_BACKEND={os.environ['KERAS_BACKEND']!r} is not a backend keras-mixer "
+              f"runs on: set it to {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}, or pass "
+              "--backend.", file=sys.stderr)
+        raise SystemExit(2)
     elif command == "export":  # exports are built by TensorFlow: no subprocess needed then
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     devices = _option(argv, "--cpu-devices")

@@ -194,8 +194,9 @@ def test_missing_folder_and_unknown_dataset_errors(tmp_path):
         data.load_source("no_such_dataset_xyz", "train")
 
 
-def test_tfds_source_through_mock_data():
+def test_tfds_source_through_mock_data(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(data, "network_problem", lambda: None)  # the mock "downloads" offline
     with tfds.testing.mock_data(num_examples=12):
         source = data.load_source("cifar10", "test")
         assert source.num_examples == 12 and len(source.class_names) == 10
@@ -210,7 +211,9 @@ def test_tfds_download_failure_says_how_to_prepare(tmp_path, monkeypatch):
         raise ConnectionError("no internet")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
-    with pytest.raises(RuntimeError, match="tfds.builder.'cifar10'.*download_and_prepare") as error:
+    monkeypatch.setattr(data, "network_problem", lambda: None)  # online, but the download fails
+    with pytest.raises(data.DatasetUnavailableError,
+                       match="tfds.builder.'cifar10'.*download_and_prepare") as error:
         data.load_source("cifar10", "train", data_dir=str(tmp_path))
     assert data.prepare_command("cifar10") in str(error.value)
 

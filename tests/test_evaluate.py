@@ -11,6 +11,7 @@ same predictions and the run's own final accuracy.
 import csv
 import json
 import os
+import shutil
 import types
 
 import keras
@@ -203,6 +204,28 @@ def test_evaluate_errors(trained, tmp_path):
     tf.io.write_file(str(other / "seven" / "a.jpg"), tf.io.read_file(str(other / "six" / "a.jpg")))
     with pytest.raises(ValueError, match="has 5 classes but the folder has 6"):
         evaluate(trained.keras_path, str(other), log=None)
+
+
+def test_undecodable_images_are_named(trained, tmp_path, capsys):
+    """A zero-byte, a text and a truncated image: every artifact kind names all three files."""
+    folder = tmp_path / "photos"
+    for name in CLASSES.values():
+        os.makedirs(folder / name)
+        shutil.copy(os.path.join(trained.folder, "test", name, "000.jpg"), folder / name / "000.jpg")
+    good = (folder / "zero" / "000.jpg").read_bytes()
+    bad = {"empty.jpg": b"", "text.jpg": b"hello, not a picture", "truncated.jpg": good[:len(good) // 2]}
+    for name, content in bad.items():
+        (folder / "zero" / name).write_bytes(content)
+    tflite_path = deploy.export_tflite(trained.keras_path, str(tmp_path / "tflite"), name="photos",
+                                       modes=["float32"])[0]["path"]
+    for artifact in (trained.keras_path, trained.version_dir, tflite_path):
+        with pytest.raises(ValueError, match="3 of 8 images in .* cannot be decoded") as error:
+            evaluate(artifact, str(folder), log=None)
+        assert all(str(folder / "zero" / name) in str(error.value) for name in bad), error.value
+    assert cli.main(["evaluate", trained.keras_path, "--data", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 3 of 8 images in ") and "Traceback" not in err
+    assert all(str(folder / "zero" / name) in err for name in bad)
 
 
 def test_cli(trained, tmp_path, capsys):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.presets import tiny_params, write_timm_repository
-from helpers.processes import run_worker, worker_env
+from helpers.processes import run_cli_with_file_limit, run_worker, worker_env
 from helpers.tiny import SHARED_DATA, tiny_classifier
 
 import keras_mixer
@@ -490,3 +490,126 @@ def test_dtype_flag_is_for_the_saved_model(exported_mixer, tmp_path, capsys):
     assert "--dtype bfloat16 applies to the SavedModel" in capsys.readouterr().err
     with pytest.raises(ValueError, match="Unknown SavedModel dtype"):
         deploy.export_saved_model(exported_mixer.keras_path, str(tmp_path), dtype="float16")
+
+
+# ----------------------------------------------------------------------------- issue 27 §2-§4
+
+BAD_NAMES = ["../../trav", "", "a/b", "ABSOLUTE", ".", "..", ".hidden", "a\\b", "x" * 200, "na me"]
+
+
+def tree(root):
+    return sorted(os.path.relpath(os.path.join(folder, name), root)
+                  for folder, dirs, names in os.walk(root) for name in dirs + names)
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_export_names_are_one_safe_component(exported_mixer, tmp_path, name, capsys):
+    """Every exporter refuses a name that is not one safe path component, writing nothing."""
+    inner = tmp_path / "w" / "inner"
+    inner.mkdir(parents=True)
+    if name == "ABSOLUTE":
+        name = str(tmp_path / "absolute")  # an absolute path inside this test's folder
+    for export in (lambda: deploy.export_saved_model(exported_mixer.keras_path, str(inner), name=name),
+                   lambda: deploy.export_tflite(exported_mixer.keras_path, str(inner), name=name,
+                                                modes=["float32"]),
+                   lambda: deploy.export_onnx(exported_mixer.keras_path, str(inner), name=name)):
+        with pytest.raises(ValueError, match="a model name is one path component"):
+            export()
+    from keras_mixer import cli
+
+    assert cli.main(["export", "saved-model", exported_mixer.keras_path, "--export-dir", str(inner),
+                     "--name", name]) == 2
+    assert capsys.readouterr().err.startswith(f"error: Invalid --name {name!r}: a model name is")
+    assert tree(tmp_path) == ["w", os.path.join("w", "inner")]
+
+
+def test_export_removes_its_temporary_files_and_limits_image_size(exported_mixer, tmp_path,
+                                                                   monkeypatch):
+    """No keras_mixer_labels_* folder is left in the system's temporary folder, and the
+    signatures refuse images over the pixel limit recorded at export, before decoding them."""
+    import tempfile
+
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))  # also for the export's subprocess
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    version_dir = deploy.export_saved_model(exported_mixer.keras_path, str(tmp_path / "models"),
+                                            labels=exported_mixer.labels, max_image_pixels=48 * 48)
+    assert os.listdir(system_tmp) == []
+    assert os.listdir(tmp_path / "models" / "mixer") == ["1"]
+    with open(os.path.join(version_dir, saved_model.REPORT_FILE)) as f:
+        assert json.load(f)["max_image_pixels"] == 48 * 48
+    loaded = tf.saved_model.load(version_dir)
+    small = tf.io.encode_png(tf.zeros((48, 40, 3), tf.uint8))
+    out = loaded.signatures["serving_bytes"](image_bytes=tf.stack([small]))
+    assert out["top_k_labels"].shape == (1, 5)
+    large = tf.io.encode_jpeg(tf.zeros((49, 48, 3), tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image of 49x48 pixels is larger than "
+                                                             "the 2304 pixels this model takes"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.stack([small, large]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image of 50x50 pixels is larger"):
+        loaded.signatures["serving_default"](images=tf.zeros((1, 50, 50, 3)))
+    with pytest.raises(ValueError, match="max_image_pixels must be an integer >= 1"):
+        deploy.export_saved_model(exported_mixer.keras_path, str(tmp_path / "models"),
+                                  max_image_pixels=0)
+
+
+def test_default_export_refuses_a_10000_pixel_square_png(exported_mixer):
+    """291 KB of PNG that decodes to 10000 x 10000 pixels (1.2 GB): refused from its header."""
+    from helpers.tiny import png_bytes
+
+    loaded = tf.saved_model.load(exported_mixer.version_dir)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image of 10000x10000 pixels is larger"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png_bytes(10000, 10000)]))
+
+
+def test_encoded_size_reads_every_format_header():
+    import io
+
+    from PIL import Image
+
+    from keras_mixer import images
+
+    for kind in ("PNG", "GIF", "BMP", "JPEG"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (7, 5)).save(buffer, kind)
+        assert images.encoded_size(tf.constant(buffer.getvalue())).numpy().tolist() == [5, 7], kind
+    buffer = io.BytesIO()
+    Image.new("RGB", (7, 5)).save(buffer, "BMP")
+    top_down = bytearray(buffer.getvalue())
+    top_down[22:26] = (-5).to_bytes(4, "little", signed=True)  # a top-down BMP: negative height
+    assert images.encoded_size(tf.constant(bytes(top_down))).numpy().tolist() == [5, 7]
+    assert images.encoded_size(tf.constant(b"not an image")).numpy().tolist() == [0, 0]
+
+
+def nan_model(path):
+    model = tiny_classifier()
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    model.save(path)
+    return str(path)
+
+
+def test_a_nan_model_is_one_error_line_and_never_published(tmp_path, capsys):
+    from keras_mixer import cli
+
+    path = nan_model(tmp_path / "nan.keras")
+    export_dir = tmp_path / "models"
+    for artifact in ("saved-model", "tflite"):
+        assert cli.main(["export", artifact, path, "--export-dir", str(export_dir),
+                         "--modes", "float32"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: Model 'mlp_mixer' outputs NaN or Inf"), err
+        assert "Traceback" not in err and len(err.splitlines()) == 2
+    assert [name for name in tree(export_dir) if not name.startswith(".")] in ([], ["mixer"])
+
+
+def test_disk_full_during_export_is_one_error_line(exported_mixer, tmp_path):
+    """The file size limit (ulimit -f) reached while writing: one error line, nothing published."""
+    export_dir = tmp_path / "models"
+    result = run_cli_with_file_limit(["export", "saved-model", exported_mixer.keras_path,
+                                      "--export-dir", export_dir], 64_000, keras.backend.backend())
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: No room to write ")
+    assert "ulimit -f" in errors[0] and "Traceback" not in result.stderr, result.stderr
+    assert not [name for name in tree(export_dir) if os.path.basename(name).isdigit()]

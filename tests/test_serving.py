@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.processes import run_script, start_module, worker_env
+from helpers.tiny import png_bytes
 
 from keras_mixer import cli
 from keras_mixer.deploy import client as serving
-from keras_mixer.deploy.devserver import DevServer, ModelRepository
+from keras_mixer.deploy.devserver import DevServer, ModelRepository, ServerLimits
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +330,184 @@ def test_client_errors_are_importable_from_the_package():
 
     for name in ("ServingError", "ServerUnavailableError", "ModelNotFoundError", "InvalidInputError"):
         assert issubclass(getattr(keras_mixer, name), keras_mixer.ServingError), name
+
+
+# ----------------------------------------------------------------------------- limits (issue 27 §3)
+
+LIMITS = ServerLimits(max_request_bytes=2 ** 20, max_image_pixels=100 * 100, max_batch_size=8,
+                      read_timeout=1.0, workers=2, listen_backlog=64)
+
+
+@pytest.fixture(scope="module")
+def limited(exported_mixer):
+    """A server with small limits: 1 MiB requests, 100x100 images, batches of 8, 1 s to send a
+    REST request, 2 workers per protocol."""
+    repository = ModelRepository(exported_mixer.export_dir, limits=LIMITS)
+    with DevServer(repository, grpc_port=0, rest_port=0) as dev_server:
+        yield {"grpc": dev_server.grpc_address, "rest": dev_server.rest_address}
+
+
+def raw_http(address, head, body=b"", timeout=10):
+    """Send ``head`` (request line and headers) and ``body`` as they are; ``(status, JSON body)``
+    of the answer, read until the server closes the connection."""
+    host, port = address.split("//")[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(1 << 16):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def post_head(length, path="/v1/models/mixer:predict"):
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}"
+
+
+def grpc_predict(address, inputs, signature="serving_default", output_filter=()):
+    """A raw gRPC Predict of ``{name: TensorProto}``: ``(status code, details)``."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "mixer"
+    request.model_spec.signature_name = signature
+    for key, proto in inputs.items():
+        request.inputs[key].CopyFrom(proto)
+    request.output_filter.extend(output_filter)
+    with grpc.insecure_channel(address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        try:
+            response = stub.Predict(request, timeout=60)
+        except grpc.RpcError as error:
+            return error.code(), error.details()
+    return grpc.StatusCode.OK, sorted(response.outputs)
+
+
+def test_rest_content_length_is_checked_before_reading(server, exported_mixer):
+    """A negative, a missing and a huge Content-Length are answered at once (they hung, or
+    raised MemoryError, before)."""
+    status, body = raw_http(server["rest"], post_head(-1), b"{}")
+    assert status == 400 and "Content-Length must be a whole number" in body["error"]
+    status, body = raw_http(server["rest"], post_head(10 ** 12), b"{}")
+    assert status == 413 and "limit" in body["error"] and "--max-request-bytes" in body["error"]
+    status, body = raw_http(server["rest"], "POST /v1/models/mixer:predict HTTP/1.1\r\nHost: x")
+    assert status == 411 and "Content-Length" in body["error"]
+    check(serving.make_client(server["rest"], "rest").predict(exported_mixer.images[:1]),
+          exported_mixer.expected[:1], exported_mixer.labels)
+
+
+def test_rest_body_shorter_than_its_length_times_out(limited):
+    started = time.monotonic()
+    status, body = raw_http(limited["rest"], post_head(100), b'{"instances"')
+    assert status == 408 and "12 of 100 bytes" in body["error"] and "--read-timeout" in body["error"]
+    assert time.monotonic() - started < 10
+
+
+def test_rest_body_over_the_limit_is_refused_unread(limited):
+    """A 1.5 MB JSON body against a 1 MiB limit: 413, which the client reads (not a reset)."""
+    import requests
+
+    pixels = np.full((6, 128, 128, 3), 255, "uint8")  # 1.5 MB of JSON
+    instances = pixels.tolist()
+    response = requests.post(limited["rest"] + "/v1/models/mixer:predict",
+                             json={"instances": instances}, timeout=30)
+    assert response.status_code == 413 and "--max-request-bytes" in response.json()["error"]
+    client = serving.make_client(limited["rest"], "rest", timeout=30)
+    with pytest.raises(serving.InvalidInputError, match="larger than the server's limit"):
+        client.predict(pixels)
+
+
+def test_silent_connections_hold_no_threads(limited, exported_mixer):
+    """200 connections that send nothing: no thread each (2 workers), a real request is still
+    answered, and the silent ones get 408 after the read timeout."""
+    before = threading.active_count()
+    host, port = limited["rest"].split("//")[1].rsplit(":", 1)
+    silent = [socket.create_connection((host, int(port)), timeout=30) for _ in range(200)]
+    try:
+        assert threading.active_count() <= before + LIMITS.workers
+        client = serving.make_client(limited["rest"], "rest", timeout=60)
+        check(client.predict(exported_mixer.images[:1]), exported_mixer.expected[:1],
+              exported_mixer.labels)
+        assert silent[0].recv(100).startswith(b"HTTP/1.0 408 ")
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_listen_backlog_is_deeper_than_five(server):
+    port = server["rest"].rsplit(":", 1)[1]
+    listing = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+    if listing.returncode != 0 or not listing.stdout.strip():
+        pytest.skip("ss (iproute2) cannot list listening sockets here")
+    backlog = int(listing.stdout.split()[2])  # LISTEN sockets: Send-Q is the backlog
+    assert backlog == ServerLimits().listen_backlog
+
+
+@pytest.mark.parametrize("signature_name", [["serving_default"], {"a": 1}, 3, 0, []])
+def test_rest_signature_name_must_be_a_string(server, signature_name):
+    import requests
+
+    response = requests.post(server["rest"] + "/v1/models/mixer:predict", timeout=30,
+                             json={"signature_name": signature_name, "instances": [[[[0, 0, 0]]]]})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("'signature_name' must be a string")
+
+
+def test_rest_empty_instances_is_the_empty_batch_error(server):
+    import requests
+
+    response = requests.post(server["rest"] + "/v1/models/mixer:predict", json={"instances": []},
+                             timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"] == "empty batch: send at least one image"
+
+
+def test_grpc_tensors_are_checked_from_their_declared_shape(server):
+    import grpc
+
+    huge = tf.make_tensor_proto(np.zeros((0,), "float32"))  # a few bytes, declaring 432 MB
+    huge.ClearField("tensor_shape")
+    for size in (1, 6000, 6000, 3):
+        huge.tensor_shape.dim.add(size=size)
+    code, details = grpc_predict(server["grpc"], {"images": huge})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "declares shape [1, 6000, 6000, 3]" in details or "6000x6000" in details, details
+    negative = tf.make_tensor_proto(np.zeros((1, 32, 32, 3), "float32"))
+    negative.tensor_shape.dim[0].size = -1
+    code, details = grpc_predict(server["grpc"], {"images": negative})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "dimensions must be >= 0" in details
+
+
+def test_grpc_output_filter_names_known_outputs(server):
+    import grpc
+
+    images = {"images": tf.make_tensor_proto(np.zeros((1, 32, 32, 3), "float32"))}
+    code, outputs = grpc_predict(server["grpc"], images, output_filter=["top_k_classes"])
+    assert code == grpc.StatusCode.OK and outputs == ["top_k_classes"]
+    code, details = grpc_predict(server["grpc"], images, output_filter=["nope"])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("output tensor alias not found in signature: nope Outputs expected")
+    code, details = grpc_predict(server["grpc"], images, output_filter=["probabilities"] * 2)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "duplicate output tensor alias" in details
+
+
+def test_huge_png_is_refused_from_its_header(client):
+    """A 291 KB PNG of 10000 x 10000 pixels (1.2 GB to decode): refused before decoding."""
+    with pytest.raises(serving.InvalidInputError, match="10000x10000 pixels.*--max-image-pixels"):
+        client.predict([png_bytes(10000, 10000)])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_batch_pixels_and_bytes_limits(limited, protocol):
+    client = serving.make_client(limited[protocol], protocol, timeout=60)
+    with pytest.raises(serving.InvalidInputError, match="batch of 9.*--max-batch-size"):
+        client.predict(np.zeros((9, 32, 32, 3), "uint8"))
+    with pytest.raises(serving.InvalidInputError, match="101x100 pixels.*--max-image-pixels"):
+        client.predict(np.zeros((1, 101, 100, 3), "uint8"))
+    with pytest.raises(serving.InvalidInputError, match="120x120 pixels.*--max-image-pixels"):
+        client.predict([png_bytes(120, 120)])
+    assert len(client.predict([png_bytes(32, 32)] * 8)) == 8  # at the limits: answered
+    if protocol == "grpc":  # 1.08 MB of float32 against 1 MiB: gRPC's own limit
+        with pytest.raises(serving.ServingError, match="RESOURCE_EXHAUSTED"):
+            client.predict(np.zeros((9, 100, 100, 3), "float32"))

@@ -11,7 +11,7 @@ import pytest
 from helpers.processes import ROOT, run_worker, start_module, worker_env
 
 import keras
-from keras_mixer import cli, models, training
+from keras_mixer import cli, data, models, training
 
 
 def run(args, timeout=400):
@@ -298,10 +298,11 @@ def test_main_job_smoke(tmp_path):
     assert model.output_shape == (None, 10)
 
 
-def test_paper_recipe_on_tfds_with_mixed_precision(tmp_path):
+def test_paper_recipe_on_tfds_with_mixed_precision(tmp_path, monkeypatch):
     """The TFDS path end to end (TFDS's own mock data, offline) with the whole paper recipe:
     RandAugment, MixUp and CutMix, stochastic depth, EMA, mixed precision."""
     tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(data, "network_problem", lambda: None)  # the mock "downloads" offline
     run_dir = str(tmp_path / "run")
     config = training.TrainConfig(
         data="cifar10", data_dir=str(tmp_path / "tfds"), run_dir=run_dir, image_size=16,

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from keras_mixer.deploy.client import GrpcClient
-from keras_mixer.deploy.devserver import DevServer, ModelRepository
+from keras_mixer.deploy.devserver import DevServer, ModelRepository, ServerLimits
 from keras_mixer.deploy.signatures import IMAGES_INPUT, SERVING_DEFAULT
 
 BATCHES = (1, 16)
@@ -36,7 +36,10 @@ def served_benchmark(version_dir, image_size, batches=BATCHES, clients=CLIENTS, 
         os.path.dirname(version_dir))
     direct = tf.saved_model.load(version_dir).signatures[SERVING_DEFAULT]
     rows = []
-    with DevServer(ModelRepository(base_dir), grpc_port=0, rest_port=0) as server:
+    largest = 2 * max(batches) * image_size * image_size * 3 * 4  # float32 requests, with room
+    limits = ServerLimits(max_request_bytes=max(ServerLimits().max_request_bytes, largest),
+                          max_batch_size=max(batches), workers=max(clients))
+    with DevServer(ModelRepository(base_dir, limits=limits), grpc_port=0, rest_port=0) as server:
         for batch in batches:
             images = np.random.default_rng(0).uniform(
                 0, 255, (batch, image_size, image_size, 3)).astype("float32")

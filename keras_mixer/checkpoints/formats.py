@@ -105,6 +105,38 @@ def _check_npy_member(path, archive, info):
         )
 
 
+KERAS_JSON_MEMBERS = ("config.json", "metadata.json")
+
+
+def keras_archive_problem(path, error):
+    """What makes the ``.keras`` archive ``path`` unloadable, given Keras' ``error``, or ``None``.
+
+    A phrase for a :class:`CheckpointError`: a JSON member that does not parse (named),
+    a class that is not Keras' or keras-mixer's (Keras' ``safe_mode`` does not locate
+    it), or Python code (a ``Lambda``), which ``safe_mode`` never loads.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in KERAS_JSON_MEMBERS:
+                if member in archive.namelist():
+                    try:
+                        json.loads(archive.read(member))
+                    except (ValueError, UnicodeDecodeError) as bad:
+                        return f"its member {member!r} is not valid JSON ({bad})"
+    except (OSError, zipfile.BadZipFile, zlib.error):
+        return None
+    text = str(error)
+    located = re.search(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'", text)
+    if isinstance(error, TypeError) and located:
+        module = re.search(r"'module': '([^']+)'", text)
+        where = f" (module {module.group(1)!r})" if module else ""
+        return (f"it names the class {located.group(1)!r}{where}, which is not a Keras or keras-mixer "
+                "class; only those are loaded (safe_mode)")
+    if isinstance(error, ValueError) and "safe_mode" in text:
+        return "it holds Python code (a lambda), which is never loaded (safe_mode)"
+    return None
+
+
 def _unreadable(path, how, error, hint="truncated or corrupt"):
     """A :class:`CheckpointError` saying what the file is, when it is not what its name says."""
     description = describe_contents(path)
@@ -192,6 +224,9 @@ def _archive_member(path, read):
             with archive.open(_ARCHIVE_WEIGHTS) as weights:
                 return read(config, weights)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        problem = keras_archive_problem(path, error)
+        if problem:
+            raise CheckpointError(f"Cannot load {path}: {problem}.") from error
         raise _unreadable(path, "as a .keras model file", error) from error
 
 
@@ -215,8 +250,37 @@ def read_keras_archive(path):
         _h5_datasets(weights, path)))
 
 
+def sniff_format(path):
+    """The checkpoint format the file's content shows (``".npz"``, ``".pth"``,
+    ``".safetensors"``, ``".weights.h5"``), or ``None`` when it shows none of them."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            if names and all(name.endswith(".npy") for name in names):
+                return NPZ_SUFFIXES[0]
+            if any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+                return TORCH_SUFFIXES[0]
+            return None
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return KERAS_WEIGHTS_SUFFIXES[0]
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return TORCH_SUFFIXES[0]  # a legacy (non-zip) torch.save
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 * 2 ** 20:
+        return SAFETENSORS_SUFFIXES[0]  # an 8-byte header length, then the JSON header
+    return None
+
+
 def read_checkpoint(path):
-    """Any supported checkpoint file as an official-layout dict of NumPy arrays."""
+    """Any supported checkpoint file as an official-layout dict of NumPy arrays.
+
+    The file's name picks the reader, unless its content is clearly another
+    supported format (an ``.npz`` renamed ``.pth``, ...): then that one reads it.
+    """
     path = os.fspath(path)
     readers = ((NPZ_SUFFIXES, read_npz),
                (TORCH_SUFFIXES, lambda p: keys.from_timm(read_torch(p))),
@@ -226,6 +290,9 @@ def read_checkpoint(path):
         if has_suffix(path, suffixes):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"Checkpoint file not found: {path}")
+            content = sniff_format(path)
+            if content is not None and content not in suffixes:
+                reader = next(read for kinds, read in readers if content in kinds)
             return reader(path)
     raise ValueError(
         f"Unsupported weights {path!r}: expected a preset name, or a .npz (official), "

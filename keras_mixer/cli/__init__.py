@@ -40,6 +40,7 @@ OWN_USER_ERRORS = {
     "keras_mixer.checkpoints.presets": ("DownloadError",),
     "keras_mixer.deploy.client": ("ServingError",),
     "keras_mixer.distribute": ("PeerLost",),
+    "keras_mixer.files": ("DiskFullError",),
     "keras_mixer.training.rundir": ("RunError",),
 }
 # What each command needs beyond the base install and a backend (setup.cfg's extras), and the

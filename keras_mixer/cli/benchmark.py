@@ -19,6 +19,7 @@ import argparse
 
 from keras_mixer import benchmark
 from keras_mixer.benchmark import training
+from keras_mixer.cli.arguments import non_negative_int, positive_int
 from keras_mixer.config import VARIANTS, MixerConfig, canonical_variant
 
 TRAINING_HELP = """Training benchmark: training img/s per backend (ratios against the first listed),
@@ -36,16 +37,17 @@ def add_arguments(parser):
     parser.add_argument("--config", metavar="P,N,C,DS,DC",
                         help="custom architecture instead of --variant: patch, blocks, width, "
                              "token-MLP width, channel-MLP width")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+    parser.add_argument("--image-size", type=positive_int, default=224)
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=None,
                         help="default: 16 (2 with --quick)")
     parser.add_argument("--dtypes", nargs="+", choices=benchmark.DTYPES, default=["float32"],
                         help="bfloat16: bfloat16 inference, mixed_bfloat16 training")
     parser.add_argument("--modes", nargs="+", choices=benchmark.MODES,
                         default=list(benchmark.MODES))
     _add_backends(parser)
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps (default 3; 2 quick)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help="timed steps (default 3; 2 quick)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps first")
     parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
                         help="model.compile(jit_compile=...): XLA on TF/JAX, torch.compile on torch")
     parser.add_argument("--optimizer", choices=benchmark.OPTIMIZERS, default="recipe",

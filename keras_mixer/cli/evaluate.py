@@ -20,6 +20,7 @@ timm's Mixers); a SavedModel's are baked into its signature and a .tflite file's
 are recorded beside it (NAME.MODE.tflite.json): another value is an error.
 """
 
+from keras_mixer.cli.arguments import positive_float, positive_int
 from keras_mixer.config import INTERPOLATIONS
 from keras_mixer.evaluate import SPLITS, evaluate
 
@@ -29,13 +30,14 @@ def add_arguments(parser):
                                          "NAME for its highest version) or a .tflite file")
     parser.add_argument("--data", required=True, metavar="FOLDER",
                         help="labelled images: FOLDER/<class>/<image>, or FOLDER/test/<class>/<image>")
-    parser.add_argument("--crop-fraction", type=float, default=None,
+    parser.add_argument("--crop-fraction", type=positive_float, default=None,
                         help="central-square crop before resizing (default: the model's own)")
     parser.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
                         help="resize filter (default: the model's own)")
     parser.add_argument("--out", metavar="CSV",
                         help="write path,label,prediction,score per image to this CSV file")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default: 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
+                        help="images per model call (default: 32)")
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="test: the held-out split, as training makes it (default); train; "
                              "all: every image of a folder without train/ and test/")

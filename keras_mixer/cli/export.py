@@ -32,9 +32,10 @@ from keras_mixer.cli.arguments import positive_float, positive_int
 from keras_mixer import deploy
 from keras_mixer.deploy import TFLITE_MODES, export_onnx, export_saved_model, export_tflite
 from keras_mixer.deploy.saved_model import DTYPES, TOLERANCES
+from keras_mixer.deploy.signatures import MAX_IMAGE_PIXELS
 from keras_mixer.deploy.tflite import (CALIBRATED_MODES, MIXED_MARGIN, MIXED_MAX_FLOAT_LAYERS, MIXED_TARGET,
                                        markdown_table)
-from keras_mixer.files import write_text
+from keras_mixer.files import check_name, disk_full_errors, write_text
 from keras_mixer.models import load_model, save_keras_file
 
 ARTIFACTS = ("saved-model", "tflite", "onnx", "all")
@@ -52,8 +53,8 @@ def add_arguments(parser):
                         help="with --variant: build at this size (default: 224); with a model "
                              "file: move it to this size (the paper's resolution transfer)")
     parser.add_argument("--export-dir", default="saved_models", help="base directory")
-    parser.add_argument("--name", help="model name (default: the model's run's export name, else "
-                                       "'mixer')")
+    parser.add_argument("--name", help="model name: letters, digits, '_', '-', '.' (default: the "
+                                       "model's run's export name, else 'mixer')")
     parser.add_argument("--allow-new-task", action="store_true",
                         help="publish even if the newest version of --name serves other classes, "
                              "image size or architecture")
@@ -67,6 +68,9 @@ def add_arguments(parser):
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="SavedModel compute dtype (bfloat16: bf16 matmuls, float32 in and "
                              "out; the report gives its drift against float32)")
+    parser.add_argument("--max-image-pixels", type=positive_int, default=MAX_IMAGE_PIXELS,
+                        help="SavedModel: its signatures refuse larger images, height x width, "
+                             "before decoding them (default: %(default)s)")
     parser.add_argument("--modes", nargs="+", default=list(TFLITE_MODES), choices=TFLITE_MODES,
                         help="TFLite modes")
     parser.add_argument("--representative-images",
@@ -126,17 +130,20 @@ def run(args):
         args.name = args.name or deploy.run_export_name(args.model_path)
         args.labels = args.labels or deploy.labels_beside(args.model_path)
     args.name = args.name or "mixer"
+    check_name(args.name, "--name")
     if args.dtype != "float32" and args.artifact not in ("saved-model", "all"):
         raise ValueError(f"--dtype {args.dtype} applies to the SavedModel; TFLite has --modes, "
                          "ONNX is float32.")
     written = []
     training_data = None if args.model_path is None else deploy.run_training_data(args.model_path)
-    with export_source(args) as model:
+    with disk_full_errors("the export", "nothing half-written was published: free some space "
+                                        "and export again"), export_source(args) as model:
         if args.artifact in ("saved-model", "all"):
             written.append(export_saved_model(model, args.export_dir, args.name, args.version,
                                               args.labels, args.top_k, args.tolerance,
                                               dtype=args.dtype, allow_new_task=args.allow_new_task,
-                                              training_data=training_data))
+                                              training_data=training_data,
+                                              max_image_pixels=args.max_image_pixels))
         if args.artifact in ("tflite", "all"):
             modes = [m for m in args.modes if m not in CALIBRATED_MODES or args.representative_images]
             if len(modes) < len(args.modes) and args.modes != list(TFLITE_MODES):

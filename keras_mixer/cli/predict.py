@@ -12,7 +12,7 @@ serving_default. Examples:
 
 import numpy as np
 
-from keras_mixer.cli.arguments import positive_float, positive_int
+from keras_mixer.cli.arguments import non_negative_int, positive_float, positive_int
 from keras_mixer.deploy import make_client
 
 DEFAULT_SERVERS = {"grpc": "localhost:8500", "rest": "localhost:8501"}
@@ -23,7 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--server", help="host:port (default localhost:8500 gRPC, localhost:8501 REST)")
     parser.add_argument("--protocol", choices=sorted(DEFAULT_SERVERS), default="grpc")
     parser.add_argument("--model", default="mixer", help="served model name")
-    parser.add_argument("--version", type=int, help="model version (default: latest)")
+    parser.add_argument("--version", type=non_negative_int, help="model version (default: latest)")
     parser.add_argument("--version-label", help="model version label, e.g. stable")
     parser.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per request")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes to print per image")
@@ -45,7 +45,7 @@ def load_array(path):
         raise ValueError(f"Cannot read {path} as a .npy array: {error}") from None
     if images.dtype.kind not in "iuf":
         raise ValueError(f"{path} holds {images.dtype} values; expected numeric pixels in 0-255.")
-    if images.ndim not in (3, 4):
+    if images.ndim not in (3, 4) or images.shape[-1] != 3:
         raise ValueError(f"{path} has shape {images.shape}; expected (n, H, W, 3) or (H, W, 3).")
     return images
 

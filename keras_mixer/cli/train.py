@@ -17,6 +17,7 @@ re-running a command resumes its run directory. Examples:
 import argparse
 import dataclasses
 
+from keras_mixer.files import disk_full_errors
 from keras_mixer.training import TrainConfig, train
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -42,4 +43,8 @@ def config_from_args(args):
 
 
 def run(args):
-    train(config_from_args(args))
+    config = config_from_args(args)
+    with disk_full_errors(f"the run's files in {config.run_dir}",
+                          "every file is written atomically, so the run keeps its last whole "
+                          "epoch: free some space and run the same command again to resume it"):
+        train(config)

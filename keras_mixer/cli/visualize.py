@@ -12,7 +12,7 @@ gallery: image files with the model's top-k classes, named by --labels (default:
 import os
 
 from keras_mixer import deploy, visualize
-from keras_mixer.cli.arguments import positive_int
+from keras_mixer.cli.arguments import non_negative_int, positive_int
 from keras_mixer.models import load_model
 
 
@@ -26,7 +26,8 @@ def add_arguments(parser):
         sub.add_argument("--out", required=True, help="output .png")
     tokens.add_argument("--blocks", type=int, nargs="+", default=[0, -1],
                         help="block indices (negative from the end); default: first and last")
-    tokens.add_argument("--units", type=int, default=64, help="hidden units per block (0: all)")
+    tokens.add_argument("--units", type=non_negative_int, default=64,
+                        help="hidden units per block (0: all)")
     tokens.add_argument("--columns", type=positive_int, default=16, help="pictures per row")
     tokens.add_argument("--unsorted", action="store_true", help="keep the units' order "
                         "(default: sorted from low to high spatial frequency)")

@@ -14,10 +14,12 @@ import base64
 import dataclasses
 import os
 import re
+import urllib.parse
 
 import numpy as np
 
 from keras_mixer.deploy.signatures import BYTES_INPUT, IMAGES_INPUT, SERVING_BYTES, SERVING_DEFAULT
+from keras_mixer.files import check_name
 
 
 # What TensorFlow appends to an op's error: the graph node and the traced function, e.g.
@@ -75,11 +77,11 @@ def prepare_inputs(images):
         array = np.asarray(images)
     except ValueError as error:
         raise InvalidInputError(f"Images must be a regular array: {error}") from None
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[-1] != 3:
+    if array.ndim not in (3, 4) or array.shape[-1] != 3:
         raise InvalidInputError(
             f"Images must have shape (H, W, 3) or (batch, H, W, 3), got {array.shape}.")
+    if array.ndim == 3:
+        array = array[None]
     if array.shape[0] == 0:
         raise InvalidInputError("Empty batch: give at least one image.")
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
@@ -112,10 +114,33 @@ def to_predictions(outputs):
     return predictions
 
 
+def check_address(address):
+    """Return ``address`` (``host:port``, ``[v6]:port`` or ``http://host:port``) when its port,
+    if it names one, is in 1-65535; else raise a ``ValueError`` (gRPC would dial
+    ``localhost:99999`` as another port)."""
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"Invalid server address {address!r}: expected host:port.")
+    if address.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):  # gRPC's other name schemes
+        return address
+    parts = urllib.parse.urlsplit(address if "://" in address else "//" + address)
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError(f"Invalid server address {address!r}: the port must be a number in "
+                         "1-65535.")
+    return address
+
+
 class _Client:
     def __init__(self, address, model="mixer", version=None, version_label=None, timeout=10.0):
         if version is not None and version_label is not None:
             raise ValueError("Give version or version_label, not both.")
+        check_address(address)
+        check_name(model)
+        if version_label is not None:
+            check_name(version_label, "version label")
         self.address = address
         self.model = model
         self.version = None if version is None else int(version)
@@ -266,7 +291,7 @@ class RestClient(_Client):
             body = {"error": response.text[:500]}
         if response.status_code == 404:
             raise ModelNotFoundError(f"REST server {self.address}: {body.get('error', 'not found')}")
-        if response.status_code == 400:
+        if response.status_code in (400, 413):
             raise InvalidInputError(f"REST server {self.address} rejected the input: "
                                     f"{server_reason(body.get('error'))}")
         if response.status_code != 200:

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from keras_mixer.deploy import runner, signatures
-from keras_mixer.files import atomic_output
+from keras_mixer.files import atomic_output, check_name, disk_full_errors
 
 
 def export_onnx(model, export_dir="saved_models", name="mixer", tolerance=1e-4):
@@ -16,21 +16,30 @@ def export_onnx(model, export_dir="saved_models", name="mixer", tolerance=1e-4):
     0-255 at the model size in, probabilities out. Needs the ``onnx`` extra
     (``onnx``, ``tf2onnx``; ``onnxruntime`` for the check).
 
+    ``name`` is one path component of letters, digits, ``_``, ``-`` and ``.``
+    (:func:`keras_mixer.files.check_name`).
+
     Returns:
         ``{"path", "size_bytes", "max_abs_diff"}`` (``max_abs_diff`` is ``None``
         without onnxruntime).
     """
-    return runner.on_tensorflow("keras_mixer.deploy.onnx:write_onnx", model,
-                                export_dir=export_dir, name=name, tolerance=tolerance)
+    check_name(name)
+    with disk_full_errors("the ONNX file", "nothing was published: free some space and export again"):
+        return runner.on_tensorflow("keras_mixer.deploy.onnx:write_onnx", model,
+                                    export_dir=export_dir, name=name, tolerance=tolerance)
 
 
 def write_onnx(model, export_dir, name, tolerance=1e-4):
     """The conversion itself (TensorFlow backend)."""
     import tensorflow as tf
 
+    check_name(name)
     if importlib.util.find_spec("tf2onnx") is None:
         raise ImportError("ONNX export needs tf2onnx and onnx: pip install 'keras-mixer[onnx]'.")
     height, width = model.config.image_size
+    images = np.random.default_rng(0).integers(0, 256, (4, height, width, 3)).astype("float32")
+    expected = signatures.keras_probabilities(model, images)
+    signatures.check_finite(expected, f"Model {model.name!r}")
     served = signatures.probability_model(model)
     os.makedirs(export_dir, exist_ok=True)
     final = os.path.join(export_dir, f"{name}.onnx")
@@ -42,9 +51,8 @@ def write_onnx(model, export_dir, name, tolerance=1e-4):
             import onnxruntime
 
             session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-            images = np.random.default_rng(0).integers(0, 256, (4, height, width, 3)).astype("float32")
             got = session.run(None, {session.get_inputs()[0].name: images})[0]
-            max_diff = float(np.max(np.abs(got - signatures.keras_probabilities(model, images))))
+            max_diff = float(np.max(np.abs(got - expected)))
             if not max_diff <= tolerance:
                 raise RuntimeError(f"ONNX model differs from Keras by {max_diff:.3g} (> {tolerance}).")
     print(f"Exported ONNX {final}; max |ONNX - Keras| = "

@@ -17,6 +17,8 @@ def on_tensorflow(function, model, **options):
     """Call ``function`` (``"module:name"``, taking a model first) with ``model`` under TensorFlow.
 
     ``model`` is a ``.keras`` path (any backend) or, under TensorFlow, an ``MlpMixer``.
+    An error in the subprocess is raised here with its own type and message
+    (:func:`keras_mixer.backend.run_under`'s ``raise_errors``).
     """
     if keras.backend.backend() == "tensorflow":
         if not isinstance(model, keras.Model):
@@ -28,7 +30,7 @@ def on_tensorflow(function, model, **options):
             "not a Model: the export runs under TensorFlow in a subprocess."
         )
     return backend.run_under("tensorflow", "keras_mixer.deploy.runner:run_on_file", function,
-                             os.path.abspath(os.fspath(model)), **options)
+                             os.path.abspath(os.fspath(model)), raise_errors=True, **options)
 
 
 def run_on_file(function, model_path, **options):

@@ -6,7 +6,9 @@ through both signatures, and only then renamed into place. Dot-names that
 killed exports left behind are removed first (:func:`keras_mixer.files.remove_stale_temps`).
 When another export publishes the chosen version meanwhile, an export without
 an explicit version takes the next free number; one with an explicit version
-fails with :class:`FileExistsError`.
+fails with :class:`FileExistsError`. The model name is one safe path component
+(:func:`keras_mixer.files.check_name`), a model whose outputs are not finite is
+never published, and nothing is left in the system's temporary folder.
 """
 
 import errno
@@ -22,26 +24,29 @@ import numpy as np
 from keras_mixer import images as image_policy
 from keras_mixer import models
 from keras_mixer.deploy import runner, signatures
-from keras_mixer.deploy.signatures import SERVING_BYTES, SERVING_DEFAULT
-from keras_mixer.files import remove_stale_temps, temp_prefix, write_text
+from keras_mixer.deploy.signatures import MAX_IMAGE_PIXELS, SERVING_BYTES, SERVING_DEFAULT
+from keras_mixer.files import (check_name, disk_full_errors, remove_stale_temps, temp_prefix,
+                               write_text)
 
 REPORT_FILE = os.path.join("assets.extra", "export_report.json")
 DTYPES = ("float32", "bfloat16")
 # Default reload-check tolerance per dtype: bf16 rounds to ~3 significant digits, and the reloaded
 # graph may fuse and order its bf16 operations differently from Keras' own.
 TOLERANCES = {"float32": 1e-4, "bfloat16": 1e-2}
+SAVED_MODEL_FILE = "saved_model.pb"
 
 
 def export_saved_model(model, export_dir="saved_models", name="mixer", version=None,
                        labels=None, top_k=5, tolerance=None, dtype="float32", allow_new_task=False,
-                       training_data=None):
+                       training_data=None, max_image_pixels=MAX_IMAGE_PIXELS):
     """Export a Mixer as a TF Serving SavedModel ``<export_dir>/<name>/<version>/``.
 
     Args:
         model: a ``.keras`` file saved on any backend (or, under the
             TensorFlow backend, an ``MlpMixer``).
         export_dir: base directory of the served models.
-        name: model name (TF Serving's ``model_name``).
+        name: model name (TF Serving's ``model_name``): one path component of
+            letters, digits, ``_``, ``-`` and ``.`` (:func:`keras_mixer.files.check_name`).
         version: integer version; default the next free one.
         labels: class names (list of strings, or a text file with one per
             line); adds ``top_k_labels`` to the outputs.
@@ -56,13 +61,25 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
             ``name`` serves another task (other classes, image size or
             architecture); by default that is a ``ValueError``, since every
             client of ``name`` would get the new model's answers.
+        max_image_pixels: both signatures refuse an image of more than this many
+            pixels (``height * width``; encoded images are measured from their
+            header, before decoding), so that TF Serving cannot be made to decode
+            a 10000 x 10000 PNG. Recorded in the report.
 
     Returns:
         The path of the new version directory. The check's numbers are in its
         ``assets.extra/export_report.json`` (ignored by TF Serving).
+
+    Example:
+        >>> export_saved_model("runs/main/model.keras", "saved_models", name="mixer")
+        'saved_models/mixer/1'
     """
+    check_name(name)
     if dtype not in DTYPES:
         raise ValueError(f"Unknown SavedModel dtype {dtype!r}; choose from {DTYPES}.")
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) \
+            or max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels must be an integer >= 1, got {max_image_pixels!r}.")
     if version is not None and os.path.exists(os.path.join(export_dir, name, str(int(version)))):
         raise FileExistsError(
             f"Version directory already exists: {os.path.join(export_dir, name, str(version))}")
@@ -72,10 +89,13 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
         if keras.backend.backend() != "tensorflow":  # refuse here, not in the export's subprocess
             config = models.load_keras_file(os.fspath(model), compile=False).config
             check_served_task(os.path.join(export_dir, name), task_of(config, labels), allow_new_task)
-    report = runner.on_tensorflow(
-        "keras_mixer.deploy.saved_model:write_saved_model", model, export_dir=export_dir,
-        name=name, version=version, labels=read_labels(labels), top_k=top_k, tolerance=tolerance,
-        dtype=dtype, allow_new_task=allow_new_task, training_data=training_data)
+    with disk_full_errors("the SavedModel", "nothing was published: free some space and export "
+                                            "again"):
+        report = runner.on_tensorflow(
+            "keras_mixer.deploy.saved_model:write_saved_model", model, export_dir=export_dir,
+            name=name, version=version, labels=read_labels(labels), top_k=top_k,
+            tolerance=tolerance, dtype=dtype, allow_new_task=allow_new_task,
+            training_data=training_data, max_image_pixels=max_image_pixels)
     if "drift_vs_float32" in report:  # printed here: the export may run in a subprocess
         drift = report["drift_vs_float32"]
         print(f"{dtype} drift against float32 on {drift['num_images']} sample images: top-1 "
@@ -243,11 +263,13 @@ def next_version(base_dir):
 
 
 def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=5,
-                      tolerance=None, dtype="float32", allow_new_task=False, training_data=None):
+                      tolerance=None, dtype="float32", allow_new_task=False, training_data=None,
+                      max_image_pixels=MAX_IMAGE_PIXELS):
     """The export itself (TensorFlow backend); returns the check's report with ``path``."""
     import keras
     import tensorflow as tf
 
+    check_name(name)
     tolerance = TOLERANCES[dtype] if tolerance is None else tolerance
     reference = models.with_dtype(model, "float32")
     model = reference if dtype == "float32" else models.with_dtype(model, dtype)
@@ -262,10 +284,12 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
     final = os.path.join(base, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"Version directory already exists: {final}")
-    classify, decode, table = signatures.serving_functions(model, labels, top_k)
     # A dot-name is not an integer: TF Serving's poller ignores it until the rename.
     tmp = tempfile.mkdtemp(prefix=temp_prefix(), dir=base)
+    labels_dir = tempfile.mkdtemp(prefix=temp_prefix(), dir=base) if labels is not None else None
     try:
+        classify, decode, table = signatures.serving_functions(model, labels, top_k, labels_dir,
+                                                               max_image_pixels)
         archive = keras.export.ExportArchive()
         archive.track(model)
         if table is not None:
@@ -274,7 +298,9 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
             tf.TensorSpec((None, None, None, 3), tf.float32, name=signatures.IMAGES_INPUT)])
         archive.add_endpoint(SERVING_BYTES, decode, input_signature=[
             tf.TensorSpec((None,), tf.string, name=signatures.BYTES_INPUT)])
-        archive.write_out(tmp, verbose=False)
+        archive.write_out(tmp, verbose=False)  # copies labels.txt into its assets/
+        if labels_dir is not None:
+            shutil.rmtree(labels_dir)
         report = check_saved_model(tmp, model, labels, top_k,
                                    reference=None if model is reference else reference)
         if not report["max_abs_diff"] <= tolerance:  # also refuses NaN
@@ -282,7 +308,8 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
                 f"Exported SavedModel differs from the Keras model by {report['max_abs_diff']:.3g} "
                 f"(> tolerance {tolerance}); not publishing it."
             )
-        report.update(name=name, dtype=dtype, keras_version=keras.__version__,
+        report.update(name=name, dtype=dtype, max_image_pixels=max_image_pixels,
+                      keras_version=keras.__version__,
                       tensorflow_version=tf.__version__, crop_fraction=model.config.crop_fraction,
                       interpolation=model.config.interpolation,
                       task=task, training_data=training_data,
@@ -291,6 +318,8 @@ def write_saved_model(model, export_dir, name, version=None, labels=None, top_k=
         final = publish_version(tmp, base, version, report, explicit)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if labels_dir is not None:
+            shutil.rmtree(labels_dir, ignore_errors=True)
         raise
     print(f"Exported SavedModel {final} (signatures {SERVING_DEFAULT}, {SERVING_BYTES}); "
           f"max |SavedModel - Keras| = {report['max_abs_diff']:.2e}")
@@ -344,15 +373,13 @@ def check_saved_model(path, model, labels, top_k, num_images=4, seed=0, referenc
     prepared = image_policy.resize(images, config.image_size, config.crop_fraction,
                                    config.interpolation).numpy()
     expected = signatures.keras_probabilities(model, prepared)
+    signatures.check_finite(expected, f"Model {model.name!r}")
     loaded = tf.saved_model.load(path, tags=["serve"])
     from_arrays = loaded.signatures[SERVING_DEFAULT](images=tf.constant(images))
     encoded = tf.stack([tf.io.encode_png(tf.constant(image, tf.uint8)) for image in images])
     from_bytes = loaded.signatures[SERVING_BYTES](image_bytes=encoded)
     diffs = [float(np.max(np.abs(out["probabilities"].numpy() - expected)))
              for out in (from_arrays, from_bytes)]
-    if not np.all(np.isfinite(expected)):
-        raise RuntimeError("The Keras model's outputs are not finite (NaN or Inf weights?); "
-                           "not publishing it.")
     k = min(top_k, expected.shape[-1])
     top = np.argsort(-expected, axis=-1)[:, :1]
     if not np.array_equal(from_arrays["top_k_classes"].numpy()[:, :1], top):
@@ -368,3 +395,37 @@ def check_saved_model(path, model, labels, top_k, num_images=4, seed=0, referenc
         report["drift_vs_float32"] = models.drift(
             signatures.keras_probabilities(reference, prepared), from_arrays["probabilities"])
     return report
+
+
+def load_saved_model(path):
+    """``(loaded SavedModel, {signature name: SignatureDef})`` of a version directory (tag ``serve``).
+
+    A missing, truncated or corrupt ``saved_model.pb`` raises a ``ValueError``
+    naming the file, instead of a protobuf or TensorFlow traceback.
+
+    Example:
+        >>> loaded, signature_defs = load_saved_model("saved_models/mixer/1")
+        >>> sorted(signature_defs)
+        ['serving_bytes', 'serving_default']
+    """
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb_path = os.path.join(path, SAVED_MODEL_FILE)
+    if not os.path.isfile(pb_path):
+        raise FileNotFoundError(f"Not a SavedModel: {pb_path} is missing.")
+    proto = saved_model_pb2.SavedModel()
+    try:
+        with open(pb_path, "rb") as f:
+            proto.ParseFromString(f.read())
+        meta_graphs = [m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags]
+        if len(meta_graphs) != 1:
+            raise ValueError(f"{len(meta_graphs)} graphs with tag 'serve' (expected 1)")
+        loaded = tf.saved_model.load(path, tags=["serve"])
+    except (DecodeError, ValueError, RuntimeError, tf.errors.OpError) as error:
+        reason = getattr(error, "message", None) or str(error) or type(error).__name__
+        raise ValueError(f"Cannot load the SavedModel {path}: {pb_path} is truncated or corrupt "
+                         f"({reason.strip().splitlines()[0][:200]}). Export the model "
+                         "again.") from None
+    return loaded, meta_graphs[0].signature_def

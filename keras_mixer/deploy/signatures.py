@@ -10,11 +10,14 @@ Signatures (TF Serving, tag ``serve``):
 Both prepare pixels by the image policy (:mod:`keras_mixer.images`, with the
 model's ``crop_fraction``) and return ``probabilities`` ``(batch, classes)``,
 ``top_k_classes`` (int32) and ``top_k_scores`` ``(batch, k)``, plus
-``top_k_labels`` (string) when labels are known.
+``top_k_labels`` (string) when labels are known. Both refuse an empty batch and
+an image of more than ``max_image_pixels`` pixels (fixed at export; encoded
+images are measured from their header, before decoding).
 """
 
 import os
-import tempfile
+
+import numpy as np
 
 from keras_mixer import images as image_policy
 from keras_mixer import fast
@@ -24,6 +27,11 @@ SERVING_BYTES = "serving_bytes"
 IMAGES_INPUT = "images"
 BYTES_INPUT = "image_bytes"
 OUTPUTS = ("probabilities", "top_k_classes", "top_k_scores", "top_k_labels")
+LABELS_FILE = "labels.txt"  # the lookup table's file; the SavedModel keeps it in assets/
+EMPTY_BATCH = "empty batch: send at least one image"
+# Largest image (height x width) the signatures prepare: a 6000 x 4000 photo passes; a
+# 10000 x 10000 PNG (291 KB encoded, 1.2 GB to decode and resize) does not.
+MAX_IMAGE_PIXELS = 25_000_000
 
 
 def probability_model(model):
@@ -55,8 +63,6 @@ def keras_probabilities(model, images, batch_size=32):
     (``model.predict`` itself fails on one with Keras' own ``UnboundLocalError``)
     and NaN or Inf pixels (``model.predict`` returns NaN probabilities for them).
     """
-    import numpy as np
-
     images = np.asarray(images)
     check_images(images)
     with fast.inference():  # as the model's own predict step, also through a wrapper model
@@ -66,8 +72,6 @@ def keras_probabilities(model, images, batch_size=32):
 
 def check_images(images):
     """A clear ``ValueError`` for a batch the serving signatures would refuse (NumPy arrays)."""
-    import numpy as np
-
     if images.ndim != 4:
         raise ValueError(f"Images must have shape (batch, height, width, channels), got {images.shape}.")
     if images.shape[0] == 0:
@@ -76,8 +80,37 @@ def check_images(images):
         raise ValueError("Images contain NaN or Inf: give pixels in 0-255.")
 
 
-def serving_functions(model, labels=None, top_k=5):
-    """``(classify, decode, table)``: the two signature functions and the labels table (TensorFlow)."""
+def check_finite(probabilities, what):
+    """Raise a ``ValueError`` when a model's ``probabilities`` are not all finite.
+
+    A model with NaN or Inf weights answers NaN for every image (and argmax makes
+    that class 0): it is refused rather than exported or scored.
+
+    Args:
+        probabilities: the model's outputs on sample or evaluation images.
+        what: the model, for the message (``"Model runs/main/model.keras"``).
+    """
+    if not np.all(np.isfinite(probabilities)):
+        raise ValueError(f"{what} outputs NaN or Inf (its weights are not finite: a diverged "
+                         "training?); it is neither exported nor scored. Use an earlier "
+                         "checkpoint, or train again with a lower learning rate.")
+
+
+def serving_functions(model, labels=None, top_k=5, labels_dir=None,
+                      max_image_pixels=MAX_IMAGE_PIXELS):
+    """``(classify, decode, table)``: the two signature functions and the labels table (TensorFlow).
+
+    Args:
+        model: the Mixer.
+        labels: class names, or ``None``.
+        top_k: classes in the ``top_k_*`` outputs.
+        labels_dir: with ``labels``, the folder where the table's ``labels.txt`` is
+            written; the caller removes it once the SavedModel is written (which
+            copies it into its ``assets/``).
+        max_image_pixels: largest ``height * width`` of an image the signatures
+            prepare; larger ones fail with ``InvalidArgumentError`` (before decoding,
+            for encoded images).
+    """
     import tensorflow as tf
 
     config = model.config
@@ -89,7 +122,9 @@ def serving_functions(model, labels=None, top_k=5):
     if labels is not None:
         if len(labels) != num_classes:
             raise ValueError(f"Got {len(labels)} labels for {num_classes} classes.")
-        labels_file = os.path.join(tempfile.mkdtemp(prefix="keras_mixer_labels_"), "labels.txt")
+        if labels_dir is None:
+            raise ValueError("labels need a labels_dir for their table's file.")
+        labels_file = os.path.join(labels_dir, LABELS_FILE)
         with open(labels_file, "w", encoding="utf-8") as f:
             f.writelines(label + "\n" for label in labels)
         table = tf.lookup.StaticHashTable(
@@ -106,17 +141,28 @@ def serving_functions(model, labels=None, top_k=5):
             outputs["top_k_labels"] = table.lookup(tf.cast(classes, tf.int64))
         return outputs
 
+    def check_pixels(height, width):
+        pixels = tf.cast(height, tf.int64) * tf.cast(width, tf.int64)
+        return tf.debugging.Assert(pixels <= max_image_pixels, [tf.strings.format(
+            "image of {}x{} pixels is larger than the {} pixels this model takes "
+            "(max_image_pixels, set at export)", (height, width, max_image_pixels))])
+
     def classify(images):
-        tf.debugging.assert_positive(tf.shape(images)[0], message="empty batch: send at least one image")
-        images = tf.cast(images, tf.float32)
+        tf.debugging.assert_positive(tf.shape(images)[0], message=EMPTY_BATCH)
+        with tf.control_dependencies([check_pixels(tf.shape(images)[1], tf.shape(images)[2])]):
+            images = tf.cast(images, tf.float32)
         tf.debugging.assert_all_finite(images, "images contain NaN or Inf: send pixels in 0-255")
         prepared = image_policy.resize(images, size, crop, interpolation)
         return outputs_for(tf.ensure_shape(prepared, (None,) + tuple(size) + (3,)))
 
+    def prepare(data):
+        declared = image_policy.encoded_size(data)
+        with tf.control_dependencies([check_pixels(declared[0], declared[1])]):
+            return image_policy.prepare(data, size, crop, interpolation)
+
     def decode(image_bytes):
-        tf.debugging.assert_positive(tf.size(image_bytes), message="empty batch: send at least one image")
-        prepared = tf.map_fn(lambda data: image_policy.prepare(data, size, crop, interpolation),
-                             image_bytes,
+        tf.debugging.assert_positive(tf.size(image_bytes), message=EMPTY_BATCH)
+        prepared = tf.map_fn(prepare, image_bytes,
                              fn_output_signature=tf.TensorSpec(tuple(size) + (3,), tf.float32))
         return outputs_for(prepared)
 

@@ -25,7 +25,7 @@ from keras_mixer import images as image_policy
 from keras_mixer import startup
 from keras_mixer.deploy import layer_report, litert, runner, signatures
 from keras_mixer.deploy.saved_model import labels_beside, read_labels, run_training_data
-from keras_mixer.files import atomic_output, write_text
+from keras_mixer.files import atomic_output, check_name, disk_full_errors, write_text
 
 TFLITE_MODES = ("float32", "float16", "dynamic_int8", "int8", "int16x8", "mixed")
 CALIBRATED_MODES = ("int8", "int16x8", "mixed")  # need representative images
@@ -43,12 +43,31 @@ REPORT_IMAGES = 32  # eval images for the accumulated per-layer errors
 
 
 def read_info(path):
-    """The sidecar ``PATH.json`` that :func:`export_tflite` writes beside a ``.tflite`` file, or ``None``."""
+    """The sidecar ``PATH.json`` that :func:`export_tflite` writes beside a ``.tflite`` file, or ``None``.
+
+    A sidecar that is not a JSON object, or whose ``crop_fraction`` is not a
+    number in (0, 1], raises a ``ValueError`` naming the file: the images would
+    otherwise be prepared wrongly.
+
+    Example:
+        >>> read_info("saved_models/mixer.float32.tflite")["crop_fraction"]
+        0.875
+    """
+    info_path = os.fspath(path) + INFO_SUFFIX
     try:
-        with open(os.fspath(path) + INFO_SUFFIX, encoding="utf-8") as f:
-            return json.load(f)
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"Cannot read {info_path}: it is not valid JSON ({error}). Export the "
+                         "model again to rewrite it.") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"Cannot read {info_path}: expected a JSON object, got "
+                         f"{type(info).__name__}.")
+    if info.get("crop_fraction") is not None:
+        image_policy.check_crop_fraction(info["crop_fraction"], info_path)
+    return info
 
 
 def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_MODES,
@@ -62,7 +81,8 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
     Args:
         model: a ``.keras`` file (or an ``MlpMixer`` under TensorFlow).
         export_dir: output directory.
-        name: file-name prefix.
+        name: file-name prefix: one path component of letters, digits, ``_``,
+            ``-`` and ``.`` (:func:`keras_mixer.files.check_name`).
         modes: any of ``"float32"``, ``"float16"``, ``"dynamic_int8"`` (int8
             weights, float activations), ``"int8"`` (full integer: int8 weights
             and activations, uint8 input, float32 output), ``"int16x8"`` (int16
@@ -104,6 +124,7 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         ``ops`` and ``integer_macs`` of ``macs`` (:func:`layer_report.integer_coverage`),
         ``float_layers`` (``mixed``) and ``report`` (quantized modes: the per-layer JSON).
     """
+    check_name(name)
     unknown = set(modes) - set(TFLITE_MODES)
     if unknown:
         raise ValueError(f"Unknown TFLite modes {sorted(unknown)}; known: {TFLITE_MODES}.")
@@ -123,14 +144,17 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
     if isinstance(model, (str, os.PathLike)):  # a run's model: its labels and data are recorded
         labels = labels_beside(model) if labels is None else labels
         training_data = run_training_data(model) if training_data is None else training_data
-    return runner.on_tensorflow(
-        "keras_mixer.deploy.tflite:write_tflite", model, export_dir=export_dir, name=name,
-        modes=list(modes), representative_images=_as_input(representative_images),
-        eval_images=_as_input(eval_images), num_threads=num_threads,
-        labels=read_labels(labels), max_calibration_images=max_calibration_images,
-        max_eval_images=max_eval_images, threads=list(threads), mixed_target=mixed_target,
-        mixed_max_float_layers=mixed_max_float_layers, mixed_selection_images=mixed_selection_images,
-        mixed_margin=mixed_margin, training_data=training_data)
+    with disk_full_errors("the TFLite files", "each file is written atomically, so those written "
+                                              "are whole: free some space and export again"):
+        return runner.on_tensorflow(
+            "keras_mixer.deploy.tflite:write_tflite", model, export_dir=export_dir, name=name,
+            modes=list(modes), representative_images=_as_input(representative_images),
+            eval_images=_as_input(eval_images), num_threads=num_threads,
+            labels=read_labels(labels), max_calibration_images=max_calibration_images,
+            max_eval_images=max_eval_images, threads=list(threads), mixed_target=mixed_target,
+            mixed_max_float_layers=mixed_max_float_layers,
+            mixed_selection_images=mixed_selection_images, mixed_margin=mixed_margin,
+            training_data=training_data)
 
 
 def check_image_source(path):
@@ -328,6 +352,7 @@ def write_tflite(model, export_dir, name, **options):
     """The conversion itself (TensorFlow backend; options as :func:`export_tflite`'s); returns
     one row per mode. The converter's and the interpreter's C++ lines are muted unless the
     command line has ``--verbose``."""
+    check_name(name)
     with startup.native_logs_muted():
         return _write_tflite(model, export_dir, name, **options)
 
@@ -355,6 +380,7 @@ def _write_tflite(model, export_dir, name, modes=TFLITE_MODES, representative_im
     if labels is None and class_names is not None and len(class_names) == model.config.num_classes:
         labels = class_names
     expected = signatures.keras_probabilities(model, eval_images)
+    signatures.check_finite(expected, f"Model {model.name!r}")
     os.makedirs(export_dir, exist_ok=True)
     labels_path = None
     if labels is not None:

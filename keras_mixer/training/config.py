@@ -10,6 +10,7 @@ import re
 
 from keras_mixer import config as mixer_config
 from keras_mixer import data, distribute
+from keras_mixer.files import check_name
 
 RECIPES = ("pretrain", "finetune")
 
@@ -167,6 +168,16 @@ class TrainConfig:
         choice("bad_images", data.BAD_IMAGES)
         if str(self.progress) not in PROGRESS:
             fail("progress", f"must be one of {', '.join(PROGRESS)}")
+        check_name(self.export_name, "export_name (--export-name)")
+        for field in ("run_dir", "export_dir"):
+            path = getattr(self, field)
+            if not isinstance(path, str) or not path:
+                fail(field, "must name a folder")
+            if os.path.exists(path) and not os.path.isdir(path):
+                fail(field, "is a file, not a folder: pass a folder (it is created if missing)")
+        if self.re_export and not self.export:
+            raise ValueError("re_export (--re-export) exports the run again, which --no-export "
+                             "turns off: give one of them.")
         if self.variant == "custom":
             for field in mixer_config.ARCHITECTURE_FIELDS:
                 integer(field, 1)

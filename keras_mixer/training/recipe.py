@@ -104,7 +104,7 @@ def initialize_from(model, path):
     if not str(path).endswith(".keras"):
         return checkpoints.load_weights(model, path)
     source = models.load_keras_file(path, compile=False)
-    skipped = []
+    skipped, matched = [], []
     for layer in model.layers:
         try:
             weights = source.get_layer(layer.name).get_weights()
@@ -113,9 +113,17 @@ def initialize_from(model, path):
         if weights is not None and [w.shape for w in weights] == [
             tuple(v.shape) for v in layer.weights
         ]:
-            layer.set_weights(weights)
+            matched.append((layer, weights))
         elif layer.weights:
             skipped.append(layer.name)
+    if not any(layer.weights for layer, _ in matched):
+        raise ValueError(
+            f"--init {path}: none of its layers matches this model by name and shape "
+            f"(it is {source.config.architecture.describe()}, the model "
+            f"{model.config.architecture.describe()}), so training would start from scratch. "
+            "Pass a model of the same architecture, or leave --init out.")
+    for layer, weights in matched:
+        layer.set_weights(weights)
     if skipped:
         print(f"init: kept fresh weights for {', '.join(skipped)} (not in {path} or other shape)")
 

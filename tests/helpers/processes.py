@@ -67,3 +67,19 @@ def kill_tree(process):
         except ProcessLookupError:  # gone already
             pass
     process.wait()
+
+
+# The child sets its own file size limit before anything starts (no preexec_fn: forking a
+# process with JAX's threads can deadlock). Python ignores SIGXFSZ, so a write past the limit
+# fails with EFBIG, as on a full disk.
+_LIMITED = ("import resource, runpy, sys; limit = int(sys.argv.pop(1)); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+            "runpy.run_module('keras_mixer.cli', run_name='__main__', alter_sys=True)")
+
+
+def run_cli_with_file_limit(args, max_file_bytes, backend_name, timeout=600):
+    """``keras-mixer ARGS`` in a process whose files may not grow past ``max_file_bytes``
+    (``ulimit -f``); returns the ``CompletedProcess``."""
+    env = worker_env(backend_name, KERAS_MIXER_COMMAND=str(args[0]))
+    return subprocess.run([sys.executable, "-c", _LIMITED, str(max_file_bytes), *map(str, args)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -1,5 +1,6 @@
 """The tiny Mixer used by behaviour tests, and images for it."""
 
+import functools
 import os
 
 import numpy as np
@@ -26,3 +27,21 @@ def tiny_classifier(seed=1, **kwargs):
     model.head.set_weights([rng.normal(0, 0.5, w.shape).astype("float32")
                             for w in model.head.get_weights()])
     return model
+
+
+@functools.lru_cache(maxsize=4)
+def png_bytes(width, height):
+    """A valid black RGB PNG of ``width`` x ``height``, built row by row: a 10000 x 10000 one is
+    291 KB and never held decoded here."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * width)  # filter byte, then RGB
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
