@@ -33,13 +33,11 @@ def block_values_and_gradients(block, x, training):
 
 
 @pytest.mark.parametrize("approximate_gelu", [True, False])
-@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
 @pytest.mark.parametrize("training", [True, False])
-def test_fast_block_computes_the_plain_block(policy, tolerance, approximate_gelu, training):
+def test_fast_block_computes_the_plain_block(approximate_gelu, training):
     # Whatever fast path this backend runs (training, or inside the model's predict and test
     # steps), the block's values and its gradients w.r.t. the input and all 12 weights are the
     # plain layers' (fast.disabled()).
-    keras.config.set_dtype_policy(policy)
     block = random_block(approximate_gelu)
     x = np.random.default_rng(2).normal(size=(2, 16, 32)).astype("float32")
     with fast.inference():
@@ -50,7 +48,27 @@ def test_fast_block_computes_the_plain_block(policy, tolerance, approximate_gelu
     assert len(want) == 2 + len(block.trainable_weights) == 14
     for have, expected in zip(got, want):
         assert np.abs(expected).max() > 0.1
-        np.testing.assert_allclose(have, expected, rtol=0, atol=tolerance * np.abs(expected).max())
+        np.testing.assert_allclose(have, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_block_is_as_accurate_as_the_plain_block_in_bfloat16(training):
+    # Under mixed_bfloat16 the two forms round differently (bias gradients are sums of bfloat16
+    # terms), so each is held to the float32 block: the fast one no further from it than twice
+    # the plain one's distance (or 2% of the largest value).
+    reference_block = random_block()
+    x = np.random.default_rng(2).normal(size=(2, 16, 32)).astype("float32")
+    with fast.disabled():
+        reference = block_values_and_gradients(reference_block, x, training)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    block = random_block()
+    with fast.inference():
+        got = block_values_and_gradients(block, x, training)
+    with fast.disabled():
+        plain = block_values_and_gradients(block, x, training)
+    for have, other, expected in zip(got, plain, reference):
+        scale = np.abs(expected).max()
+        assert np.abs(have - expected).max() <= max(2 * np.abs(other - expected).max(), 2e-2 * scale)
 
 
 @pytest.mark.parametrize("axis", [1, -1])
