@@ -5,14 +5,14 @@ import os
 
 import numpy as np
 import pytest
-from helpers.processes import run_script
+from helpers.processes import ROOT, run_script
 from helpers.tiny import TINY
 
 import keras
 from keras_mixer import MlpMixer, benchmark
 from keras_mixer.backend import BackendCallError
 from keras_mixer.benchmark import exports, gemm, report, throughput, training
-from keras_mixer.cli import build_parser, command_parser
+from keras_mixer.cli import command_parser, parse_args
 from keras_mixer.cli import benchmark as benchmark_cli
 from keras_mixer.config import MixerConfig
 
@@ -340,7 +340,7 @@ def test_cli_parses_both_suites():
         "training", ["jax"], True, "torch")
     spec = benchmark_cli.spec_from_args(args)
     assert spec == benchmark.TrainingSpec(cifar_steps=7)
-    args = build_parser().parse_args(["benchmark", "training", "--steps", "3"])  # keras-mixer ...
+    args = parse_args(["benchmark", "training", "--steps", "3"])  # keras-mixer ...
     assert (args.command, args.suite, args.steps) == ("benchmark", "training", 3)
     with pytest.raises(ValueError, match="five integers"):
         benchmark_cli.spec_from_args(parser.parse_args(["--config", "8,2"]))
@@ -397,3 +397,39 @@ def test_training_cli_says_when_cifar_is_missing(tmp_path):
     assert list(result["pipelines"])[0] == "eval resize"
     assert all(rate > 0 for rate in result["pipelines"].values())
     assert "| pipeline | img/s |" in (tmp_path / "train.md").read_text()
+
+
+def test_compare_runs_both_checkouts_interleaved_and_reports_ratios(tmp_path, monkeypatch):
+    # Every row is measured on both sides in alternating order, the baseline's worker importing
+    # the baseline checkout (its PYTHONPATH); the ratio is current / baseline of the best rounds.
+    from keras_mixer.benchmark import BenchmarkSpec, compare
+    from keras_mixer.config import MixerConfig
+
+    baseline = tmp_path / "baseline"
+    (baseline / "keras_mixer").mkdir(parents=True)
+    (baseline / "keras_mixer" / "__init__.py").write_text("")
+    calls = []
+
+    def fake_run_under(backend, function, spec_json, capture, env):
+        side = "baseline" if env else "current"
+        assert function == compare.WORKER and (env is None or env["PYTHONPATH"] == str(baseline))
+        calls.append((backend, side))
+        rate = {"baseline": 10.0, "current": 12.0}[side] + len(calls)  # later rounds are faster
+        return dict(results=[dict(backend=backend, mode="inference", dtype="float32", batch=2,
+                                  img_per_s=rate)])
+
+    monkeypatch.setattr(compare, "run_under", fake_run_under)
+    spec = BenchmarkSpec(config=MixerConfig(8, 1, 16, 8, 32), name="tiny", image_size=16,
+                         batch_sizes=(2,), modes=("inference",), repeats=1, warmup=0, peers=True)
+    report = compare.compare(spec, baseline, ["tensorflow", "jax"], rounds=2, log=lambda *_: None)
+    assert calls == [("tensorflow", "baseline"), ("tensorflow", "current"), ("tensorflow", "current"),
+                     ("tensorflow", "baseline"), ("jax", "baseline"), ("jax", "current"),
+                     ("jax", "current"), ("jax", "baseline")]
+    assert not spec.peers and not spec.exports
+    row = report["rows"][0]
+    assert (row["backend"], row["baseline"], row["current"]) == ("tensorflow", 14.0, 15.0)
+    assert row["ratio"] == pytest.approx(15.0 / 14.0)
+    compare.write(report, str(tmp_path / "ab"), log=lambda *_: None)
+    assert "current / baseline" in (tmp_path / "ab.md").read_text()
+    with pytest.raises(ValueError, match="not a keras-mixer checkout"):
+        compare.compare(spec, tmp_path, ["tensorflow"])

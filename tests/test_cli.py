@@ -24,7 +24,7 @@ def test_every_command_has_help(name, capsys):
             cli.main(argv, command=command, prog=None if command is None else f"{name}.py")
         out = capsys.readouterr().out
         assert exit_.value.code == 0 and out.startswith(usage)
-        assert cli.COMMANDS[name].__doc__.strip().splitlines()[0] in out
+        assert cli.COMMANDS[name] in out
         assert "--backend" in out and "--verbose" in out
 
 
@@ -36,12 +36,11 @@ def test_top_level_help_lists_every_command(capsys):
 
 
 def test_common_options_around_a_subcommand():
-    parser = cli.build_parser()
     tokens = ["visualize", "tokens", "w.npz", "--out", "x.png"]
-    assert parser.parse_args(tokens).verbose is False
-    assert parser.parse_args(tokens + ["--verbose"]).verbose is True
-    assert parser.parse_args(["visualize", "--verbose", "--backend", "jax"] + tokens[1:]).verbose is True
-    assert parser.parse_args(tokens + ["--backend", "torch"]).backend == "torch"
+    assert cli.parse_args(tokens).verbose is False
+    assert cli.parse_args(tokens + ["--verbose"]).verbose is True
+    assert cli.parse_args(["visualize", "--verbose", "--backend", "jax"] + tokens[1:]).verbose is True
+    assert cli.parse_args(tokens + ["--backend", "torch"]).backend == "torch"
 
 
 def test_script_help_has_no_startup_noise():

@@ -49,7 +49,7 @@ def user_error(capsys, argv, *fragments):
 def usage_error(capsys, argv, fragment):
     """argparse refuses ``argv`` (exit 2) naming ``fragment``, before the command runs."""
     with pytest.raises(SystemExit) as exit_:
-        cli.build_parser().parse_args([str(arg) for arg in argv])
+        cli.parse_args([str(arg) for arg in argv])
     assert exit_.value.code == 2
     assert fragment in capsys.readouterr().err
 

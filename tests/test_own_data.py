@@ -112,7 +112,7 @@ def test_folder_data_trains_at_a_photo_size_and_says_so(own_run):
                                   ["export", "saved-model", "m.keras", "--nam", "x"]])
 def test_abbreviated_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
-        cli.build_parser().parse_args(argv)
+        cli.parse_args(argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"usage: keras-mixer {argv[0]}" in err and "unrecognized arguments" in err
@@ -126,7 +126,7 @@ def test_unknown_flag_prints_the_subcommand_usage(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--bogus"], command="train", prog="train.py")
     assert capsys.readouterr().err.startswith("usage: train.py")
-    assert cli.build_parser().parse_args(["train", "--epochs", "3"]).epochs == 3  # whole flags work
+    assert cli.parse_args(["train", "--epochs", "3"]).epochs == 3  # whole flags work
 
 
 # 6. A TFLite export prints its rows, not the converter's logs (rejections: test_serving.py).

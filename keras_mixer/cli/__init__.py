@@ -126,6 +126,18 @@ def command_parser(name, prog=None, module=None):
     return parser
 
 
+def parse_args(argv):
+    """A whole ``keras-mixer`` command line (``["train", "--epochs", "3"]``) parsed: the command's
+    namespace with ``command`` set; argparse's usage error (``SystemExit``) otherwise."""
+    argv = list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        top_level_parser().parse_args(argv)
+        raise SystemExit(2)
+    args = command_parser(argv[0]).parse_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
 def top_level_parser():
     """``keras-mixer``: the list of commands (built without importing any of them)."""
     parser = _CommandParser(

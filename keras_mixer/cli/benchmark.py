@@ -11,6 +11,7 @@ Examples:
   keras-mixer benchmark --quick                            # B/16, batch 2, all backends
   keras-mixer benchmark --batch-sizes 16 --modes inference --out results/b16
   keras-mixer benchmark --variant L/16 --dtypes float32 bfloat16 --batch-sizes 64
+  keras-mixer benchmark --baseline ../keras-mixer-0.2 --rounds 5 --no-peers   # before/after
   keras-mixer benchmark training --backends jax tensorflow torch --image-size 32 \\
       --batch-size 64 --cifar-steps 300                    # = scripts/benchmark_training.py
 """
@@ -18,7 +19,7 @@ Examples:
 import argparse
 
 from keras_mixer import benchmark
-from keras_mixer.benchmark import training
+from keras_mixer.benchmark import compare, training
 from keras_mixer.cli.arguments import non_negative_int, positive_int
 from keras_mixer.config import VARIANTS, MixerConfig, canonical_variant
 
@@ -65,6 +66,12 @@ def add_arguments(parser):
                              "TFLite latency")
     parser.add_argument("--quick", action="store_true",
                         help="laptop mode: batch 2, 2 repeats, no peers")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="before/after: run the suite on this keras-mixer checkout (e.g. a git "
+                             "worktree of the previous release) and on this one, interleaved, "
+                             "and report current / baseline per row (peers and exports left out)")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="with --baseline: rounds per backend, each running both (default: 3)")
     _add_out(parser, "benchmark_results")
     suites = parser.add_subparsers(dest="suite", metavar="SUITE",
                                    help="training: the training benchmark (see its --help)")
@@ -144,6 +151,12 @@ def run(args):
             f"no CIFAR-10 data at {spec.cifar_data} for --cifar-steps {spec.cifar_steps}: give the "
             f"cifar10-jpg tarball or an image folder with train/ and test/ as --cifar-data, or "
             f"pass --cifar-steps 0 to measure speed only.")
+    if getattr(args, "baseline", None):
+        report = compare.compare(spec, args.baseline, args.backends, rounds=args.rounds)
+        compare.write(report, args.out)
+        print()
+        print(compare.markdown(report))
+        return 0
     report = benchmark.run(spec, backends=args.backends,
                            json_path=args.out + ".json", markdown_path=args.out + ".md")
     print()
