@@ -12,7 +12,7 @@ PACKAGE_DIR = os.path.join(ROOT, PACKAGE)
 # The import order, bottom first: a module may import modules of lower layers, and
 # modules of its own package (keras_mixer.checkpoints.*, ...), never a higher layer.
 LAYERS = [
-    ("config", "files", "startup", "backend", "resources"),
+    ("config", "files", "startup", "backend", "resources", "compat"),
     ("layers", "inductor"),
     ("checkpoints",),
     ("models",),

@@ -76,7 +76,8 @@ def build_model(config, num_classes):
     exports prepare images exactly as the run's evaluation did.
     """
     common = dict(input_shape=(config.image_size, config.image_size, 3), num_classes=num_classes,
-                  drop_path_rate=config.drop_path_rate, crop_fraction=config.crop_fraction)
+                  drop_path_rate=config.drop_path_rate, dropout=config.dropout,
+                  crop_fraction=config.crop_fraction)
     if config.variant == "custom":
         model = models.MlpMixer(config.patch_size, config.num_blocks, config.hidden_dim,
                                 config.tokens_mlp_dim, config.channels_mlp_dim, name="mixer",
