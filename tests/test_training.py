@@ -132,7 +132,7 @@ def assert_same_run(run_dir, reference):
     """Two run directories hold the same history, bit for bit the same final weights, the same
     final evaluation and best epoch (every backend is deterministic on the CPU for this run)."""
     history = open(f"{run_dir}/history.csv").read()
-    assert history_epochs(run_dir) == [0, 1, 2], history
+    assert [row.split(",")[0] for row in history.splitlines()[1:]] == ["0", "1", "2"], history
     assert history == open(f"{reference}/history.csv").read()
     got, want = (models.load_keras_file(f"{path}/model.keras", compile=False)
                  for path in (run_dir, reference))
