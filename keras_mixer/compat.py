@@ -1,15 +1,33 @@
 """Every use of another library's private API, in one place, each behind a version guard.
 
-Each entry names the upstream code it relies on, why no public API does the job,
-and the versions it was checked against; ``tests/test_compat.py`` fails when the
-upstream behaviour an entry relies on changes, so that the entry is revisited.
+Each entry says which upstream code it relies on and why no public API does the
+job. An entry that changes what runs checks the installed version against the
+versions it was verified with (:data:`VERIFIED`): outside them it falls back to the
+public (slower) way, where there is one, or says what to do. ``tests/test_compat.py``
+fails when the upstream behaviour an entry relies on changes, so that the entry is
+looked at again (and :data:`VERIFIED` moved) with each upgrade.
 """
 
-KERAS_CV_CHECKED = ((0, 9), (0, 9))  # the keras-cv minor versions keras_cv_reseeder was checked on
+import functools
+import importlib
+
+# The releases (major, minor) each library's entries were verified with.
+VERIFIED = {"keras_cv": ((0, 9),)}
 
 
-def _version(module):
-    return tuple(int(part) for part in module.__version__.split(".")[:2])
+def version(library):
+    """``(major, minor)`` of an installed library."""
+    text = importlib.import_module(library).__version__.split("+")[0]
+    return tuple(int(part) for part in text.split(".")[:2])
+
+
+@functools.cache
+def verified(library):
+    """Whether the installed ``library`` is a release the entries were verified with."""
+    return version(library) in VERIFIED[library]
+
+
+# ----------------------------------------------------------------------------- keras-cv
 
 
 def keras_cv_reseeder(layer):
@@ -35,19 +53,18 @@ def keras_cv_reseeder(layer):
         resets come first there: TensorFlow orders ops on the same variable as written).
 
     Raises:
-        RuntimeError: keras-cv is another version than the one checked, or the
+        RuntimeError: keras-cv is not a verified release, or the
             layer holds a random factor sampler of a kind not handled here.
     """
     import keras
     import keras_cv
     import tensorflow as tf
 
-    low, high = KERAS_CV_CHECKED
-    if not low <= _version(keras_cv) <= high:
+    if not verified("keras_cv"):  # no public way to seed it: say what to do
         raise RuntimeError(
-            f"keras-cv {keras_cv.__version__} is not a version whose random state keras-mixer "
-            f"knows how to seed (checked: {'.'.join(map(str, low))}); install keras-cv "
-            f"{'.'.join(map(str, low))} or turn RandAugment off (--randaug-magnitude 0).")
+            f"keras-cv {keras_cv.__version__} is not a release whose random state keras-mixer "
+            f"knows how to seed (verified: {VERIFIED['keras_cv']}); install keras-cv 0.9 or "
+            f"turn RandAugment off (--randaug-magnitude 0).")
     samplers = keras_cv.core
     generators, seen = [], set()
 
