@@ -12,9 +12,13 @@ Three sources, all yielding ``(uint8 image (H, W, 3), int label)``:
 [0, 255], one-hot float32 labels)``: the model rescales pixels itself. Training
 batches get inception crop, flip, RandAugment (keras-cv) and MixUp/CutMix; eval
 batches are resized (and optionally center-cropped). Randomness comes from
-stateless ops keyed by a seeded ``tf.data.Dataset.random`` stream, so a seed
-fixes every epoch's augmentations even with parallel maps, while each epoch
-still differs from the last.
+stateless ops keyed by seeds that a seeded stream gives each example and batch,
+so a seed fixes every epoch's augmentations even with parallel maps, while each
+epoch still differs from the last. A repeated training pipeline (what training
+runs use) is a pure function of the seed and the batch index: each pass over
+the data has a shuffle seed of its own and each example and batch an
+augmentation seed made from its position, so a resumed run can start it at
+the batch where it stopped and get what the uninterrupted run got.
 """
 
 import dataclasses
@@ -25,7 +29,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from keras_mixer import images
+from keras_mixer import compat, images
 from keras_mixer.images import IMAGE_EXTENSIONS
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -424,9 +428,60 @@ def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
 # --- augmentation ---------------------------------------------------------------------------
 
 
+# The random streams of a training pipeline (see _seed_stream).
+EXAMPLES, BATCHES, PASSES = 0, 1, 2
+
+
 def _seeds(seed, rerandomize=True):
     """A deterministic stream of stateless seeds ``(2,)``, different each epoch."""
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize).batch(2)
+
+
+def _stream_seed(seed, stream, index):
+    """The stateless seed ``(2,)`` of element ``index`` of random stream ``stream``: a pure
+    function of the three."""
+    return tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, stream], tf.int64), tf.cast(index, tf.int64))
+
+
+def _seed_stream(seed, stream, start):
+    """Stateless seeds ``(2,)`` for elements ``start, start + 1, ...`` of ``stream``."""
+    return tf.data.Dataset.range(start, np.iinfo(np.int64).max).map(
+        lambda index: _stream_seed(seed, stream, index))
+
+
+def shuffled_passes(dataset, num_examples, buffer_size, seed, start=0):
+    """``dataset`` repeated forever, each pass in its own shuffled order, from element ``start``.
+
+    Pass ``p`` is shuffled with a seed made from ``(seed, p)`` alone, so the stream
+    is a pure function of ``seed`` wherever it starts: a pipeline started at
+    element ``start`` yields what one started at 0 yields from its element
+    ``start`` on (the passes before are not read; the elements of the first
+    pass before ``start`` are read and dropped, without preprocessing).
+
+    Args:
+        dataset: one pass over the examples (``num_examples`` of them).
+        num_examples: the number of elements of one pass.
+        buffer_size: shuffle buffer size.
+        seed: integer seed.
+        start: the first element, counted over all passes.
+
+    Returns:
+        A ``tf.data.Dataset``.
+    """
+    first_pass, offset = divmod(int(start), max(int(num_examples), 1))
+
+    def one_pass(index):
+        # Traced as a graph: this sets the graph-level seed of this function only, so the
+        # order depends on ``seed`` alone (and a global seed of 0 does not trip TensorFlow's
+        # check of a tensor op seed, which fails with "symbolic Tensor as a Python bool").
+        tf.random.set_seed(1)
+        pass_seed = tf.random.stateless_uniform((), _stream_seed(seed, PASSES, index),
+                                                minval=None, maxval=None, dtype=tf.int64)
+        return dataset.shuffle(buffer_size, seed=pass_seed, reshuffle_each_iteration=False)
+
+    passes = tf.data.Dataset.range(first_pass, np.iinfo(np.int64).max).flat_map(one_pass)
+    return passes.skip(offset) if offset else passes
 
 
 def _size_pair(size):
@@ -521,7 +576,7 @@ def rand_augment(ops=2, magnitude=10.0, seed=None):
 
 def make_dataset(source, batch_size, image_size, training, augment=Augmentation(), seed=0,
                  crop_fraction=1.0, shuffle_buffer=10_000, repeat=False, drop_remainder=None,
-                 cache=None, pad_to_batch=False, interpolation="bilinear"):
+                 cache=None, pad_to_batch=False, interpolation="bilinear", start_batch=0):
     """Batches of ``(float32 images in [0, 255] (B, height, width, 3), one-hot labels (B, K))``.
 
     Args:
@@ -533,7 +588,11 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         seed: fixes shuffling and every augmentation.
         crop_fraction: eval center crop (1.0 = resize only).
         shuffle_buffer: shuffle buffer size (capped at the split size).
-        repeat: repeat forever (for a fixed number of steps).
+        repeat: repeat forever (for a fixed number of steps). Training: then the
+            stream is a pure function of ``seed`` and the batch index: each pass
+            over the data has its own shuffle seed and every example and batch
+            its own augmentation seed (see :func:`shuffled_passes`), so that
+            ``start_batch`` can begin it anywhere.
         drop_remainder: default: ``training`` or ``pad_to_batch``, so that the batch
             dimension is static (multi-process JAX: Keras' ``distribute_tf_dataset``
             reads the global batch size from the pipeline to split it over processes).
@@ -543,17 +602,29 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
             data-parallel devices while the loss and the metrics average over the real
             examples only (real examples weigh ``padded / real``, see below).
         interpolation: the eval resize filter (the model's ``config.interpolation``).
+        start_batch: (training with ``repeat``) begin with this batch of the stream,
+            exactly as if that many batches had been read (a resumed run).
     """
     num_classes = source.num_classes
     size = _size_pair(image_size)
     dataset = source.dataset
     if cache if cache is not None else source.num_examples < 60_000:
         dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(min(shuffle_buffer, max(source.num_examples, 1)), seed=seed,
-                                  reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
+    buffer = min(shuffle_buffer, max(source.num_examples, 1))
+    indexed = training and repeat  # every random choice a pure function of seed and position
+    if indexed:
+        start = int(start_batch) * batch_size
+        dataset = shuffled_passes(dataset, source.num_examples, buffer, seed, start)
+        example_seeds, batch_seeds = (_seed_stream(seed, EXAMPLES, start),
+                                      _seed_stream(seed, BATCHES, start_batch))
+    else:
+        if start_batch:
+            raise ValueError("make_dataset: start_batch needs training=True and repeat=True.")
+        if training:
+            dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
+        example_seeds, batch_seeds = _seeds(seed), _seeds(seed + 1)
 
     def preprocess(element, example_seed):
         image, label = element
@@ -570,7 +641,7 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), size + (3,))
         return image, tf.one_hot(label, num_classes, dtype=tf.float32)
 
-    dataset = tf.data.Dataset.zip((dataset, _seeds(seed)))
+    dataset = tf.data.Dataset.zip((dataset, example_seeds))
     dataset = dataset.map(preprocess, num_parallel_calls=AUTOTUNE)
     if pad_to_batch:
         # Keras' loss divides each batch's weighted sum by the batch size (blanks included)
@@ -585,18 +656,30 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
     if drop_remainder is None:  # padded batches are all full: nothing is dropped
         drop_remainder = training or pad_to_batch
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
-    if training and augment.randaug_magnitude > 0 and augment.randaug_ops > 0:
-        # keras-cv draws from a seeded generator: deterministic with a sequential map.
-        randaug = rand_augment(augment.randaug_ops, augment.randaug_magnitude, seed)
-        dataset = dataset.map(
-            lambda x, y: (tf.clip_by_value(tf.cast(randaug(x), tf.float32), 0.0, 255.0), y))
-    if training and (augment.mixup_alpha > 0 or augment.cutmix_alpha > 0):
-        dataset = tf.data.Dataset.zip((dataset, _seeds(seed + 1)))
+    randaug = training and augment.randaug_magnitude > 0 and augment.randaug_ops > 0
+    mix = training and (augment.mixup_alpha > 0 or augment.cutmix_alpha > 0)
+    if randaug or mix:  # each batch gets a seed of its own: (batch, seed)
+        dataset = tf.data.Dataset.zip((dataset, batch_seeds))
+    if randaug:
+        # keras-cv draws from stateful generators, reset from the batch's seed before each
+        # batch (so a sequential map): a pure function of the batch and its seed.
+        layer = rand_augment(augment.randaug_ops, augment.randaug_magnitude, seed)
+        reseed = compat.keras_cv_reseeder(layer)
+
+        def rand_augment_batch(batch, batch_seed):
+            (x, y), layer_seed = batch, tf.random.experimental.stateless_fold_in(batch_seed, 1)
+            reseed(layer_seed)
+            return (tf.clip_by_value(tf.cast(layer(x), tf.float32), 0.0, 255.0), y), batch_seed
+
+        dataset = dataset.map(rand_augment_batch)
+    if mix:
         dataset = dataset.map(
             lambda batch, batch_seed: mix_batch(
                 *batch, batch_seed, augment.mixup_alpha, augment.cutmix_alpha, augment.mix_prob),
             num_parallel_calls=AUTOTUNE,
         )
+    elif randaug:
+        dataset = dataset.map(lambda batch, batch_seed: batch)
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(AUTOTUNE)

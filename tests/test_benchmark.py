@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers.processes import ROOT, run_script
+from helpers.processes import run_script
 from helpers.tiny import TINY
 
 import keras

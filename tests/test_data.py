@@ -64,6 +64,26 @@ def test_training_pipeline_is_deterministic_per_seed_and_varies_per_epoch():
     assert not np.array_equal(a0, c0)
 
 
+def test_training_stream_started_at_a_batch_is_the_rest_of_the_stream():
+    """A repeated training pipeline (a run's) is a pure function of the seed and the batch index:
+    started at batch k (a resumed run) it yields batches k, k+1, ... of the stream from 0, every
+    augmentation included, also across passes over the data; passes differ."""
+    source = data.load_source("digits", "test")  # 359 examples: a pass is 11.2 batches of 32
+    augment = data.Augmentation(flip=True, randaug_magnitude=10, mixup_alpha=0.2, cutmix_alpha=1.0)
+
+    def batches(start, count):
+        dataset = data.make_dataset(source, 32, 8, True, augment, seed=5, repeat=True,
+                                    start_batch=start)
+        return [(x.numpy(), y.numpy()) for x, y in dataset.take(count)]
+
+    stream = batches(0, 26)
+    for start in (7, 23):  # within the first pass; in the third
+        for (x, y), (want_x, want_y) in zip(batches(start, 3), stream[start:start + 3], strict=True):
+            np.testing.assert_array_equal(x, want_x)
+            np.testing.assert_array_equal(y, want_y)
+    assert not np.array_equal(stream[0][0], stream[11][0])
+
+
 @pytest.mark.parametrize("mixup_alpha, cutmix_alpha", [(0.4, 0.0), (0.0, 1.0), (0.2, 1.0)])
 def test_mixed_labels_sum_to_one_and_match_the_pair(mixup_alpha, cutmix_alpha):
     images = tf.random.stateless_uniform((8, 16, 16, 3), (1, 2), maxval=255.0)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from helpers.processes import ROOT, run_worker, start_module, worker_env
+from helpers.readonly import can_make_read_only, set_read_only
 
 import keras
 from keras_mixer import cli, data, models, training
@@ -110,6 +111,94 @@ def test_kill_after_training_never_trains_again(tmp_path):
     assert returncode == 0 and "Epoch " not in output, output[-3000:]
     assert versions() == ["1", "2"]
     assert history_epochs(run_dir) == [0, 1] and not leftovers(run_dir)
+
+
+# Everything random switched on: inception crop, flip, RandAugment, MixUp/CutMix, stochastic
+# depth, dropout; and the recipe's state: warmup then decay, EMA, gradient accumulation.
+RANDOM_RUN = dict(num_blocks=2, drop_path_rate=0.2, dropout=0.1, flip=True, randaug_magnitude=10,
+                  mixup_alpha=0.2, cutmix_alpha=1.0, ema=0.9, grad_accum_steps=2, progress="0")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    """The run directory of RANDOM_RUN trained in one go (3 epochs)."""
+    run_dir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    returncode, output = run_resume_worker(run_dir, **RANDOM_RUN)
+    assert returncode == 0, output[-3000:]
+    return run_dir
+
+
+def assert_same_run(run_dir, reference):
+    """Two run directories hold the same history, bit for bit the same final weights, the same
+    final evaluation and best epoch (every backend is deterministic on the CPU for this run)."""
+    history = open(f"{run_dir}/history.csv").read()
+    assert [row.split(",")[0] for row in history.splitlines()[1:]] == ["0", "1", "2"], history
+    assert history == open(f"{reference}/history.csv").read()
+    got, want = (models.load_keras_file(f"{path}/model.keras", compile=False)
+                 for path in (run_dir, reference))
+    for have, expected in zip(got.weights, want.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(have),
+                                      keras.ops.convert_to_numpy(expected), err_msg=have.path)
+    got, want = (json.load(open(f"{path}/results.json")) for path in (run_dir, reference))
+    assert (got["top1"], got["top5"], got["loss"]) == (want["top1"], want["top5"], want["loss"])
+    assert open(f"{run_dir}/best.json").read() == open(f"{reference}/best.json").read()
+
+
+def test_a_run_killed_anywhere_and_resumed_is_the_uninterrupted_run(tmp_path, uninterrupted_run):
+    """SIGKILLed mid-epoch, between epochs, while writing a backup and after fit, resumed each
+    time: the same weights, history and evaluation as the run that was never stopped."""
+    run_dir = str(tmp_path / "run")
+    backup = os.path.join(run_dir, "backup", "process_0")
+    for kill_at, kill_after, resumed in [
+        ("mid_epoch@2", -1, None),
+        (None, 1, f"from {backup}/epoch-0001.weights.h5: 1 of 3 epochs done"),  # between epochs
+        ("during_backup_write@3", -1, f"from {backup}/epoch-0002.weights.h5: 2 of 3 epochs done"),
+        ("after_fit", -1, f"from {backup}/epoch-0002.weights.h5: 2 of 3 epochs done"),
+    ]:
+        returncode, output = run_resume_worker(run_dir, kill_after, kill_at=kill_at, **RANDOM_RUN)
+        assert returncode == -9, output[-3000:]
+        assert resumed is None or resumed in output, output[-3000:]
+    returncode, output = run_resume_worker(run_dir, **RANDOM_RUN)
+    assert returncode == 0, output[-3000:]
+    assert "3 of 3 epochs done" not in output and "all 3 epochs done" in output, output[-3000:]
+    assert_same_run(run_dir, uninterrupted_run)
+
+
+def test_a_run_whose_backup_failed_keeps_one_history_row_per_epoch(tmp_path, uninterrupted_run):
+    """The backup folder read-only during epoch 2 (its history row and checkpoints are written,
+    its backup is not), then writable again: the resumed run trains epoch 2 again, and
+    history.csv holds it once (and the run is the uninterrupted one)."""
+    if not can_make_read_only():
+        pytest.skip("cannot make a directory read-only here (root without chattr +i)")
+    run_dir = str(tmp_path / "run")
+    backup = os.path.join(run_dir, "backup", "process_0")
+    try:
+        returncode, output = run_resume_worker(run_dir, read_only_backups_at=2, **RANDOM_RUN)
+    finally:
+        if os.path.isdir(backup):
+            set_read_only(backup, False)
+    assert returncode == 1 and "PermissionError" in output, output[-3000:]
+    assert os.listdir(backup) == ["epoch-0001.weights.h5"]
+    returncode, output = run_resume_worker(run_dir, **RANDOM_RUN)
+    assert returncode == 0, output[-3000:]
+    assert f"from {backup}/epoch-0001.weights.h5: 1 of 3 epochs done" in output, output[-3000:]
+    assert_same_run(run_dir, uninterrupted_run)
+
+
+def test_trim_history_keeps_one_row_per_done_epoch(tmp_path):
+    path = str(tmp_path / "history.csv")
+    header = "epoch,accuracy,loss\r\n"
+    rows = ["0,0.1,2.0\r\n", "1,0.2,1.9\r\n", "1,0.25,1.8\r\n", "2,0.3,1.7\r\n"]
+    with open(path, "w", newline="") as f:
+        f.write(header + "".join(rows) + "3,0.4")  # a torn last line
+    training.trim_history(path, 2)  # epochs 0 and 1 done: the last row of each stays
+    assert open(path, newline="").read() == header + rows[0] + rows[2]
+    mtime = os.stat(path).st_mtime_ns
+    training.trim_history(path, 2)  # nothing to change: not rewritten
+    assert os.stat(path).st_mtime_ns == mtime
+    training.trim_history(path, 0)
+    assert not os.path.exists(path)
+    training.trim_history(path, 3)  # no history yet: nothing to do
 
 
 def test_run_dir_refuses_other_settings(tmp_path):

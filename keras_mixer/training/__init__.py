@@ -17,7 +17,13 @@ Re-running a command goes on from where its run directory stands: a killed
 run resumes after its last whole epoch (from the newest readable backup, else
 ``last.keras``, else the older backup), a run killed after training goes on at
 the evaluation or the export without training again, and a finished run says so
-and stops (``re_export`` exports it again). A run directory refuses settings
+and stops (``re_export`` exports it again). A resumed run is the run it
+resumes: the backups hold the model and the optimizer (step, moments, EMA), and
+everything random is a pure function of the seed and the position (the data
+stream of :func:`keras_mixer.data.make_dataset`, started at the resumed batch;
+dropout and stochastic depth, seeded by :class:`RunSeeds`), so it ends with the
+weights of an uninterrupted run, and ``history.csv`` with one row per epoch
+(:func:`trim_history`). A run directory refuses settings
 that differ from its own (other than :data:`FREE_SETTINGS`). Every file is
 written through a temporary file and a rename, so a kill leaves the previous
 version whole; a loss that stops being finite stops training before anything of
@@ -63,7 +69,9 @@ from keras_mixer.training.rundir import (
     write_json,
     kill_point,
     remove_temp_files,
+    trim_history,
 )
+from keras_mixer.training.randomness import RunSeeds
 
 
 def export_model(model_path, config, class_names, version=None):
@@ -176,10 +184,6 @@ def train(config, callbacks=(), distribution=None):
         raise ValueError(f"{global_examples} training examples make no batch of {config.batch_size}: "
                          f"lower --batch-size.")
     batch_size = dist.pipeline_batch_size(config.batch_size)
-    train_data = data.make_dataset(
-        train_source, batch_size, config.image_size, training=True,
-        augment=config.augmentation(), seed=config.seed, repeat=True,  # same order everywhere
-    )
     # Data parallel: pad the last eval batch with weight-0 blanks so it splits evenly.
     pad = dist.replicas > 1
     test_data = data.make_dataset(test_source, batch_size, config.image_size, training=False,
@@ -206,7 +210,14 @@ def train(config, callbacks=(), distribution=None):
             write_json(os.path.join(run_dir, STATE_FILE), state)
     with dist.scope():
         done, restored_from, problems = restore_training_state(model, run_dir, steps, config)
+    # The training stream is a pure function of the seed and the batch index (the same order
+    # in every process, and in a resumed run from the batch where it stopped).
+    train_data = data.make_dataset(
+        train_source, batch_size, config.image_size, training=True,
+        augment=config.augmentation(), seed=config.seed, repeat=True, start_batch=done * steps,
+    )
     if chief:
+        trim_history(os.path.join(run_dir, "history.csv"), done)
         for problem in problems:
             print(f"resume: passed over {problem}")
         if restored_from and done < config.epochs:
@@ -221,11 +232,12 @@ def train(config, callbacks=(), distribution=None):
     # Only the chief writes to the run directory; where saving is collective the others
     # save too, into a temporary directory of their own.
     with _scratch_dir(chief, dist.process_index) as scratch, dist.peer_errors():
-        own = [DivergenceGuard(config.learning_rate)]
+        own = [RunSeeds(config.seed), DivergenceGuard(config.learning_rate)]
+        if chief:  # before the checkpoints: an epoch that can be resumed from has its row
+            own.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True))
         if chief or dist.collective_saves:
             own += checkpoint_callbacks(run_dir, scratch_dir=scratch)
         if chief:
-            own.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True))
             if _has_tensorboard():
                 own.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")))
             else:
@@ -330,8 +342,8 @@ def _finish(config, state, chief, start, model=None):
 
 __all__ = [
     "FREE_SETTINGS", "KILL_AT_ENV", "NO_WEIGHT_DECAY", "RECIPES", "AdamW", "AtomicCheckpoint", "DivergenceGuard",
-    "RunBackup", "RunError", "TrainConfig", "TrainingDiverged", "WarmupLinearDecay",
+    "RunSeeds", "RunBackup", "RunError", "TrainConfig", "TrainingDiverged", "WarmupLinearDecay",
     "build_model", "build_optimizer", "check_settings", "checkpoint_callbacks", "compile_model",
     "initialize_from", "learning_rate_schedule", "open_run_dir", "plot_history", "read_history",
-    "restore_training_state", "train", "write_json",
+    "restore_training_state", "train", "trim_history", "write_json",
 ]

@@ -63,6 +63,7 @@ class TrainConfig:
     tokens_mlp_dim: int = _field(32, "custom Mixer: D_S")
     channels_mlp_dim: int = _field(256, "custom Mixer: D_C")
     drop_path_rate: float = _field(0.0, "stochastic depth of the last block (paper: 0.1)")
+    dropout: float = _field(0.0, "dropout before the head (0: off; the paper has none)")
     init: str = _field(None, "start from a .keras model, a weights file, or a preset name / folder / "
                              "hf:// / kaggle:// handle (matching layers)")
     # recipe
@@ -157,7 +158,7 @@ class TrainConfig:
         for field in ("weight_decay", "warmup_epochs", "clipnorm", "randaug_magnitude",
                       "mixup_alpha", "cutmix_alpha"):
             number(field, 0.0)
-        for field in ("momentum", "label_smoothing", "ema", "drop_path_rate"):
+        for field in ("momentum", "label_smoothing", "ema", "drop_path_rate", "dropout"):
             number(field, 0.0, 1.0, high_open=True)
         for field in ("crop_fraction", "crop_min_area"):
             number(field, 0.0, 1.0, low_open=True)

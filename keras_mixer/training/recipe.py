@@ -81,7 +81,8 @@ def build_model(config, num_classes):
     exports prepare images exactly as the run's evaluation did.
     """
     common = dict(input_shape=(config.image_size, config.image_size, 3), num_classes=num_classes,
-                  drop_path_rate=config.drop_path_rate, crop_fraction=config.crop_fraction)
+                  drop_path_rate=config.drop_path_rate, dropout=config.dropout,
+                  crop_fraction=config.crop_fraction)
     if config.init:  # computes as the weights were trained (a preset's GELU, input scaling)
         common.update(checkpoints.weights_defaults(config.init, fields=INIT_FIELDS))
     if config.variant == "custom":

@@ -100,6 +100,44 @@ def read_history(csv_path):
     return [rows[epoch] for epoch in sorted(rows)]
 
 
+def trim_history(csv_path, epochs_done):
+    """Make ``history.csv`` hold exactly one row per epoch before ``epochs_done``, in order.
+
+    Called before a run goes on from ``epochs_done`` epochs: rows of later epochs
+    (written before a kill or a failed write, and to be trained again) and the
+    older copies of a repeated epoch go, the last row written for each epoch
+    stays, and a torn last line goes. The file is rewritten atomically,
+    only when that changes it; with no epoch done it is removed (the run's
+    ``CSVLogger`` writes a new one).
+
+    Args:
+        csv_path: the run's ``history.csv`` (absent: nothing to do).
+        epochs_done: the whole epochs the run goes on from.
+    """
+    try:
+        with open(csv_path, newline="") as f:
+            lines = f.read().splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    if not epochs_done:
+        os.remove(csv_path)
+        return
+    if not lines:
+        return
+    header = next(csv.reader(lines[:1]))
+    rows = {}
+    for line, fields in zip(lines[1:], csv.reader(lines[1:])):
+        try:
+            epoch = int(fields[header.index("epoch")])
+        except (ValueError, IndexError):  # a torn line
+            continue
+        if len(fields) == len(header) and line.endswith("\n") and 0 <= epoch < epochs_done:
+            rows[epoch] = line
+    kept = lines[:1] + [rows[epoch] for epoch in sorted(rows)]
+    if kept != lines:
+        write_text(csv_path, "".join(kept))
+
+
 def plot_history(csv_path, png_path):
     """Loss and accuracy curves (train and validation) from ``history.csv``, as a PNG.
 
@@ -153,8 +191,8 @@ class DivergenceGuard(keras.callbacks.TerminateOnNaN):
 
     Raised at the first batch with a non-finite loss (or an epoch ending with a
     non-finite validation loss), before the epoch-end callbacks run: no
-    checkpoint, backup or history row of a diverged epoch is written. First
-    among the run's callbacks.
+    checkpoint, backup or history row of a diverged epoch is written. Before
+    every one of the run's callbacks that writes.
     """
 
     def __init__(self, learning_rate):
