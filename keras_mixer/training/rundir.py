@@ -34,31 +34,39 @@ class TrainingDiverged(RunError):
     """The loss (or the model's weights) stopped being finite."""
 
 
-class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
-    """Keras' ``ModelCheckpoint``, writing through a temporary file and ``os.replace``.
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """``model.save(filepath)`` after each epoch, through a temporary file and ``os.replace``.
 
-    A kill at any moment leaves the previous file whole. With ``scratch_dir`` (a
-    process other than the chief) the model is saved into a file there, which is
-    removed: under TF multi-worker and multi-process JAX every process must take part
-    in saving, but only the chief writes to the run directory.
+    A kill at any moment leaves the previous file whole. With ``monitor``, only after an
+    epoch whose ``logs[monitor]`` beats the best so far (higher is better; ``best``
+    starts the comparison, e.g. from a resumed run's ``best.json``), and each new best
+    is recorded in ``best_json``. With ``scratch_dir`` (a process other than the
+    chief) the model is saved into a file there, which is removed: under TF
+    multi-worker and multi-process JAX every process must take part in saving, but
+    only the chief writes to the run directory.
     """
 
-    def __init__(self, filepath, scratch_dir=None, **kwargs):
-        super().__init__(filepath, **kwargs)
-        self.scratch_dir = scratch_dir
+    def __init__(self, filepath, scratch_dir=None, monitor=None, best=None, best_json=None):
+        super().__init__()
+        self.filepath, self.scratch_dir = os.fspath(filepath), scratch_dir
+        self.monitor, self.best, self.best_json = monitor, best, best_json
 
-    def _save_model(self, epoch, batch, logs):
-        final = self.filepath
-        directory, base = os.path.split(final)
-        self.filepath = os.path.join(self.scratch_dir or directory, f".tmp-{os.getpid()}-{base}")
-        try:
-            super()._save_model(epoch, batch, logs)
-            if os.path.exists(self.filepath) and not self.scratch_dir:  # saved (save_best_only
-                os.replace(self.filepath, final)                         # may decide not to)
-        finally:
-            if os.path.exists(self.filepath):
-                os.remove(self.filepath)
-            self.filepath = final
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is not None:
+            value = (logs or {}).get(self.monitor)
+            if value is None or not np.isfinite(value) or (self.best is not None
+                                                            and value <= self.best):
+                return
+            self.best = float(value)
+        if self.scratch_dir:
+            scratch = os.path.join(self.scratch_dir, os.path.basename(self.filepath))
+            self.model.save(scratch)
+            os.remove(scratch)
+            return
+        with atomic_output(self.filepath) as temp:
+            self.model.save(temp)
+        if self.monitor is not None and self.best_json:
+            write_json(self.best_json, {"epoch": epoch, "monitor": self.monitor, "value": self.best})
 
 
 def checkpoint_callbacks(run_dir, scratch_dir=None, monitor="val_accuracy"):
@@ -70,20 +78,9 @@ def checkpoint_callbacks(run_dir, scratch_dir=None, monitor="val_accuracy"):
     if os.path.exists(best_json):
         with open(best_json) as f:
             best = json.load(f)["value"]
-
-    class BestJson(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if not scratch_dir and best_checkpoint.best is not None \
-                    and np.isfinite(best_checkpoint.best) \
-                    and (logs or {}).get(monitor) == best_checkpoint.best:
-                write_json(best_json, {"epoch": epoch, "monitor": monitor,
-                                       "value": float(best_checkpoint.best)})
-
-    best_checkpoint = AtomicCheckpoint(os.path.join(run_dir, "best.keras"), scratch_dir,
-                                       monitor=monitor, mode="max", save_best_only=True,
-                                       initial_value_threshold=best)
     return [AtomicCheckpoint(os.path.join(run_dir, "last.keras"), scratch_dir),
-            best_checkpoint, BestJson()]
+            AtomicCheckpoint(os.path.join(run_dir, "best.keras"), scratch_dir, monitor=monitor,
+                             best=best, best_json=best_json)]
 
 
 def write_json(path, obj):
