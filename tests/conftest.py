@@ -16,9 +16,11 @@ from helpers.tiny import LABELS, tiny_classifier  # noqa: E402
 
 def pytest_collection_modifyitems(config, items):
     """Mark every test of a module that sets ``BACKEND_INDEPENDENT = True`` as
-    ``backend_independent``: scripts/test.sh runs those under one backend only."""
+    ``backend_independent`` (except those marked ``every_backend``): scripts/test.sh runs
+    those under one backend only."""
     for item in items:
-        if getattr(item.module, "BACKEND_INDEPENDENT", False):
+        if (getattr(item.module, "BACKEND_INDEPENDENT", False)
+                and item.get_closest_marker("every_backend") is None):
             item.add_marker(pytest.mark.backend_independent)
 
 
