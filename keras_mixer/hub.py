@@ -65,6 +65,7 @@ class MixerBackbone(MlpMixer, keras_hub.models.Backbone):
         Called on images: the normalised tokens ``(batch, S, hidden_dim)``.
 
     Example:
+        >>> import keras_mixer.hub
         >>> backbone = keras_mixer.hub.MixerBackbone(8, 2, 32, 16, 64, image_shape=(32, 32, 3))
         >>> tuple(backbone(np.zeros((2, 32, 32, 3))).shape)      # 16 tokens of width 32
         (2, 16, 32)
@@ -100,6 +101,7 @@ class MixerBackbone(MlpMixer, keras_hub.models.Backbone):
             GELU form, name, dtype policy and weights.
 
         Example:
+            >>> import keras_mixer.hub
             >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
             >>> backbone = keras_mixer.hub.MixerBackbone.from_mixer(model)
             >>> images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3))  # scaled pixels
@@ -142,6 +144,7 @@ class MixerImageConverter(keras_hub.layers.ImageConverter):
         ValueError: ``crop_fraction`` is outside ``(0, 1]``.
 
     Example:
+        >>> import keras_mixer.hub
         >>> converter = keras_mixer.hub.MixerImageConverter(
         ...     crop_fraction=0.875, image_size=(32, 32), scale=1 / 127.5, offset=-1.0)
         >>> x = keras.ops.convert_to_numpy(converter(np.full((1, 48, 64, 3), 255.0)))
@@ -195,6 +198,7 @@ class MixerImageClassifierPreprocessor(keras_hub.models.ImageClassifierPreproces
         ``sample_weight``, when given, packed as Keras' ``(x, y, sample_weight)``).
 
     Example:
+        >>> import keras_mixer.hub
         >>> converter = keras_mixer.hub.MixerImageConverter(
         ...     image_size=(32, 32), scale=1 / 127.5, offset=-1.0)
         >>> preprocessor = keras_mixer.hub.MixerImageClassifierPreprocessor(converter)
@@ -229,6 +233,7 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
         Called on images: scores ``(batch, num_classes)`` (logits without ``activation``).
 
     Example:
+        >>> import keras_mixer.hub
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=2)
         >>> preset = keras_mixer.save_to_preset(model, os.path.join(tempfile.mkdtemp(), "tiny"))
@@ -279,6 +284,7 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
             ValueError: the model has no head.
 
         Example:
+            >>> import keras_mixer.hub
             >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
             ...                              num_classes=3, classifier_activation=None)
             >>> classifier = keras_mixer.hub.MixerImageClassifier.from_mixer(model)
@@ -311,6 +317,7 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
             ValueError: the classifier max-pools its tokens (a Mixer averages them).
 
         Example:
+            >>> import keras_mixer.hub
             >>> backbone = keras_mixer.hub.MixerBackbone(8, 2, 32, 16, 64, image_shape=(32, 32, 3))
             >>> classifier = keras_mixer.hub.MixerImageClassifier(backbone, num_classes=3)
             >>> model = classifier.to_mixer()
