@@ -30,7 +30,7 @@ class MixerConfig:
         tokens_mlp_dim: hidden width ``D_S`` of the token-mixing MLPs.
         channels_mlp_dim: hidden width ``D_C`` of the channel-mixing MLPs.
 
-    Example:
+    Examples:
         >>> keras_mixer.VARIANTS["B/16"]
         MixerConfig(patch_size=16, num_blocks=12, hidden_dim=768, tokens_mlp_dim=384, channels_mlp_dim=3072)
         >>> keras_mixer.MixerConfig.from_width(8, 2, 32).describe()   # D_S = C / 2, D_C = 4 C
@@ -81,7 +81,7 @@ def canonical_variant(variant):
     Raises:
         ValueError: not a paper variant (the message lists them).
 
-    Example:
+    Examples:
         >>> [keras_mixer.canonical_variant(name) for name in ("b16", "Mixer-L/16", "mixer_s_32")]
         ['B/16', 'L/16', 'S/32']
     """
@@ -170,7 +170,7 @@ class ModelConfig:
     Raises:
         ValueError: a field out of range (the message names it).
 
-    Example:
+    Examples:
         >>> config = keras_mixer.ModelConfig(8, 2, 32, 16, 64, image_shape=(32, 32, 3),
         ...                                  num_classes=10)
         >>> config.grid, config.pixel_scaling
@@ -330,7 +330,7 @@ def flops(config, image_size=224, num_classes=1000, channels=3):
     Raises:
         ValueError: the image size is not a multiple of the patch size.
 
-    Example:
+    Examples:
         >>> round(keras_mixer.flops("B/16") / 1e9, 1)       # GFLOP per 224 x 224 image
         25.2
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
@@ -368,7 +368,7 @@ def parameter_count(config, image_size=224, num_classes=1000, channels=3):
     Returns:
         The count (Mixer-B/16 at 224 with 1000 classes: 59,880,472, as paper Table 1).
 
-    Example:
+    Examples:
         >>> keras_mixer.parameter_count("B/16")
         59880472
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))

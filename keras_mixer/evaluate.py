@@ -82,7 +82,7 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
             that cannot be decoded (named).
         FileNotFoundError: the artifact or the folder does not exist.
 
-    Example:
+    Examples:
         A ``.keras`` file scored on every image of a small labelled folder:
 
         >>> from keras_mixer.evaluate import evaluate

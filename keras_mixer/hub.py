@@ -64,7 +64,7 @@ class MixerBackbone(MlpMixer, keras_hub.models.Backbone):
     Returns:
         Called on images: the normalised tokens ``(batch, S, hidden_dim)``.
 
-    Example:
+    Examples:
         >>> import keras_mixer.hub
         >>> backbone = keras_mixer.hub.MixerBackbone(8, 2, 32, 16, 64, image_shape=(32, 32, 3))
         >>> tuple(backbone(np.zeros((2, 32, 32, 3))).shape)      # 16 tokens of width 32
@@ -100,7 +100,7 @@ class MixerBackbone(MlpMixer, keras_hub.models.Backbone):
             A :class:`MixerBackbone` with the model's architecture, image shape,
             GELU form, name, dtype policy and weights.
 
-        Example:
+        Examples:
             >>> import keras_mixer.hub
             >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
             >>> backbone = keras_mixer.hub.MixerBackbone.from_mixer(model)
@@ -143,7 +143,7 @@ class MixerImageConverter(keras_hub.layers.ImageConverter):
     Raises:
         ValueError: ``crop_fraction`` is outside ``(0, 1]``.
 
-    Example:
+    Examples:
         >>> import keras_mixer.hub
         >>> converter = keras_mixer.hub.MixerImageConverter(
         ...     crop_fraction=0.875, image_size=(32, 32), scale=1 / 127.5, offset=-1.0)
@@ -197,7 +197,7 @@ class MixerImageClassifierPreprocessor(keras_hub.models.ImageClassifierPreproces
         Called on images: the converted images (with ``y`` and
         ``sample_weight``, when given, packed as Keras' ``(x, y, sample_weight)``).
 
-    Example:
+    Examples:
         >>> import keras_mixer.hub
         >>> converter = keras_mixer.hub.MixerImageConverter(
         ...     image_size=(32, 32), scale=1 / 127.5, offset=-1.0)
@@ -232,7 +232,7 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
     Returns:
         Called on images: scores ``(batch, num_classes)`` (logits without ``activation``).
 
-    Example:
+    Examples:
         >>> import keras_mixer.hub
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=2)
@@ -283,7 +283,7 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
         Raises:
             ValueError: the model has no head.
 
-        Example:
+        Examples:
             >>> import keras_mixer.hub
             >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
             ...                              num_classes=3, classifier_activation=None)
@@ -316,7 +316,7 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
         Raises:
             ValueError: the classifier max-pools its tokens (a Mixer averages them).
 
-        Example:
+        Examples:
             >>> import keras_mixer.hub
             >>> backbone = keras_mixer.hub.MixerBackbone(8, 2, 32, 16, 64, image_shape=(32, 32, 3))
             >>> classifier = keras_mixer.hub.MixerImageClassifier(backbone, num_classes=3)

@@ -34,7 +34,7 @@ def preprocess_input(x, mode="mixer"):
     Raises:
         ValueError: an unknown ``mode``.
 
-    Example:
+    Examples:
         >>> keras_mixer.preprocess_input(np.array([0, 127.5, 255]))
         array([-1.,  0.,  1.], dtype=float32)
         >>> keras_mixer.preprocess_input(np.array([0, 255]), mode="miil")
@@ -63,7 +63,7 @@ def imagenet1k_classes():
     Raises:
         RuntimeError: the package's class list is damaged.
 
-    Example:
+    Examples:
         >>> ids, names = keras_mixer.imagenet.imagenet1k_classes()
         >>> len(names), ids[0], names[0]
         (1000, 'n01440764', 'tench, Tinca tinca')
@@ -94,7 +94,7 @@ def decode_predictions(preds, top=5, labels=None):
     Raises:
         ValueError: ``preds`` is not 2-D, or ``labels`` has another length.
 
-    Example:
+    Examples:
         >>> scores = np.zeros((1, 1000))
         >>> scores[0, [1, 2]] = 0.6, 0.3
         >>> [(wordnet_id, name.split(",")[0], score)

@@ -50,7 +50,7 @@ class LayerNorm(keras.layers.LayerNormalization):
     Returns:
         A tensor of the shape of ``inputs``, in the layer's compute dtype.
 
-    Example:
+    Examples:
         >>> norm = keras_mixer.layers.LayerNorm()
         >>> y = norm(np.array([[1.0, 2.0, 3.0]]))
         >>> np.round(keras.ops.convert_to_numpy(y), 4)
@@ -98,7 +98,7 @@ class PatchEmbedding(keras.layers.Layer):
         ValueError: ``patch_size`` or ``hidden_dim`` is not positive, or the
             image height or width is unknown or not a multiple of ``patch_size``.
 
-    Example:
+    Examples:
         >>> stem = keras_mixer.PatchEmbedding(patch_size=8, hidden_dim=32)
         >>> tuple(stem(np.zeros((2, 32, 48, 3))).shape)    # a 4 x 6 grid of patches
         (2, 24, 32)
@@ -165,7 +165,7 @@ class MlpBlock(keras.layers.Layer):
         ValueError: ``axis`` is not 1 or -1, or the tokens are not ``(batch, S, C)``
             with known ``S`` and ``C``.
 
-    Example:
+    Examples:
         >>> mlp = keras_mixer.MlpBlock(hidden_dim=16, axis=1)    # token mixing
         >>> tuple(mlp(np.zeros((2, 49, 32))).shape)
         (2, 49, 32)
@@ -234,7 +234,7 @@ class DropPath(keras.layers.Layer):
     Raises:
         ValueError: ``rate`` is outside ``[0, 1)``.
 
-    Example:
+    Examples:
         >>> drop = keras_mixer.DropPath(rate=0.5, seed=0)
         >>> y = keras.ops.convert_to_numpy(drop(np.ones((8, 3, 2)), training=True))
         >>> samples = y.reshape(8, -1)      # each sample is all 0 (dropped) or all 2 (kept)
@@ -292,7 +292,7 @@ class MixerBlock(keras.layers.Layer):
     Returns:
         Tokens of the shape of ``x``.
 
-    Example:
+    Examples:
         >>> block = keras_mixer.MixerBlock(tokens_mlp_dim=16, channels_mlp_dim=64)
         >>> tuple(block(np.zeros((2, 16, 32))).shape)
         (2, 16, 32)

@@ -148,7 +148,7 @@ class MlpMixer(keras.Model):
         ValueError: an argument out of range (e.g. an image size that is not a
             multiple of ``patch_size``, ``dropout`` outside ``[0, 1)``).
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
         ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
         ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -223,7 +223,7 @@ class MlpMixer(keras.Model):
             The model's whole configuration (architecture, input, head, GELU
             form, image policy), which loading, export and evaluation read.
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -273,7 +273,7 @@ class MlpMixer(keras.Model):
         Raises:
             ValueError: ``"gptq"`` or ``"awq"`` (or their configs).
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=1, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -314,7 +314,7 @@ class MlpMixer(keras.Model):
         Raises:
             ValueError: ``mlps`` names something else.
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -352,7 +352,7 @@ class MlpMixer(keras.Model):
         Returns:
             The stem, named ``"stem"``: a ``P x P`` convolution with stride ``P``.
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -368,7 +368,7 @@ class MlpMixer(keras.Model):
         Returns:
             A list of ``num_blocks`` layers, named ``mixer_block_0``, ``mixer_block_1``, ...
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -385,7 +385,7 @@ class MlpMixer(keras.Model):
             The :class:`~keras_mixer.layers.LayerNorm` after the last block, named
             ``"pre_head_layer_norm"``.
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -401,7 +401,7 @@ class MlpMixer(keras.Model):
         Returns:
             The ``keras.layers.Dense`` named ``"head"``, or ``None``.
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -426,7 +426,7 @@ class MlpMixer(keras.Model):
         Raises:
             ValueError: no layer has that path.
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -445,7 +445,7 @@ class MlpMixer(keras.Model):
             A list of ``(path, layer)``: each path is the layer names from the
             model down, joined by ``/`` (what :meth:`layer_at` takes).
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -474,7 +474,7 @@ class MlpMixer(keras.Model):
             fields as constructor arguments, ``name``, ``trainable``, ``dtype``
             (when not float32) and the layer states above.
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -514,7 +514,7 @@ class MlpMixer(keras.Model):
             A new :class:`MlpMixer` (with fresh weights: Keras' ``.keras`` files
             carry the weights).
 
-        Example:
+        Examples:
             >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
             ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
             ...                              input_shape=(32, 32, 3), num_classes=10)
@@ -621,7 +621,7 @@ def get_model(variant, **kwargs):
     Raises:
         ValueError: an unknown variant.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.get_model("S/32", input_shape=(64, 64, 3), num_classes=10)
         >>> model.name, model.config.grid
         ('mixer_s32', (2, 2))
@@ -675,7 +675,7 @@ def _variant_constructor(variant):
     Returns:
         An :class:`MlpMixer` named ``{model_name(variant)}``.
 
-    Example:
+    Examples:
 {_variant_example(function_name, variant)}
     """
     return constructor
@@ -720,7 +720,7 @@ def mixer_blocks(model):
     Returns:
         A list of :class:`~keras_mixer.MixerBlock`.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
         >>> len(keras_mixer.mixer_blocks(model))
         2
@@ -758,7 +758,7 @@ def model_from_checkpoint(path, image_size=None, verbose=True, **kwargs):
     Raises:
         keras_mixer.CheckpointError: the file is not a Mixer checkpoint, or is damaged.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=10)
         >>> path = keras_mixer.save_weights(model, os.path.join(tempfile.mkdtemp(), "tiny.npz"))
@@ -812,7 +812,7 @@ def convert_resolution(model, image_size, name=None):
     Raises:
         ValueError: a side of ``image_size`` is not a multiple of the model's.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
         >>> larger = keras_mixer.convert_resolution(model, 64)      # 2 x 2 tiles
         >>> larger.config.grid, larger.config.tokens_mlp_dim
@@ -852,7 +852,7 @@ def load_model(source, variant=None, image_size=None, verbose=True, **kwargs):
         ValueError: ``source`` is none of these, or needs ``variant``.
         keras_mixer.CheckpointError: the file is damaged or does not fit.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=10)
         >>> folder = tempfile.mkdtemp()
@@ -1009,7 +1009,7 @@ def feature_extractor(model, blocks=None, as_grid=False, name=None):
     Raises:
         ValueError: a block index is out of range.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
         >>> features = keras_mixer.feature_extractor(model, blocks=[0, -1], as_grid=True)
         >>> [tuple(f.shape) for f in features(np.zeros((2, 32, 32, 3)))]

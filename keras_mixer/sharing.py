@@ -125,7 +125,7 @@ def save_to_preset(model, preset_dir, class_names=None, overwrite=False):
             published), or ``class_names`` do not fit the head.
         FileExistsError: ``preset_dir`` exists and is not empty, without ``overwrite``.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=2)
         >>> preset = os.path.join(tempfile.mkdtemp(), "tiny_preset")

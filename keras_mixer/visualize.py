@@ -32,7 +32,7 @@ def token_mixing_units(model, block=0, sort_by_frequency=True):
     Raises:
         ValueError: ``block`` is out of range.
 
-    Example:
+    Examples:
         >>> from keras_mixer import visualize
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
         >>> visualize.token_mixing_units(model, block=-1).shape    # D_S = 16 units on a 4 x 4 grid
@@ -76,7 +76,7 @@ def plot_token_mixing(model, path, blocks=(0,), num_units=64, columns=16, sort_b
     Raises:
         ValueError: a block index is out of range.
 
-    Example:
+    Examples:
         >>> from keras_mixer import visualize
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
         >>> path = os.path.join(tempfile.mkdtemp(), "units.png")
@@ -138,7 +138,7 @@ def predict_images(model, paths, top=5, mode="mixer", batch_size=16, labels=None
     Raises:
         ValueError: a model without head, or no images.
 
-    Example:
+    Examples:
         >>> from keras_mixer import visualize
         >>> folder = tempfile.mkdtemp()
         >>> paths = [os.path.join(folder, name) for name in ("noise.png", "grey.png")]
@@ -190,7 +190,7 @@ def plot_predictions(model, image_paths, path, top=3, columns=4, mode="mixer", l
     Raises:
         ValueError: a model without head, or no images.
 
-    Example:
+    Examples:
         >>> from keras_mixer import visualize
         >>> folder = tempfile.mkdtemp()
         >>> paths = [os.path.join(folder, name) for name in ("noise.png", "grey.png")]

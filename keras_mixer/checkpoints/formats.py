@@ -33,7 +33,7 @@ class CheckpointError(ValueError):
     Raised before anything is assigned. When the checkpoint does not fit, the
     error's ``problems`` attribute lists every bad key (the message the first few).
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
         >>> empty = os.path.join(tempfile.mkdtemp(), "empty.safetensors")
         >>> open(empty, "wb").close()

@@ -87,7 +87,7 @@ def get_params(model):
         official ``.npz`` holds: ``"stem/kernel"``, ``"MixerBlock_0/token_mixing/Dense_0/kernel"``,
         ..., ``"head/bias"`` (no head keys without ``include_top``).
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
         >>> params = keras_mixer.checkpoints.get_params(model)
         >>> len(params), params["MixerBlock_0/token_mixing/Dense_0/kernel"].shape   # (S, D_S)

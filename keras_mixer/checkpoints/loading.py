@@ -43,7 +43,7 @@ class LoadSummary:
         tiling: ``(rows, columns)`` of the resolution transfer; ``(1, 1)``: none.
         class_names: the head's class names, when the weights' source names them.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=10)
         >>> params = keras_mixer.checkpoints.get_params(model)
@@ -262,7 +262,7 @@ def load_params(model, params, verbose=True):
             each bad key with both shapes), raised before anything is assigned;
             the error's ``problems`` attribute lists every bad key.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=10)
         >>> params = keras_mixer.checkpoints.get_params(model)
@@ -339,7 +339,7 @@ def load_weights(model, weights, verbose=True):
         ValueError: ``weights`` is not a file, a folder, a handle or a preset
             published for the model's variant.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=10)
         >>> path = keras_mixer.save_weights(model, os.path.join(tempfile.mkdtemp(), "tiny.npz"))
@@ -435,7 +435,7 @@ def save_weights(model, path):
     Returns:
         ``path`` (as a string).
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=10)
         >>> folder = tempfile.mkdtemp()

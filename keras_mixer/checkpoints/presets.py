@@ -59,7 +59,7 @@ class DownloadError(OSError):
     The message gives the URL and the cache path where a file downloaded by hand
     is picked up; nothing corrupt is cached.
 
-    Example:
+    Examples:
         >>> issubclass(keras_mixer.DownloadError, OSError)
         True
         >>> def pretrained_or_random(variant, **kwargs):
@@ -210,7 +210,7 @@ def available_presets(variant=None):
     Raises:
         ValueError: an unknown variant.
 
-    Example:
+    Examples:
         >>> keras_mixer.available_presets("S/32")
         ('gsam',)
         >>> "imagenet1k" in keras_mixer.available_presets("B/16")
@@ -230,7 +230,7 @@ def preset_names():
         and ``"mixer_b16_imagenet1k"``, each a model with its weights (downloaded
         on first use).
 
-    Example:
+    Examples:
         >>> names = keras_mixer.preset_names()
         >>> "mixer_b16_224.goog_in21k_ft_in1k" in names, "mixer_s32_gsam" in names
         (True, True)

@@ -35,7 +35,7 @@ class ServingError(RuntimeError):
     The base class of the clients' errors: :class:`ServerUnavailableError`,
     :class:`ModelNotFoundError` and :class:`InvalidInputError`.
 
-    Example:
+    Examples:
         >>> client = keras_mixer.RestClient("localhost:8501")
         >>> try:
         ...     client.predict(np.zeros((32, 32, 4)))     # 4 channels: refused before sending
@@ -48,7 +48,7 @@ class ServingError(RuntimeError):
 class ServerUnavailableError(ServingError):
     """The server cannot be reached or did not answer in time.
 
-    Example:
+    Examples:
         >>> import socket
         >>> with socket.socket() as free:            # a port that nothing listens on
         ...     free.bind(("127.0.0.1", 0))
@@ -67,7 +67,7 @@ class ModelNotFoundError(ServingError):
 
     :class:`GrpcClient`'s example asks a server for a version it does not have.
 
-    Example:
+    Examples:
         >>> issubclass(keras_mixer.ModelNotFoundError, keras_mixer.ServingError)
         True
         >>> def predict_or_none(client, images):
@@ -86,7 +86,7 @@ class InvalidInputError(ServingError, ValueError):
     server refuses what its signatures cannot take (e.g. NaN pixels, an image
     of too many pixels) and the message gives its reason.
 
-    Example:
+    Examples:
         >>> client = keras_mixer.GrpcClient("localhost:8500")
         >>> try:
         ...     client.predict(np.zeros((0, 32, 32, 3)))
@@ -108,7 +108,7 @@ class Prediction:
         scores: their probabilities.
         labels: their class names, when the export has labels; else ``None``.
 
-    Example:
+    Examples:
         >>> prediction = keras_mixer.Prediction(classes=[3, 5], scores=[0.7, 0.2],
         ...                                     labels=["cat", "dog"])
         >>> prediction.top()
@@ -127,7 +127,7 @@ class Prediction:
         Returns:
             ``(label, score)``, or ``(class index, score)`` without labels.
 
-        Example:
+        Examples:
             >>> keras_mixer.Prediction([2, 0], [0.9, 0.1], ["fox", "cat"]).top()
             ('fox', 0.9)
         """
@@ -254,7 +254,7 @@ class GrpcClient(_Client):
         ValueError: both ``version`` and ``version_label``, an address without a
             valid port, or a model name that is not one path component.
 
-    Example:
+    Examples:
         A tiny model, exported and served by the development server (a stand-in
         for TF Serving) on free ports:
 
@@ -369,7 +369,7 @@ class RestClient(_Client):
         ValueError: both ``version`` and ``version_label``, an address without a
             valid port, or a model name that is not one path component.
 
-    Example:
+    Examples:
         >>> keras_mixer.RestClient("localhost:8501", model="mixer").model_url()
         'http://localhost:8501/v1/models/mixer'
         >>> keras_mixer.RestClient("http://serving:8501", version_label="stable").model_url()
@@ -484,7 +484,7 @@ def make_client(address, protocol="grpc", **kwargs):
     Raises:
         ValueError: an unknown protocol, or arguments the client refuses.
 
-    Example:
+    Examples:
         >>> client = keras_mixer.make_client("localhost:8501", protocol="rest", version=2)
         >>> type(client).__name__, client.model_url()
         ('RestClient', 'http://localhost:8501/v1/models/mixer/versions/2')

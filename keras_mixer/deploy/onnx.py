@@ -33,7 +33,7 @@ def export_onnx(model, export_dir="saved_models", name="mixer", tolerance=1e-4):
         RuntimeError: the ONNX model differs from Keras by more than ``tolerance``.
         ValueError: a bad name, or a model whose outputs are not finite.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=3)
         >>> folder = tempfile.mkdtemp()

@@ -82,7 +82,7 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
         TypeError: an ``MlpMixer`` object under a backend other than TensorFlow
             (save it and pass the ``.keras`` file).
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=3)
         >>> folder = tempfile.mkdtemp()

@@ -134,7 +134,7 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         TypeError: an ``MlpMixer`` object under a backend other than TensorFlow
             (save it and pass the ``.keras`` file).
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
         ...                              num_classes=3)
         >>> folder = tempfile.mkdtemp()

@@ -43,7 +43,7 @@ def set_enabled(enabled):
         enabled: ``True`` lets layers take their backend's fast paths; ``False``
             runs the plain layers only.
 
-    Example:
+    Examples:
         >>> keras_mixer.fast.set_enabled(False)
         >>> keras_mixer.fast.is_enabled()
         False
@@ -59,7 +59,7 @@ def is_enabled():
         ``False`` after ``set_enabled(False)``, inside :func:`disabled` or with
         ``KERAS_MIXER_FAST=0``; else ``True``.
 
-    Example:
+    Examples:
         >>> with keras_mixer.fast.disabled():
         ...     keras_mixer.fast.is_enabled()
         False
@@ -75,7 +75,7 @@ def disabled():
         A context manager: inside its ``with`` block no fast path applies; on
         leaving it, the previous setting comes back.
 
-    Example:
+    Examples:
         >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
         >>> images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
         >>> fast = model.predict(images, verbose=0)
@@ -102,7 +102,7 @@ def inference():
         A context manager: inside its ``with`` block, :func:`path_for` may pick
         paths that are only worth it for inference.
 
-    Example:
+    Examples:
         >>> block = keras_mixer.MixerBlock(16, 64)
         >>> tokens = np.zeros((2, 16, 32), "float32")
         >>> with keras_mixer.fast.inference():
@@ -132,7 +132,7 @@ def path_for(layer, training=False):
         (fast paths switched off, none for this layer and backend, or the layer
         quantized or with LoRA).
 
-    Example:
+    Examples:
         >>> block = keras_mixer.MixerBlock(16, 64)
         >>> with keras_mixer.fast.disabled():
         ...     keras_mixer.fast.path_for(block) is None

@@ -154,7 +154,7 @@ def train(config, callbacks=(), distribution=None):
             final model or exported).
         RunError: the run directory has training state that cannot be resumed.
 
-    Example:
+    Examples:
         Two steps of a one-block Mixer on the offline digits, without export:
 
         >>> config = keras_mixer.TrainConfig(

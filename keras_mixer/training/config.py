@@ -117,7 +117,7 @@ class TrainConfig:
     Raises:
         ValueError: the first setting that cannot work (named with its flag).
 
-    Example:
+    Examples:
         >>> config = keras_mixer.TrainConfig(run_dir=os.path.join(tempfile.mkdtemp(), "digits"),
         ...                                  epochs=2, batch_size=32)
         >>> config.data, config.image_size, config.export_name

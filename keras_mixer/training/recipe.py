@@ -32,7 +32,7 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
     Returns:
         Called on a step: the learning rate at that step, a float32 scalar.
 
-    Example:
+    Examples:
         >>> schedule = keras_mixer.WarmupLinearDecay(peak=1e-3, warmup_steps=10, total_steps=110)
         >>> [round(float(schedule(step)), 6) for step in (0, 5, 10, 60, 110, 200)]
         [0.0, 0.0005, 0.001, 0.0005, 0.0, 0.0]
