@@ -19,7 +19,23 @@ OFFICIAL_MEAN = OFFICIAL_STD = (0.5, 0.5, 0.5)
 
 @dataclasses.dataclass(frozen=True)
 class MixerConfig:
-    """Architecture of one Mixer: patch size, depth and widths (paper Table 1)."""
+    """Architecture of one Mixer: patch size, depth and widths (paper Table 1).
+
+    The paper's variants are ``VARIANTS["S/32"]`` ... ``VARIANTS["H/14"]``.
+
+    Args:
+        patch_size: side ``P`` of the square patches, in pixels.
+        num_blocks: number of Mixer blocks.
+        hidden_dim: token width ``C``.
+        tokens_mlp_dim: hidden width ``D_S`` of the token-mixing MLPs.
+        channels_mlp_dim: hidden width ``D_C`` of the channel-mixing MLPs.
+
+    Examples:
+        >>> keras_mixer.VARIANTS["B/16"]
+        MixerConfig(patch_size=16, num_blocks=12, hidden_dim=768, tokens_mlp_dim=384, channels_mlp_dim=3072)
+        >>> keras_mixer.MixerConfig.from_width(8, 2, 32).describe()   # D_S = C / 2, D_C = 4 C
+        'patch 8, 2 blocks, C=32, D_S=16, D_C=128'
+    """
 
     patch_size: int
     num_blocks: int
@@ -53,7 +69,22 @@ ARCHITECTURE_FIELDS = tuple(field.name for field in dataclasses.fields(MixerConf
 
 
 def canonical_variant(variant):
-    """Canonical name of a paper variant: ``"b16"``, ``"Mixer-B/16"``, ``"Mixer-B_16"`` -> ``"B/16"``."""
+    """Canonical name of a paper variant: ``"b16"``, ``"Mixer-B/16"``, ``"Mixer-B_16"`` -> ``"B/16"``.
+
+    Args:
+        variant: a variant name in any of the spellings above (any case).
+
+    Returns:
+        The key of ``VARIANTS``: ``"S/32"``, ``"S/16"``, ``"B/32"``, ``"B/16"``,
+        ``"L/32"``, ``"L/16"`` or ``"H/14"``.
+
+    Raises:
+        ValueError: not a paper variant (the message lists them).
+
+    Examples:
+        >>> [keras_mixer.canonical_variant(name) for name in ("b16", "Mixer-L/16", "mixer_s_32")]
+        ['B/16', 'L/16', 'S/32']
+    """
     key = str(variant).upper().replace("MIXER", "").strip("-_ ").replace("_", "/")
     if "/" not in key and len(key) > 1:
         key = f"{key[0]}/{key[1:]}"
@@ -107,7 +138,48 @@ class ModelConfig:
     The fields are the constructor arguments of ``keras_mixer.MlpMixer`` (with
     ``image_shape`` for ``input_shape``); ``MlpMixer.get_config()`` returns them
     and ``model.config`` is this object. Loading, export, resolution transfer,
-    FLOPs, evaluation and visualization all read it.
+    FLOPs, evaluation and visualization all read it. Frozen: :meth:`replace`
+    makes a changed copy. Every field is checked when the object is made.
+
+    Args:
+        patch_size: side ``P`` of the square patches.
+        num_blocks: number of Mixer blocks.
+        hidden_dim: token width ``C``.
+        tokens_mlp_dim: hidden width ``D_S`` of the token-mixing MLPs.
+        channels_mlp_dim: hidden width ``D_C`` of the channel-mixing MLPs.
+        image_shape: ``(height, width, channels)``; height and width multiples
+            of ``patch_size`` (default 224 x 224 x 3).
+        include_top: the model ends with the classification head.
+        num_classes: classes of the head.
+        classifier_activation: activation of the head (``None``: logits).
+        pooling: without the head, ``None`` (tokens), ``"avg"`` or ``"max"``.
+        include_preprocessing: the model scales 0-255 pixels itself.
+        approximate_gelu: tanh GELU (official) or exact erf (timm's weights).
+        layer_norm_epsilon: LayerNorm epsilon (official: 1e-6).
+        drop_path_rate: stochastic depth of the last block, in ``[0, 1)``.
+        dropout: dropout before the head, in ``[0, 1)``.
+        crop_fraction: evaluation and serving center-crop this fraction of an
+            image's shorter side before resizing, in ``(0, 1]``.
+        name: the model's name.
+        interpolation: the resize filter of evaluation and serving
+            (``"bilinear"``, ``"bicubic"`` or ``"nearest"``).
+        input_mean: the input normalisation's mean per channel (or one number),
+            on [0, 1] pixels (default 0.5: the official [-1, 1] inputs).
+        input_std: the input normalisation's standard deviation (default 0.5).
+
+    Raises:
+        ValueError: a field out of range (the message names it).
+
+    Examples:
+        >>> config = keras_mixer.ModelConfig(8, 2, 32, 16, 64, image_shape=(32, 32, 3),
+        ...                                  num_classes=10)
+        >>> config.grid, config.pixel_scaling
+        ((4, 4), (0.00784313725490196, -1.0))
+        >>> model = keras_mixer.MlpMixer(**config.to_kwargs())
+        >>> model.config == config
+        True
+        >>> config.replace(image_shape=(64, 64, 3)).grid
+        (8, 8)
     """
 
     patch_size: int
@@ -248,7 +320,22 @@ def flops(config, image_size=224, num_classes=1000, channels=3):
         config: a :class:`MixerConfig`, a :class:`ModelConfig` (its own image
             size and head are used), a dict of architecture fields, or a
             variant name such as ``"B/16"``.
-        image_size: ``H`` (square) or ``(H, W)``.
+        image_size: ``H`` (square) or ``(H, W)``, in pixels.
+        num_classes: classes of the head (``0`` for none).
+        channels: image channels.
+
+    Returns:
+        The FLOPs of one image's forward pass, as an ``int``.
+
+    Raises:
+        ValueError: the image size is not a multiple of the patch size.
+
+    Examples:
+        >>> round(keras_mixer.flops("B/16") / 1e9, 1)       # GFLOP per 224 x 224 image
+        25.2
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> keras_mixer.flops(model.config)
+        588288
     """
     if isinstance(config, ModelConfig):
         image_size = config.image_size
@@ -276,9 +363,17 @@ def parameter_count(config, image_size=224, num_classes=1000, channels=3):
             size and head).
         image_size: ``H`` (square) or ``(H, W)``: the token count sets the token-mixing sizes.
         num_classes: classes of the head (``0`` for none).
+        channels: image channels.
 
     Returns:
         The count (Mixer-B/16 at 224 with 1000 classes: 59,880,472, as paper Table 1).
+
+    Examples:
+        >>> keras_mixer.parameter_count("B/16")
+        59880472
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> keras_mixer.parameter_count(model.config) == model.count_params()
+        True
     """
     if isinstance(config, ModelConfig):
         image_size = config.image_size

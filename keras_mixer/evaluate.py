@@ -75,6 +75,33 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
         ``top_k`` (the k of ``top5``: 5, or the number of classes when fewer),
         ``split`` (what was scored, in words) and ``training_overlap`` (how many
         of the images the model trained on; ``None`` when its data is unknown).
+
+    Raises:
+        ValueError: settings out of range, a crop or filter that differs from the
+            one an export recorded, classes that do not fit the model, or images
+            that cannot be decoded (named).
+        FileNotFoundError: the artifact or the folder does not exist.
+
+    Examples:
+        A ``.keras`` file scored on every image of a small labelled folder:
+
+        >>> from keras_mixer.evaluate import evaluate
+        >>> folder = tempfile.mkdtemp()
+        >>> rng = np.random.default_rng(0)
+        >>> for name in ("cat", "dog"):                      # images/<class>/<image>
+        ...     os.makedirs(os.path.join(folder, "images", name))
+        ...     for i in range(3):
+        ...         keras.utils.save_img(os.path.join(folder, "images", name, f"{i}.png"),
+        ...                              rng.uniform(0, 255, (40, 48, 3)))
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=2)
+        >>> model.save(os.path.join(folder, "tiny.keras"))
+        >>> result = evaluate(os.path.join(folder, "tiny.keras"), os.path.join(folder, "images"),
+        ...                   split="all", log=None)
+        >>> result["kind"], result["num_images"], result["class_names"], result["top_k"]
+        ('keras', 6, ['cat', 'dog'], 2)
+        >>> result["probabilities"].shape, 0.0 <= result["top1"] <= 1.0
+        ((6, 2), True)
     """
     log = log or (lambda *_: None)
     kind, path = artifact_kind(artifact)

@@ -42,21 +42,33 @@ class MixerBackbone(MlpMixer, keras_hub.models.Backbone):
     """An MLP-Mixer backbone: images (already scaled) to the normalised tokens ``(batch, S, C)``.
 
     Args:
-        patch_size, num_blocks, hidden_dim, tokens_mlp_dim, channels_mlp_dim: the
-            architecture, as :class:`keras_mixer.MlpMixer` takes it.
+        patch_size: side ``P`` of the square patches.
+        num_blocks: number of Mixer blocks.
+        hidden_dim: token width ``C``.
+        tokens_mlp_dim: hidden width ``D_S`` of the token-mixing MLPs.
+        channels_mlp_dim: hidden width ``D_C`` of the channel-mixing MLPs.
         image_shape: ``(height, width, channels)``; multiples of ``patch_size``.
         approximate_gelu: tanh GELU (official weights) or exact erf (timm's).
         layer_norm_epsilon: LayerNorm epsilon (official: 1e-6).
         drop_path_rate: stochastic depth of the last block.
         name: model name.
         dtype: a Keras dtype policy.
+        **kwargs: ``keras_mixer.MlpMixer`` arguments (``trainable``, ...).
 
-    Example:
+    Call arguments:
+        - inputs: images ``(batch, height, width, channels)`` of ``image_shape``,
+          already scaled as the weights expect (the image converter does that;
+          official weights: ``[-1, 1]``).
+        - training: stochastic depth is active only when ``True``.
 
-    ```python
-    backbone = keras_mixer.hub.MixerBackbone(16, 12, 768, 384, 3072)
-    tokens = backbone(np.zeros((1, 224, 224, 3)))  # (1, 196, 768)
-    ```
+    Returns:
+        Called on images: the normalised tokens ``(batch, S, hidden_dim)``.
+
+    Examples:
+        >>> import keras_mixer.hub
+        >>> backbone = keras_mixer.hub.MixerBackbone(8, 2, 32, 16, 64, image_shape=(32, 32, 3))
+        >>> tuple(backbone(np.zeros((2, 32, 32, 3))).shape)      # 16 tokens of width 32
+        (2, 16, 32)
     """
 
     def __init__(self, patch_size, num_blocks, hidden_dim, tokens_mlp_dim, channels_mlp_dim,
@@ -79,7 +91,23 @@ class MixerBackbone(MlpMixer, keras_hub.models.Backbone):
 
     @classmethod
     def from_mixer(cls, model):
-        """The backbone of a :class:`keras_mixer.MlpMixer`, with its weights (its head is left out)."""
+        """The backbone of a :class:`keras_mixer.MlpMixer`, with its weights (its head is left out).
+
+        Args:
+            model: a ``keras_mixer.MlpMixer``, with or without its head.
+
+        Returns:
+            A :class:`MixerBackbone` with the model's architecture, image shape,
+            GELU form, name, dtype policy and weights.
+
+        Examples:
+            >>> import keras_mixer.hub
+            >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+            >>> backbone = keras_mixer.hub.MixerBackbone.from_mixer(model)
+            >>> images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3))  # scaled pixels
+            >>> tuple(backbone(images).shape), backbone.count_params() < model.count_params()
+            ((2, 16, 32), True)
+        """
         backbone = cls(**sharing.backbone_arguments(model.config), name=model.name,
                        dtype=model.dtype_policy)
         checkpoints.load_params(backbone, checkpoints.get_params(model), verbose=False)
@@ -103,6 +131,25 @@ class MixerImageConverter(keras_hub.layers.ImageConverter):
             the shorter side (:func:`keras_mixer.images.center_crop`); 1 crops nothing.
         **kwargs: ``keras_hub.layers.ImageConverter`` arguments (``image_size``,
             ``scale``, ``offset``, ``interpolation``, ...).
+
+    Call arguments:
+        - inputs: images ``(batch, height, width, channels)`` (or one image) of
+          any size, 0-255 pixels.
+
+    Returns:
+        Called on images: the images cropped, resized to ``image_size`` and
+        scaled (``x * scale + offset``), float32.
+
+    Raises:
+        ValueError: ``crop_fraction`` is outside ``(0, 1]``.
+
+    Examples:
+        >>> import keras_mixer.hub
+        >>> converter = keras_mixer.hub.MixerImageConverter(
+        ...     crop_fraction=0.875, image_size=(32, 32), scale=1 / 127.5, offset=-1.0)
+        >>> x = keras.ops.convert_to_numpy(converter(np.full((1, 48, 64, 3), 255.0)))
+        >>> x.shape, float(x.min()), float(x.max())
+        ((1, 32, 32, 3), 1.0, 1.0)
     """
 
     backbone_cls = MixerBackbone
@@ -134,7 +181,30 @@ class MixerImageConverter(keras_hub.layers.ImageConverter):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class MixerImageClassifierPreprocessor(keras_hub.models.ImageClassifierPreprocessor):
-    """keras-hub's image classifier preprocessor with a :class:`MixerImageConverter`."""
+    """keras-hub's image classifier preprocessor with a :class:`MixerImageConverter`.
+
+    Args:
+        image_converter: a :class:`MixerImageConverter` (``None``: images pass
+            through unchanged).
+        **kwargs: ``keras_hub.models.ImageClassifierPreprocessor`` arguments.
+
+    Call arguments:
+        - x: images ``(batch, height, width, channels)``, 0-255 pixels.
+        - y: optional labels, passed through.
+        - sample_weight: optional sample weights, passed through.
+
+    Returns:
+        Called on images: the converted images (with ``y`` and
+        ``sample_weight``, when given, packed as Keras' ``(x, y, sample_weight)``).
+
+    Examples:
+        >>> import keras_mixer.hub
+        >>> converter = keras_mixer.hub.MixerImageConverter(
+        ...     image_size=(32, 32), scale=1 / 127.5, offset=-1.0)
+        >>> preprocessor = keras_mixer.hub.MixerImageClassifierPreprocessor(converter)
+        >>> tuple(preprocessor(np.zeros((2, 40, 40, 3))).shape)
+        (2, 32, 32, 3)
+    """
 
     backbone_cls = MixerBackbone
     image_converter_cls = MixerImageConverter
@@ -152,14 +222,25 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
         activation: of the head; ``None`` returns logits.
         dropout: before the head.
         head_dtype: dtype policy of the head (default: the backbone's).
+        **kwargs: ``keras_hub.models.ImageClassifier`` arguments (``name``, ...).
 
-    Example:
+    Call arguments:
+        - inputs: images scaled for the backbone ``(batch, height, width,
+          channels)``. ``predict``, ``fit`` and ``evaluate`` run the preprocessor
+          first, so they take 0-255 images of any size.
 
-    ```python
-    classifier = keras_mixer.hub.MixerImageClassifier.from_preset(
-        "hf://timm/mixer_b16_224.goog_in21k_ft_in1k")
-    classifier.predict(np.random.uniform(0, 255, (1, 256, 320, 3)))
-    ```
+    Returns:
+        Called on images: scores ``(batch, num_classes)`` (logits without ``activation``).
+
+    Examples:
+        >>> import keras_mixer.hub
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=2)
+        >>> preset = keras_mixer.save_to_preset(model, os.path.join(tempfile.mkdtemp(), "tiny"))
+        >>> classifier = keras_mixer.hub.MixerImageClassifier.from_preset(preset)
+        >>> images = np.random.default_rng(0).uniform(0, 255, (2, 48, 40, 3))
+        >>> classifier.predict(images, verbose=0).shape     # resized and scaled by the preprocessor
+        (2, 2)
     """
 
     backbone_cls = MixerBackbone
@@ -190,7 +271,28 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
 
     @classmethod
     def from_mixer(cls, model):
-        """The classifier of a :class:`keras_mixer.MlpMixer` with a head: same weights, preprocessing."""
+        """The classifier of a :class:`keras_mixer.MlpMixer` with a head: same weights, preprocessing.
+
+        Args:
+            model: a ``keras_mixer.MlpMixer`` with its head.
+
+        Returns:
+            A :class:`MixerImageClassifier` whose preprocessor prepares images
+            by the model's image policy (crop, filter, input normalisation).
+
+        Raises:
+            ValueError: the model has no head.
+
+        Examples:
+            >>> import keras_mixer.hub
+            >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+            ...                              num_classes=3, classifier_activation=None)
+            >>> classifier = keras_mixer.hub.MixerImageClassifier.from_mixer(model)
+            >>> images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+            >>> bool(np.allclose(classifier.predict(images, verbose=0),
+            ...                  model.predict(images, verbose=0), atol=1e-5))
+            True
+        """
         config = model.config
         if not config.include_top:
             raise ValueError(f"Model {model.name!r} has no head (include_top=False): use "
@@ -205,7 +307,23 @@ class MixerImageClassifier(keras_hub.models.ImageClassifier):
         return classifier
 
     def to_mixer(self):
-        """This classifier as a :class:`keras_mixer.MlpMixer` taking 0-255 pixels (for keras-mixer's exports)."""
+        """This classifier as a :class:`keras_mixer.MlpMixer` taking 0-255 pixels (for keras-mixer's exports).
+
+        Returns:
+            A ``keras_mixer.MlpMixer`` with the backbone's and the head's weights
+            and the image converter's input normalisation, crop and filter.
+
+        Raises:
+            ValueError: the classifier max-pools its tokens (a Mixer averages them).
+
+        Examples:
+            >>> import keras_mixer.hub
+            >>> backbone = keras_mixer.hub.MixerBackbone(8, 2, 32, 16, 64, image_shape=(32, 32, 3))
+            >>> classifier = keras_mixer.hub.MixerImageClassifier(backbone, num_classes=3)
+            >>> model = classifier.to_mixer()
+            >>> type(model).__name__, model.config.num_classes, model.config.include_preprocessing
+            ('MlpMixer', 3, True)
+        """
         if self.pooling != "avg":
             raise ValueError("A Mixer's head averages its tokens; this classifier max-pools.")
         converter = getattr(self.preprocessor, "image_converter", None)

@@ -26,6 +26,19 @@ def preprocess_input(x, mode="mixer"):
             array (a float32 array is returned) or a backend tensor.
         mode: ``"mixer"`` (official weights): ``x / 127.5 - 1``, in [-1, 1];
             ``"miil"`` (the ``miil_*`` presets): ``x / 255``, in [0, 1].
+
+    Returns:
+        The scaled images, float32, of the shape of ``x``: a NumPy array for
+        NumPy input, else a backend tensor.
+
+    Raises:
+        ValueError: an unknown ``mode``.
+
+    Examples:
+        >>> keras_mixer.preprocess_input(np.array([0, 127.5, 255]))
+        array([-1.,  0.,  1.], dtype=float32)
+        >>> keras_mixer.preprocess_input(np.array([0, 255]), mode="miil")
+        array([0., 1.], dtype=float32)
     """
     if mode not in SCALINGS:
         raise ValueError(f"mode must be one of {', '.join(SCALINGS)}, got {mode!r}.")
@@ -40,7 +53,21 @@ def preprocess_input(x, mode="mixer"):
 
 @functools.lru_cache(maxsize=None)
 def imagenet1k_classes():
-    """``(wordnet_ids, names)``: the 1000 ImageNet-1k classes in class-index order."""
+    """``(wordnet_ids, names)``: the 1000 ImageNet-1k classes in class-index order.
+
+    Read from the package's data (no download), once.
+
+    Returns:
+        Two tuples of 1000 strings: WordNet ids (``"n01440764"``) and class names.
+
+    Raises:
+        RuntimeError: the package's class list is damaged.
+
+    Examples:
+        >>> ids, names = keras_mixer.imagenet.imagenet1k_classes()
+        >>> len(names), ids[0], names[0]
+        (1000, 'n01440764', 'tench, Tinca tinca')
+    """
     with open(os.path.join(RESOURCES_DIR, "imagenet1k_classes.tsv"), encoding="utf-8") as f:
         rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     if len(rows) != 1000:
@@ -63,6 +90,18 @@ def decode_predictions(preds, top=5, labels=None):
         With ``labels`` both are the label. Otherwise, for 1000 classes ``class_id`` is the WordNet id (``"n01440764"``) and the
         name the ImageNet-1k one; for other heads (e.g. the 21,843 ImageNet-21k
         classes, whose names are not shipped) both are the class index as text.
+
+    Raises:
+        ValueError: ``preds`` is not 2-D, or ``labels`` has another length.
+
+    Examples:
+        >>> scores = np.zeros((1, 1000))
+        >>> scores[0, [1, 2]] = 0.6, 0.3
+        >>> [(wordnet_id, name.split(",")[0], score)
+        ...  for wordnet_id, name, score in keras_mixer.decode_predictions(scores, top=2)[0]]
+        [('n01443537', 'goldfish', 0.6), ('n01484850', 'great white shark', 0.3)]
+        >>> keras_mixer.decode_predictions(np.array([[0.2, 0.8]]), top=1, labels=["cat", "dog"])
+        [[('dog', 'dog', 0.8)]]
     """
     preds = np.asarray(preds)
     if preds.ndim != 2:

@@ -40,14 +40,21 @@ class LayerNorm(keras.layers.LayerNormalization):
 
     Args:
         epsilon: added to the variance (official: 1e-6; Keras' default is 1e-3).
-        **kwargs: ``keras.layers.LayerNormalization`` arguments.
+        **kwargs: ``keras.layers.LayerNormalization`` arguments (``axis``,
+            ``center``, ``scale``, ``name``, ``dtype``, ...).
 
-    Example:
+    Call arguments:
+        - inputs: a tensor ``(..., channels)`` (normalised over ``axis``, by
+          default the last).
 
-    >>> norm = keras_mixer.layers.LayerNorm()
-    >>> y = norm(np.array([[1.0, 2.0, 3.0]]))
-    >>> np.round(keras.ops.convert_to_numpy(y), 4)
-    array([[-1.2247,  0.    ,  1.2247]], dtype=float32)
+    Returns:
+        A tensor of the shape of ``inputs``, in the layer's compute dtype.
+
+    Examples:
+        >>> norm = keras_mixer.layers.LayerNorm()
+        >>> y = norm(np.array([[1.0, 2.0, 3.0]]))
+        >>> np.round(keras.ops.convert_to_numpy(y), 4)
+        array([[-1.2247,  0.    ,  1.2247]], dtype=float32)
     """
 
     def __init__(self, epsilon=LAYER_NORM_EPSILON, **kwargs):
@@ -76,21 +83,25 @@ class PatchEmbedding(keras.layers.Layer):
     in row-major order of the patch grid.
 
     Args:
-        patch_size: side ``P`` of the square patches.
-        hidden_dim: token width ``C``.
+        patch_size: side ``P`` of the square patches, in pixels (a positive integer).
+        hidden_dim: token width ``C`` (a positive integer).
         **kwargs: standard ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Call arguments:
-        images: ``(batch, H, W, channels)``; ``H`` and ``W`` known and multiples of ``P``.
+        - images: ``(batch, H, W, channels)``; ``H`` and ``W`` known and
+          multiples of ``P``.
 
     Returns:
         Tokens ``(batch, S, hidden_dim)`` with ``S = (H / P) * (W / P)``.
 
-    Example:
+    Raises:
+        ValueError: ``patch_size`` or ``hidden_dim`` is not positive, or the
+            image height or width is unknown or not a multiple of ``patch_size``.
 
-    >>> stem = keras_mixer.PatchEmbedding(patch_size=16, hidden_dim=768)
-    >>> stem(np.zeros((2, 224, 224, 3))).shape
-    (2, 196, 768)
+    Examples:
+        >>> stem = keras_mixer.PatchEmbedding(patch_size=8, hidden_dim=32)
+        >>> tuple(stem(np.zeros((2, 32, 48, 3))).shape)    # a 4 x 6 grid of patches
+        (2, 24, 32)
     """
 
     def __init__(self, patch_size, hidden_dim, **kwargs):
@@ -138,25 +149,28 @@ class MlpBlock(keras.layers.Layer):
 
     Args:
         hidden_dim: width of the hidden layer (``D_S`` or ``D_C``).
-        axis: ``1`` (tokens) or ``-1`` (channels).
+        axis: ``1`` (tokens) or ``-1`` (channels; ``2`` is the same).
         approximate_gelu: tanh GELU as in the official code (default), or the
             exact erf form (timm, keras-cv) when ``False``.
         **kwargs: standard ``keras.layers.Layer`` arguments.
 
     Call arguments:
-        x: tokens ``(batch, S, C)`` with ``S`` and ``C`` known.
-        training: passed on to the fast paths (the math does not depend on it).
+        - x: tokens ``(batch, S, C)`` with ``S`` and ``C`` known.
+        - training: passed on to the fast paths (the math does not depend on it).
 
     Returns:
         A tensor of the shape of ``x``.
 
-    Example:
+    Raises:
+        ValueError: ``axis`` is not 1 or -1, or the tokens are not ``(batch, S, C)``
+            with known ``S`` and ``C``.
 
-    >>> mlp = keras_mixer.MlpBlock(hidden_dim=384, axis=1)    # token mixing
-    >>> mlp(np.zeros((2, 196, 768))).shape
-    (2, 196, 768)
-    >>> tuple(mlp.dense_0.kernel.shape)                        # (S, D_S)
-    (196, 384)
+    Examples:
+        >>> mlp = keras_mixer.MlpBlock(hidden_dim=16, axis=1)    # token mixing
+        >>> tuple(mlp(np.zeros((2, 49, 32))).shape)
+        (2, 49, 32)
+        >>> tuple(mlp.dense_0.kernel.shape)                       # (S, D_S)
+        (49, 16)
     """
 
     def __init__(self, hidden_dim, axis=-1, approximate_gelu=True, **kwargs):
@@ -205,23 +219,29 @@ class DropPath(keras.layers.Layer):
     branch passes through.
 
     Args:
-        rate: drop probability in ``[0, 1)``.
-        seed: seed of the layer's ``keras.random.SeedGenerator``.
+        rate: drop probability in ``[0, 1)``; 0 (default) never drops.
+        seed: seed of the layer's ``keras.random.SeedGenerator`` (``None``: random).
         **kwargs: standard ``keras.layers.Layer`` arguments.
 
     Call arguments:
-        x: a residual branch ``(batch, ...)``.
-        training: drop only when ``True``.
+        - x: a residual branch ``(batch, ...)``.
+        - training: drop only when ``True``.
 
     Returns:
-        ``x`` with some samples zeroed and the rest scaled (training), else ``x``.
+        A tensor of the shape of ``x``: while training, each sample of ``x`` is
+        either zero or scaled by ``1 / (1 - rate)``; otherwise ``x`` itself.
 
-    Example:
+    Raises:
+        ValueError: ``rate`` is outside ``[0, 1)``.
 
-    >>> drop = keras_mixer.DropPath(rate=0.5, seed=0)
-    >>> y = drop(np.ones((4, 3, 2)), training=True)    # each sample all 0 or all 2
-    >>> sorted({float(v) for v in np.unique(keras.ops.convert_to_numpy(y))}) in ([0.0, 2.0], [0.0], [2.0])
-    True
+    Examples:
+        >>> drop = keras_mixer.DropPath(rate=0.5, seed=0)
+        >>> y = keras.ops.convert_to_numpy(drop(np.ones((8, 3, 2)), training=True))
+        >>> samples = y.reshape(8, -1)      # each sample is all 0 (dropped) or all 2 (kept)
+        >>> bool(np.all((samples == 0).all(axis=1) | (samples == 2).all(axis=1)))
+        True
+        >>> keras.ops.convert_to_numpy(drop(np.ones((2, 3)))).tolist()   # inference: unchanged
+        [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
 
     def __init__(self, rate=0.0, seed=None, **kwargs):
@@ -260,23 +280,25 @@ class MixerBlock(keras.layers.Layer):
     Args:
         tokens_mlp_dim: ``D_S``, hidden width of the token-mixing MLP.
         channels_mlp_dim: ``D_C``, hidden width of the channel-mixing MLP.
-        drop_path_rate: stochastic-depth rate of this block.
-        approximate_gelu: tanh GELU (official) or exact erf GELU.
+        drop_path_rate: stochastic-depth rate of this block, in ``[0, 1)``.
+        approximate_gelu: tanh GELU (official, default) or exact erf GELU (``False``).
         layer_norm_epsilon: LayerNorm epsilon (official: 1e-6).
         **kwargs: standard ``keras.layers.Layer`` arguments.
 
     Call arguments:
-        x: tokens ``(batch, S, C)``.
-        training: stochastic depth is active only when ``True``.
+        - x: tokens ``(batch, S, C)`` with ``S`` and ``C`` known.
+        - training: stochastic depth is active only when ``True``.
 
     Returns:
-        Tokens of the same shape.
+        Tokens of the shape of ``x``.
 
-    Example:
-
-    >>> block = keras_mixer.MixerBlock(tokens_mlp_dim=384, channels_mlp_dim=3072)
-    >>> block(np.zeros((2, 196, 768))).shape
-    (2, 196, 768)
+    Examples:
+        >>> block = keras_mixer.MixerBlock(tokens_mlp_dim=16, channels_mlp_dim=64)
+        >>> tuple(block(np.zeros((2, 16, 32))).shape)
+        (2, 16, 32)
+        >>> [layer.name for layer in (block.norm_0, block.token_mixing, block.norm_1,
+        ...                           block.channel_mixing)]
+        ['norm_0', 'token_mixing', 'norm_1', 'channel_mixing']
     """
 
     def __init__(self, tokens_mlp_dim, channels_mlp_dim, drop_path_rate=0.0, approximate_gelu=True,

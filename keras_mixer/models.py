@@ -131,19 +131,35 @@ class MlpMixer(keras.Model):
             statistics and the outputs stay float32 under any policy.
         trainable: whether the model's weights are trainable.
 
+    Call arguments:
+        - inputs: images ``(batch, H, W, channels)`` of the model's
+          ``input_shape``: 0-255 pixels with ``include_preprocessing`` (the
+          default), else pixels already scaled as the preprocessing would.
+        - training: dropout and stochastic depth are active only when ``True``.
+
     Returns:
-        A ``keras.Model``; ``model.config`` is its
-        :class:`~keras_mixer.config.ModelConfig`.
+        Called on images: class probabilities ``(batch, num_classes)`` (logits
+        with ``classifier_activation=None``); without the head, the normalised
+        tokens ``(batch, S, C)``, or ``(batch, C)`` with ``pooling``.
+        ``model.config`` is the model's :class:`~keras_mixer.config.ModelConfig`.
 
-    Example:
+    Raises:
+        TypeError: an unknown argument.
+        ValueError: an argument out of range (e.g. an image size that is not a
+            multiple of ``patch_size``, ``dropout`` outside ``[0, 1)``).
 
-    >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
-    ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
-    ...                              input_shape=(32, 32, 3), num_classes=10)
-    >>> model.predict(np.zeros((2, 32, 32, 3)), verbose=0).shape
-    (2, 10)
-    >>> model.config.grid
-    (4, 4)
+    Examples:
+        >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+        ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+        ...                              input_shape=(32, 32, 3), num_classes=10)
+        >>> model.predict(np.zeros((2, 32, 32, 3)), verbose=0).shape
+        (2, 10)
+        >>> model.config.grid, model.config.variant      # 4 x 4 patches; no paper variant
+        ((4, 4), None)
+        >>> features = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                                 include_top=False, pooling="avg")
+        >>> tuple(features(np.zeros((2, 32, 32, 3))).shape)
+        (2, 32)
     """
 
     def __init__(
@@ -201,7 +217,19 @@ class MlpMixer(keras.Model):
 
     @property
     def config(self):
-        """The :class:`~keras_mixer.config.ModelConfig` of this model."""
+        """The :class:`~keras_mixer.config.ModelConfig` of this model.
+
+        Returns:
+            The model's whole configuration (architecture, input, head, GELU
+            form, image policy), which loading, export and evaluation read.
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> model.config.num_classes, model.config.image_shape
+            (10, (32, 32, 3))
+        """
         return self._mixer_config
 
     def predict_step(self, *args, **kwargs):
@@ -230,17 +258,32 @@ class MlpMixer(keras.Model):
         """Keras' ``Model.quantize``: ``"int8"``, ``"int4"`` or ``"float8"`` weights for the ``Dense`` layers.
 
         Those are the four MLP matrices of every block and the head: all but the
-        stem's share of the FLOPs (Keras quantizes no convolution). ``filters`` are
-        Keras' own (default: every ``Dense``). Keras' ``"gptq"`` and ``"awq"``
-        calibrate on token sequences (a tokenizer, int32 token ids) and do not apply
-        to an image model. A quantized model saves and loads as ``.keras``.
+        stem's share of the FLOPs (Keras quantizes no convolution). Keras' ``"gptq"``
+        and ``"awq"`` calibrate on token sequences (a tokenizer, int32 token ids)
+        and do not apply to an image model. A quantized model saves and loads as
+        ``.keras``. The model changes in place.
 
-        Example:
+        Args:
+            mode: ``"int8"``, ``"int4"`` or ``"float8"`` (Keras' modes).
+            config: a Keras quantization config instead of ``mode``.
+            filters: Keras' layer filter (a callable, a regex or a list of
+                them); default: every ``Dense``.
+            **kwargs: passed on to Keras' ``Model.quantize``.
 
-        >>> model = keras_mixer.MixerS32(input_shape=(64, 64, 3), num_classes=3)
-        >>> model.quantize("int8")
-        >>> model.blocks[0].channel_mixing.dense_0.quantization_mode
-        'int8'
+        Raises:
+            ValueError: ``"gptq"`` or ``"awq"`` (or their configs).
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=1, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> model.quantize("int8")
+            >>> [(path, layer.quantization_mode) for path, layer in model.layer_paths()
+            ...  if isinstance(layer, keras.layers.Dense)]        # doctest: +NORMALIZE_WHITESPACE
+            [('mixer_block_0/token_mixing/dense_0', 'int8'),
+             ('mixer_block_0/token_mixing/dense_1', 'int8'),
+             ('mixer_block_0/channel_mixing/dense_0', 'int8'),
+             ('mixer_block_0/channel_mixing/dense_1', 'int8'), ('head', 'int8')]
         """
         if (config is None and mode in ("gptq", "awq")) or type(config).__name__ in (
                 "GPTQConfig", "AWQConfig"):
@@ -263,17 +306,23 @@ class MlpMixer(keras.Model):
         task needs a new head). Saving and loading keep the adapters.
 
         Args:
-            rank: rank of the adapters.
+            rank: rank of the adapters (a positive integer).
             lora_alpha: Keras' LoRA scale (default: ``rank``).
-            mlps: ``"token_mixing"`` and/or ``"channel_mixing"``.
+            mlps: which MLPs get adapters: ``"token_mixing"`` and/or ``"channel_mixing"``.
             train_head: keep the classification head trainable.
 
-        Example:
+        Raises:
+            ValueError: ``mlps`` names something else.
 
-        >>> model = keras_mixer.MixerS32(input_shape=(64, 64, 3), num_classes=3)
-        >>> model.enable_lora(4)
-        >>> sorted({w.path.split("/")[-1] for w in model.trainable_weights})
-        ['bias', 'kernel', 'lora_kernel_a', 'lora_kernel_b']
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> model.enable_lora(4)
+            >>> sorted({w.path.split("/")[-1] for w in model.trainable_weights})  # the head's too
+            ['bias', 'kernel', 'lora_kernel_a', 'lora_kernel_b']
+            >>> model.blocks[0].token_mixing.dense_0.lora_rank
+            4
         """
         unknown = set(mlps) - {"token_mixing", "channel_mixing"}
         if unknown:
@@ -298,28 +347,91 @@ class MlpMixer(keras.Model):
 
     @property
     def stem(self):
-        """The :class:`~keras_mixer.PatchEmbedding` layer."""
+        """The :class:`~keras_mixer.PatchEmbedding` layer.
+
+        Returns:
+            The stem, named ``"stem"``: a ``P x P`` convolution with stride ``P``.
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> model.stem.patch_size, model.stem.hidden_dim
+            (8, 32)
+        """
         return self.get_layer(STEM)
 
     @property
     def blocks(self):
-        """The :class:`~keras_mixer.MixerBlock` layers, in order."""
+        """The :class:`~keras_mixer.MixerBlock` layers, in order.
+
+        Returns:
+            A list of ``num_blocks`` layers, named ``mixer_block_0``, ``mixer_block_1``, ...
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> [block.name for block in model.blocks]
+            ['mixer_block_0', 'mixer_block_1']
+        """
         return [self.get_layer(block_name(i)) for i in range(self.config.num_blocks)]
 
     @property
     def pre_head_norm(self):
-        """The final ``LayerNormalization``."""
+        """The final ``LayerNormalization``.
+
+        Returns:
+            The :class:`~keras_mixer.layers.LayerNorm` after the last block, named
+            ``"pre_head_layer_norm"``.
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> model.pre_head_norm.name, model.pre_head_norm.epsilon
+            ('pre_head_layer_norm', 1e-06)
+        """
         return self.get_layer(PRE_HEAD_NORM)
 
     @property
     def head(self):
-        """The classification ``Dense`` (``None`` without ``include_top``)."""
+        """The classification ``Dense`` (``None`` without ``include_top``).
+
+        Returns:
+            The ``keras.layers.Dense`` named ``"head"``, or ``None``.
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> model.head.units
+            10
+            >>> keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+            ...                      include_top=False).head is None
+            True
+        """
         return self.get_layer(HEAD) if self.config.include_top else None
 
     def layer_at(self, path):
         """The layer at ``path``: a top-level layer name, then sublayer names, joined by ``/``.
 
-        Example: ``model.layer_at("mixer_block_0/token_mixing/dense_0")``.
+        Args:
+            path: a path as :meth:`layer_paths` gives them, e.g.
+                ``"mixer_block_0/token_mixing/dense_0"``.
+
+        Returns:
+            The layer.
+
+        Raises:
+            ValueError: no layer has that path.
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> model.layer_at("mixer_block_0/token_mixing/dense_0").units   # D_S
+            16
         """
         for layer_path, layer in self.layer_paths():
             if layer_path == path:
@@ -327,7 +439,19 @@ class MlpMixer(keras.Model):
         raise ValueError(f"Model {self.name!r} has no layer at {path!r}.")
 
     def layer_paths(self):
-        """``(path, layer)`` of every layer inside the model, parents before their sublayers."""
+        """``(path, layer)`` of every layer inside the model, parents before their sublayers.
+
+        Returns:
+            A list of ``(path, layer)``: each path is the layer names from the
+            model down, joined by ``/`` (what :meth:`layer_at` takes).
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> [path for path, _ in model.layer_paths()][:5]
+            ['images', 'preprocessing', 'stem', 'stem/proj', 'mixer_block_0']
+        """
         def walk(layer, prefix):
             for child in compat.sublayers(layer):
                 path = f"{prefix}{child.name}"
@@ -344,6 +468,20 @@ class MlpMixer(keras.Model):
         ``quantize`` changed; ``lora_layers``: ``{path: [rank, alpha]}`` of layers
         with LoRA enabled. :meth:`from_config` applies them, so a frozen, quantized
         or LoRA Mixer comes back as it was saved.
+
+        Returns:
+            A JSON-serializable dict: :class:`~keras_mixer.config.ModelConfig`'s
+            fields as constructor arguments, ``name``, ``trainable``, ``dtype``
+            (when not float32) and the layer states above.
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> model.blocks[0].trainable = False
+            >>> config = model.get_config()
+            >>> config["num_blocks"], config["frozen_layers"]
+            (2, ['mixer_block_0'])
         """
         config = self.config.to_kwargs()
         config.update(name=self.name, trainable=self.trainable)
@@ -367,6 +505,24 @@ class MlpMixer(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        """The model :meth:`get_config` describes: the same layers, frozen, quantized or LoRA as saved.
+
+        Args:
+            config: a dict from :meth:`get_config`.
+
+        Returns:
+            A new :class:`MlpMixer` (with fresh weights: Keras' ``.keras`` files
+            carry the weights).
+
+        Examples:
+            >>> model = keras_mixer.MlpMixer(patch_size=8, num_blocks=2, hidden_dim=32,
+            ...                              tokens_mlp_dim=16, channels_mlp_dim=64,
+            ...                              input_shape=(32, 32, 3), num_classes=10)
+            >>> model.blocks[0].trainable = False
+            >>> clone = keras_mixer.MlpMixer.from_config(model.get_config())
+            >>> clone.blocks[0].trainable, clone.blocks[1].trainable
+            (False, True)
+        """
         config = dict(config)
         frozen = config.pop("frozen_layers", ())
         quantized = config.pop("quantized_layers", {})
@@ -462,11 +618,13 @@ def get_model(variant, **kwargs):
     Returns:
         An :class:`MlpMixer` named after the variant (``"mixer_b16"``) unless ``name`` is given.
 
-    Example:
+    Raises:
+        ValueError: an unknown variant.
 
-    >>> model = keras_mixer.get_model("S/32", input_shape=(64, 64, 3), num_classes=10)
-    >>> model.name, model.config.grid
-    ('mixer_s32', (2, 2))
+    Examples:
+        >>> model = keras_mixer.get_model("S/32", input_shape=(64, 64, 3), num_classes=10)
+        >>> model.name, model.config.grid
+        ('mixer_s32', (2, 2))
     """
     variant = canonical_variant(variant)
     kwargs.setdefault("name", model_name(variant))
@@ -517,13 +675,31 @@ def _variant_constructor(variant):
     Returns:
         An :class:`MlpMixer` named ``{model_name(variant)}``.
 
-    Example:
-
-    >>> model = keras_mixer.{function_name}(input_shape=(64, 64, 3), num_classes=10)
-    >>> model.config.variant
-    '{variant}'
+    Examples:
+{_variant_example(function_name, variant)}
     """
     return constructor
+
+
+def _variant_example(function_name, variant):
+    """The variant's doctest: built at a small size where that is cheap, else counted only."""
+    size = 4 * VARIANTS[variant].patch_size
+    weights = parameter_count(variant, image_size=size, num_classes=10)
+    call = f"keras_mixer.{function_name}(input_shape=({size}, {size}, 3), num_classes=10)"
+    if weights > 20_000_000:  # examples stay fast: the larger variants are not built
+        return f"""        >>> keras_mixer.{function_name}(input_shape=({size}, {size}, 3), classes=10)
+        Traceback (most recent call last):
+            ...
+        TypeError: got an unexpected keyword argument 'classes'
+        >>> keras_mixer.parameter_count("{variant}", image_size={size}, num_classes=10)
+        {weights}
+
+        ``{call}`` builds a model of that many weights (not built here)."""
+    return f"""        >>> model = {call}
+        >>> model.name, model.config.variant, model.config.grid
+        ('{model_name(variant)}', '{variant}', (4, 4))
+        >>> model.count_params()
+        {weights}"""
 
 
 MixerS32 = _variant_constructor("S/32")
@@ -536,7 +712,19 @@ MixerH14 = _variant_constructor("H/14")
 
 
 def mixer_blocks(model):
-    """The ``MixerBlock`` layers of a Mixer model, in order."""
+    """The ``MixerBlock`` layers of a Mixer model, in order (:attr:`MlpMixer.blocks`).
+
+    Args:
+        model: a :class:`MlpMixer`.
+
+    Returns:
+        A list of :class:`~keras_mixer.MixerBlock`.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> len(keras_mixer.mixer_blocks(model))
+        2
+    """
     return model.blocks
 
 
@@ -563,7 +751,22 @@ def model_from_checkpoint(path, image_size=None, verbose=True, **kwargs):
             ``include_preprocessing``, ``approximate_gelu``, ...).
 
     Returns:
-        ``(model, summary)``; ``summary.class_names`` has the source's class names, if any.
+        ``(model, summary)``: the :class:`MlpMixer` and a
+        :class:`~keras_mixer.checkpoints.LoadSummary`; ``summary.class_names``
+        has the source's class names, if any.
+
+    Raises:
+        keras_mixer.CheckpointError: the file is not a Mixer checkpoint, or is damaged.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=10)
+        >>> path = keras_mixer.save_weights(model, os.path.join(tempfile.mkdtemp(), "tiny.npz"))
+        >>> loaded, summary = keras_mixer.model_from_checkpoint(path)
+        >>> loaded.config.num_blocks, loaded.config.image_shape, loaded.config.num_classes
+        (2, (32, 32, 3), 10)
+        >>> print(summary)
+        Loaded 30 tensors (16,298 values).
     """
     source = checkpoints.read_source(path)
     config = checkpoints.source_config(source)
@@ -605,6 +808,15 @@ def convert_resolution(model, image_size, name=None):
         block-diagonal token-mixing weights; every other weight copied. On an
         image made of independent tiles, each tile's tokens are mixed exactly as
         the original model mixes that tile on its own.
+
+    Raises:
+        ValueError: a side of ``image_size`` is not a multiple of the model's.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> larger = keras_mixer.convert_resolution(model, 64)      # 2 x 2 tiles
+        >>> larger.config.grid, larger.config.tokens_mlp_dim
+        ((8, 8), 64)
     """
     config = _resized_config(model.config, image_size).replace(name=name or model.name)
     new_model = from_config(config)
@@ -635,6 +847,21 @@ def load_model(source, variant=None, image_size=None, verbose=True, **kwargs):
 
     Returns:
         An :class:`MlpMixer`.
+
+    Raises:
+        ValueError: ``source`` is none of these, or needs ``variant``.
+        keras_mixer.CheckpointError: the file is damaged or does not fit.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=10)
+        >>> folder = tempfile.mkdtemp()
+        >>> model.save(os.path.join(folder, "tiny.keras"))
+        >>> keras_mixer.load_model(os.path.join(folder, "tiny.keras")).config == model.config
+        True
+        >>> path = keras_mixer.save_weights(model, os.path.join(folder, "tiny.npz"))
+        >>> keras_mixer.load_model(path, image_size=64).config.grid     # resolution transfer
+        (8, 8)
     """
     path = os.fspath(source)
     if formats.has_suffix(path, formats.KERAS_MODEL_SUFFIXES):
@@ -778,6 +1005,15 @@ def feature_extractor(model, blocks=None, as_grid=False, name=None):
 
     Returns:
         A ``keras.Model`` mapping the Mixer's input to a list of features.
+
+    Raises:
+        ValueError: a block index is out of range.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> features = keras_mixer.feature_extractor(model, blocks=[0, -1], as_grid=True)
+        >>> [tuple(f.shape) for f in features(np.zeros((2, 32, 32, 3)))]
+        [(2, 4, 4, 32), (2, 4, 4, 32)]
     """
     all_blocks = model.blocks
     indices = range(len(all_blocks)) if blocks is None else blocks

@@ -120,16 +120,25 @@ def save_to_preset(model, preset_dir, class_names=None, overwrite=False):
         ``preset_dir``.
 
     Raises:
+        TypeError: ``model`` is not a ``keras_mixer.MlpMixer``.
         ValueError: the model has NaN or infinite weights (a broken model is not
             published), or ``class_names`` do not fit the head.
+        FileExistsError: ``preset_dir`` exists and is not empty, without ``overwrite``.
 
-    Example:
-
-    ```python
-    model = keras_mixer.load_model("mixer_b16_224.goog_in21k_ft_in1k")
-    keras_mixer.save_to_preset(model, "mixer_b16_preset")
-    same = keras_mixer.load_model("mixer_b16_preset")
-    ```
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=2)
+        >>> preset = os.path.join(tempfile.mkdtemp(), "tiny_preset")
+        >>> keras_mixer.save_to_preset(model, preset, class_names=["cat", "dog"]) == preset
+        True
+        >>> sorted(os.listdir(preset))   # doctest: +NORMALIZE_WHITESPACE
+        ['config.json', 'image_converter.json', 'labels.txt', 'metadata.json',
+         'model.weights.h5', 'preprocessor.json', 'task.json', 'task.weights.h5']
+        >>> same = keras_mixer.load_model(preset)
+        >>> images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+        >>> bool(np.allclose(same.predict(images, verbose=0), model.predict(images, verbose=0),
+        ...                  atol=1e-6))
+        True
     """
     if not isinstance(model, MlpMixer):
         raise TypeError(f"save_to_preset takes a keras_mixer.MlpMixer, got {type(model).__name__} "

@@ -19,6 +19,24 @@ def token_mixing_units(model, block=0, sort_by_frequency=True):
     patch grid in row-major order, so each unit's weights form an ``H/P x W/P`` image.
     With ``sort_by_frequency`` units go from smooth to high-frequency patterns
     (mean spatial frequency of their 2-D spectrum), as in the paper's figure.
+
+    Args:
+        model: a ``keras_mixer.MlpMixer``.
+        block: index of the block (negative counts from the end).
+        sort_by_frequency: order the units from smooth to high-frequency
+            (else in the kernel's order).
+
+    Returns:
+        A float64 NumPy array ``(D_S, H/P, W/P)``: one picture per hidden unit.
+
+    Raises:
+        ValueError: ``block`` is out of range.
+
+    Examples:
+        >>> from keras_mixer import visualize
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> visualize.token_mixing_units(model, block=-1).shape    # D_S = 16 units on a 4 x 4 grid
+        (16, 4, 4)
     """
     blocks = model.blocks
     if not -len(blocks) <= block < len(blocks):
@@ -50,6 +68,22 @@ def plot_token_mixing(model, path, blocks=(0,), num_units=64, columns=16, sort_b
         blocks: block indices to draw (negative counts from the end).
         num_units: units per block (the first ones after sorting); ``None`` for all.
         columns: pictures per row.
+        sort_by_frequency: order the units from smooth to high-frequency, as the paper.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: a block index is out of range.
+
+    Examples:
+        >>> from keras_mixer import visualize
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> path = os.path.join(tempfile.mkdtemp(), "units.png")
+        >>> visualize.plot_token_mixing(model, path, blocks=(0, 1), num_units=8, columns=8) == path
+        True
+        >>> os.path.getsize(path) > 0
+        True
     """
     from matplotlib.figure import Figure
 
@@ -83,12 +117,41 @@ def _save(fig, path):
 def predict_images(model, paths, top=5, mode="mixer", batch_size=16, labels=None):
     """Top-``top`` ``(class_id, name, score)`` per image file, and the images (0-255).
 
-    ``labels``: the class names in output order (see :func:`keras_mixer.decode_predictions`).
-
     Files are prepared by the image policy (:mod:`keras_mixer.images`), as the
     serving signatures do. ``mode="miil"`` scales pixels to [0, 1] for models
     built with ``include_preprocessing=False`` (timm's ``miil`` weights);
     ``"mixer"`` uses the exported interface (:func:`signatures.probability_model`).
+
+    Args:
+        model: a ``keras_mixer.MlpMixer`` with its head.
+        paths: an image file, or a list of them (JPEG, PNG, BMP or GIF).
+        top: classes per image.
+        mode: ``"mixer"`` or ``"miil"`` (see above).
+        batch_size: images per model call.
+        labels: the class names in output order (see
+            :func:`keras_mixer.decode_predictions`).
+
+    Returns:
+        ``(predictions, images)``: one list of ``(class_id, name, score)`` per
+        file, best first, and the prepared images ``(n, H, W, 3)``, 0-255 floats.
+
+    Raises:
+        ValueError: a model without head, or no images.
+
+    Examples:
+        >>> from keras_mixer import visualize
+        >>> folder = tempfile.mkdtemp()
+        >>> paths = [os.path.join(folder, name) for name in ("noise.png", "grey.png")]
+        >>> keras.utils.save_img(paths[0], np.random.default_rng(0).uniform(0, 255, (40, 48, 3)))
+        >>> keras.utils.save_img(paths[1], np.full((64, 64, 3), 128.0))
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=2)
+        >>> predictions, images = visualize.predict_images(model, paths, top=2,
+        ...                                                labels=["cat", "dog"])
+        >>> [(name, round(score, 2)) for _, name, score in predictions[0]]  # a zero head: 50/50
+        [('cat', 0.5), ('dog', 0.5)]
+        >>> images.shape                    # both resized to the model's 32 x 32
+        (2, 32, 32, 3)
     """
     config = model.config
     if not config.include_top:
@@ -120,6 +183,24 @@ def plot_predictions(model, image_paths, path, top=3, columns=4, mode="mixer", l
             (see :func:`keras_mixer.preprocess_input`).
         labels: class names in output order (default: ImageNet-1k's for 1000
             classes, else class indices).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: a model without head, or no images.
+
+    Examples:
+        >>> from keras_mixer import visualize
+        >>> folder = tempfile.mkdtemp()
+        >>> paths = [os.path.join(folder, name) for name in ("noise.png", "grey.png")]
+        >>> keras.utils.save_img(paths[0], np.random.default_rng(0).uniform(0, 255, (40, 48, 3)))
+        >>> keras.utils.save_img(paths[1], np.full((64, 64, 3), 128.0))
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=2)
+        >>> path = os.path.join(folder, "gallery.png")
+        >>> visualize.plot_predictions(model, paths, path, top=2, labels=["cat", "dog"]) == path
+        True
     """
     from matplotlib.figure import Figure
 

@@ -28,7 +28,21 @@ CHECKPOINT_SUFFIXES = NPZ_SUFFIXES + TORCH_SUFFIXES + SAFETENSORS_SUFFIXES
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model."""
+    """A checkpoint that cannot be read, or does not fit the model.
+
+    Raised before anything is assigned. When the checkpoint does not fit, the
+    error's ``problems`` attribute lists every bad key (the message the first few).
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> empty = os.path.join(tempfile.mkdtemp(), "empty.safetensors")
+        >>> open(empty, "wb").close()
+        >>> try:
+        ...     keras_mixer.load_weights(model, empty)
+        ... except keras_mixer.CheckpointError as error:
+        ...     print(type(error).__name__, isinstance(error, ValueError))
+        CheckpointError True
+    """
 
 
 def has_suffix(path, suffixes):

@@ -77,7 +77,22 @@ def model_variables(model):
 
 
 def get_params(model):
-    """The model's weights as an official-layout dict of float NumPy arrays."""
+    """The model's weights as an official-layout dict of float NumPy arrays.
+
+    Args:
+        model: a ``keras_mixer.MlpMixer``.
+
+    Returns:
+        ``{key: array}`` with the official (Flax) names and layouts, what an
+        official ``.npz`` holds: ``"stem/kernel"``, ``"MixerBlock_0/token_mixing/Dense_0/kernel"``,
+        ..., ``"head/bias"`` (no head keys without ``include_top``).
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> params = keras_mixer.checkpoints.get_params(model)
+        >>> len(params), params["MixerBlock_0/token_mixing/Dense_0/kernel"].shape   # (S, D_S)
+        (30, (16, 16))
+    """
     return {key: slot.read() for key, slot in model_variables(model).items()}
 
 

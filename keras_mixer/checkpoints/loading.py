@@ -34,7 +34,27 @@ MAX_LISTED_PROBLEMS = 6
 
 @dataclasses.dataclass
 class LoadSummary:
-    """What :func:`load_params` did."""
+    """What :func:`load_params` did; ``str(summary)`` says it in words.
+
+    Args:
+        loaded: ``(key, shape)`` of every tensor assigned, official key names.
+        skipped: keys of the checkpoint left out (a head of another size).
+        messages: what the loader said (skipped head, resolution transfer).
+        tiling: ``(rows, columns)`` of the resolution transfer; ``(1, 1)``: none.
+        class_names: the head's class names, when the weights' source names them.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=10)
+        >>> params = keras_mixer.checkpoints.get_params(model)
+        >>> other = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3), num_classes=3)
+        >>> summary = keras_mixer.load_params(other, params, verbose=False)
+        >>> print(summary)
+        Loaded 28 tensors (15,968 values).
+        Skipped the checkpoint's head: 10 classes, the model has 3; the head stays freshly (zero) initialised.
+        >>> summary.skipped, summary.loaded[0]
+        (['head/kernel', 'head/bias'], ('stem/kernel', (8, 8, 3, 32)))
+    """
 
     loaded: list
     skipped: list = dataclasses.field(default_factory=list)
@@ -44,6 +64,7 @@ class LoadSummary:
 
     @property
     def num_values(self):
+        """How many numbers were assigned (the sum of the loaded shapes' sizes)."""
         return int(sum(np.prod(shape) for _, shape in self.loaded))
 
     def __str__(self):
@@ -224,10 +245,37 @@ def _problems(variables, params, expected):
 def load_params(model, params, verbose=True):
     """Assign official-layout ``params`` to ``model`` after checking all of them.
 
+    Args:
+        model: a ``keras_mixer.MlpMixer``.
+        params: ``{official key: array}`` (``"stem/kernel"``,
+            ``"MixerBlock_0/token_mixing/Dense_0/kernel"``, ...), as
+            :func:`~keras_mixer.checkpoints.get_params` returns them and
+            :mod:`~keras_mixer.checkpoints.formats` reads them from files.
+        verbose: emit the loader's messages (skipped head, resolution transfer)
+            as warnings.
+
     Returns:
-        A :class:`LoadSummary`. Raises :class:`CheckpointError` (naming the
-        architectures, or each bad key with both shapes) before assigning anything;
-        the error's ``problems`` attribute lists every bad key.
+        A :class:`LoadSummary`.
+
+    Raises:
+        CheckpointError: the parameters do not fit (naming the architectures, or
+            each bad key with both shapes), raised before anything is assigned;
+            the error's ``problems`` attribute lists every bad key.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=10)
+        >>> params = keras_mixer.checkpoints.get_params(model)
+        >>> copy = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=10)
+        >>> print(keras_mixer.load_params(copy, params))
+        Loaded 30 tensors (16,298 values).
+        >>> wider = keras_mixer.MlpMixer(8, 2, 48, 16, 64, input_shape=(32, 32, 3))
+        >>> try:
+        ...     keras_mixer.load_params(wider, params)
+        ... except keras_mixer.CheckpointError as error:
+        ...     print(len(error.problems), "problems, the first:", error.problems[0])
+        20 problems, the first: wrong shape for 'stem/kernel': checkpoint (8, 8, 3, 32), model (8, 8, 3, 48)
     """
     variables = keys.model_variables(model)
     params = {k: np.asarray(v) for k, v in params.items()}
@@ -283,6 +331,30 @@ def load_weights(model, weights, verbose=True):
 
     Returns:
         A :class:`LoadSummary`.
+
+    Raises:
+        CheckpointError: the file cannot be read or does not fit the model
+            (nothing is assigned then).
+        DownloadError: a preset's download failed.
+        ValueError: ``weights`` is not a file, a folder, a handle or a preset
+            published for the model's variant.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=10)
+        >>> path = keras_mixer.save_weights(model, os.path.join(tempfile.mkdtemp(), "tiny.npz"))
+        >>> copy = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=10)
+        >>> print(keras_mixer.load_weights(copy, path))
+        Loaded 30 tensors (16,298 values).
+        >>> notes = os.path.join(tempfile.mkdtemp(), "notes.npz")
+        >>> with open(notes, "w") as f:
+        ...     _ = f.write("not weights")
+        >>> try:
+        ...     keras_mixer.load_weights(copy, notes)
+        ... except keras_mixer.CheckpointError as error:
+        ...     print(error)
+        Cannot read .../notes.npz as an .npz checkpoint: the file is a text file (it starts with 'not weights'); an .npz checkpoint is a zip archive of NumPy arrays.
     """
     if hub.is_handle(weights):
         source = hub.read_source(weights)
@@ -351,10 +423,28 @@ def _check_preset_fit(model, preset):
 
 
 def save_weights(model, path):
-    """Write the model's weights atomically.
+    """Write the model's weights atomically (a temporary file, then a rename).
 
     ``.npz``: the official Flax layout (loads in ``vit_jax``/big_vision);
     ``.safetensors`` / ``.pth``: the timm layout; ``.weights.h5``: Keras.
+
+    Args:
+        model: a ``keras_mixer.MlpMixer``.
+        path: the file to write; its suffix picks the format.
+
+    Returns:
+        ``path`` (as a string).
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=10)
+        >>> folder = tempfile.mkdtemp()
+        >>> for name in ("tiny.npz", "tiny.safetensors", "tiny.weights.h5"):
+        ...     path = keras_mixer.save_weights(model, os.path.join(folder, name))
+        >>> sorted(os.listdir(folder))
+        ['tiny.npz', 'tiny.safetensors', 'tiny.weights.h5']
+        >>> keras_mixer.load_model(os.path.join(folder, "tiny.safetensors")).config.num_classes
+        10
     """
     path = os.fspath(path)
     if has_suffix(path, formats.KERAS_WEIGHTS_SUFFIXES):

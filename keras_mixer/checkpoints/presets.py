@@ -54,7 +54,21 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 
 
 class DownloadError(OSError):
-    """A preset's file could not be downloaded (offline, moved) or arrived corrupt."""
+    """A preset's file could not be downloaded (offline, moved) or arrived corrupt.
+
+    The message gives the URL and the cache path where a file downloaded by hand
+    is picked up; nothing corrupt is cached.
+
+    Examples:
+        >>> issubclass(keras_mixer.DownloadError, OSError)
+        True
+        >>> def pretrained_or_random(variant, **kwargs):
+        ...     try:
+        ...         return keras_mixer.get_model(variant, weights="imagenet1k", **kwargs)
+        ...     except keras_mixer.DownloadError as error:   # offline: say why, go on
+        ...         print(error)
+        ...         return keras_mixer.get_model(variant, **kwargs)
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +199,23 @@ def named_preset(name):
 
 
 def available_presets(variant=None):
-    """Preset names, all or those published for ``variant``."""
+    """Short preset names (``weights=`` of a variant), all or those published for ``variant``.
+
+    Args:
+        variant: a paper variant (``"B/16"``, ``"b16"``, ...); ``None`` for every name.
+
+    Returns:
+        A tuple of names such as ``"imagenet1k"``, for ``MixerB16(weights=...)``.
+
+    Raises:
+        ValueError: an unknown variant.
+
+    Examples:
+        >>> keras_mixer.available_presets("S/32")
+        ('gsam',)
+        >>> "imagenet1k" in keras_mixer.available_presets("B/16")
+        True
+    """
     if variant is None:
         return PRESET_NAMES
     variant = canonical_variant(variant)
@@ -193,7 +223,18 @@ def available_presets(variant=None):
 
 
 def preset_names():
-    """Every full preset name (:data:`NAMED_PRESETS`): ``load_model(name)`` builds and loads it."""
+    """Every full preset name (:data:`NAMED_PRESETS`): ``load_model(name)`` builds and loads it.
+
+    Returns:
+        A tuple of names such as ``"mixer_b16_224.goog_in21k_ft_in1k"`` (timm's)
+        and ``"mixer_b16_imagenet1k"``, each a model with its weights (downloaded
+        on first use).
+
+    Examples:
+        >>> names = keras_mixer.preset_names()
+        >>> "mixer_b16_224.goog_in21k_ft_in1k" in names, "mixer_s32_gsam" in names
+        (True, True)
+    """
     return tuple(NAMED_PRESETS)
 
 

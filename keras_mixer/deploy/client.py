@@ -4,10 +4,7 @@ Both clients take images as arrays (``(H, W, 3)`` or ``(batch, H, W, 3)``,
 uint8 or float pixels in 0-255; sent to the ``serving_default`` signature) or
 as image files / encoded bytes (sent to the ``serving_bytes`` signature, which
 decodes and resizes in the graph), and return one :class:`Prediction` per image.
-
->>> client = GrpcClient("localhost:8500", model="mixer")
->>> client.predict(["cat.jpg"])[0].labels
-['cat', 'dog', ...]
+:class:`GrpcClient`'s example serves an export and asks both clients.
 """
 
 import base64
@@ -33,31 +30,107 @@ def server_reason(details):
 
 
 class ServingError(RuntimeError):
-    """A request to the model server failed."""
+    """A request to the model server failed.
+
+    The base class of the clients' errors: :class:`ServerUnavailableError`,
+    :class:`ModelNotFoundError` and :class:`InvalidInputError`.
+
+    Examples:
+        >>> client = keras_mixer.RestClient("localhost:8501")
+        >>> try:
+        ...     client.predict(np.zeros((32, 32, 4)))     # 4 channels: refused before sending
+        ... except keras_mixer.ServingError as error:
+        ...     print(f"{type(error).__name__}: {error}")
+        InvalidInputError: Images must have shape (H, W, 3) or (batch, H, W, 3), got (32, 32, 4).
+    """
 
 
 class ServerUnavailableError(ServingError):
-    """The server cannot be reached or did not answer in time."""
+    """The server cannot be reached or did not answer in time.
+
+    Examples:
+        >>> import socket
+        >>> with socket.socket() as free:            # a port that nothing listens on
+        ...     free.bind(("127.0.0.1", 0))
+        ...     port = free.getsockname()[1]
+        >>> client = keras_mixer.RestClient(f"127.0.0.1:{port}", timeout=5)
+        >>> try:
+        ...     client.predict(np.zeros((1, 32, 32, 3)))
+        ... except keras_mixer.ServerUnavailableError as error:
+        ...     print(str(error)[:50])
+        REST server http://127.0.0.1:... unreachable: ...
+    """
 
 
 class ModelNotFoundError(ServingError):
-    """The server does not serve this model / version / label."""
+    """The server does not serve this model / version / label.
+
+    :class:`GrpcClient`'s example asks a server for a version it does not have.
+
+    Examples:
+        >>> issubclass(keras_mixer.ModelNotFoundError, keras_mixer.ServingError)
+        True
+        >>> def predict_or_none(client, images):
+        ...     try:
+        ...         return client.predict(images)
+        ...     except keras_mixer.ModelNotFoundError as error:   # not deployed (yet)
+        ...         print(error)
+        ...         return None
+    """
 
 
 class InvalidInputError(ServingError, ValueError):
-    """The request's inputs were rejected (by the client's checks or the server)."""
+    """The request's inputs were rejected (by the client's checks or the server).
+
+    Also a ``ValueError``. The client checks shapes and types before sending; the
+    server refuses what its signatures cannot take (e.g. NaN pixels, an image
+    of too many pixels) and the message gives its reason.
+
+    Examples:
+        >>> client = keras_mixer.GrpcClient("localhost:8500")
+        >>> try:
+        ...     client.predict(np.zeros((0, 32, 32, 3)))
+        ... except ValueError as error:
+        ...     print(f"{type(error).__name__}: {error}")
+        InvalidInputError: Empty batch: give at least one image.
+        >>> client.close()
+    """
 
 
 @dataclasses.dataclass
 class Prediction:
-    """Top-k result for one image: class indices, their scores and (when known) names."""
+    """Top-k result for one image: class indices, their scores and (when known) names.
+
+    The clients' ``predict`` returns one per image, best class first.
+
+    Args:
+        classes: class indices, best first (``top_k`` of them).
+        scores: their probabilities.
+        labels: their class names, when the export has labels; else ``None``.
+
+    Examples:
+        >>> prediction = keras_mixer.Prediction(classes=[3, 5], scores=[0.7, 0.2],
+        ...                                     labels=["cat", "dog"])
+        >>> prediction.top()
+        ('cat', 0.7)
+        >>> keras_mixer.Prediction(classes=[3, 5], scores=[0.7, 0.2]).top()
+        (3, 0.7)
+    """
 
     classes: list
     scores: list
     labels: list = None
 
     def top(self):
-        """``(label or class index, score)`` of the best class."""
+        """``(label or class index, score)`` of the best class.
+
+        Returns:
+            ``(label, score)``, or ``(class index, score)`` without labels.
+
+        Examples:
+            >>> keras_mixer.Prediction([2, 0], [0.9, 0.1], ["fox", "cat"]).top()
+            ('fox', 0.9)
+        """
         return (self.labels[0] if self.labels else self.classes[0]), self.scores[0]
 
 
@@ -162,7 +235,52 @@ class _Client:
 
 
 class GrpcClient(_Client):
-    """TF Serving gRPC client (default port 8500)."""
+    """TF Serving gRPC client (default port 8500): ``PredictionService`` ``Predict`` and ``GetModelMetadata``.
+
+    ``predict(images)`` takes an array ``(H, W, 3)`` / ``(batch, H, W, 3)`` of 0-255
+    pixels (sent to ``serving_default``) or image files / encoded bytes (sent to
+    ``serving_bytes``) and returns one :class:`Prediction` per image;
+    ``metadata()`` describes the signatures; ``predict_raw(inputs, signature)``
+    sends arrays as they are. Close it (or use it in a ``with`` block).
+
+    Args:
+        address: ``host:port`` of the server's gRPC port.
+        model: the served model's name (TF Serving's ``model_name``).
+        version: ask this version (an integer) instead of the newest.
+        version_label: ask the version with this label (TF Serving's model config).
+        timeout: seconds to wait for each answer.
+
+    Raises:
+        ValueError: both ``version`` and ``version_label``, an address without a
+            valid port, or a model name that is not one path component.
+
+    Examples:
+        A tiny model, exported and served by the development server (a stand-in
+        for TF Serving) on free ports:
+
+        >>> from keras_mixer.deploy.devserver import DevServer, ModelRepository
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=3)
+        >>> folder = tempfile.mkdtemp()
+        >>> model.save(os.path.join(folder, "tiny.keras"))
+        >>> _ = keras_mixer.export_saved_model(os.path.join(folder, "tiny.keras"),
+        ...                                    os.path.join(folder, "models"), name="mixer",
+        ...                                    labels=["cat", "dog", "fox"], top_k=2)
+        >>> server = DevServer(ModelRepository(os.path.join(folder, "models")),
+        ...                    grpc_port=0, rest_port=0)
+        >>> with keras_mixer.GrpcClient(server.grpc_address, model="mixer") as client:
+        ...     predictions = client.predict(np.zeros((2, 32, 32, 3)))
+        >>> len(predictions), predictions[0].labels, np.round(predictions[0].scores, 3)
+        (2, ['cat', 'dog'], array([0.333, 0.333]))
+        >>> keras_mixer.RestClient(server.rest_address).predict(np.zeros((32, 32, 3)))[0].classes
+        [0, 1]
+        >>> try:
+        ...     keras_mixer.RestClient(server.rest_address, version=7).predict(np.zeros((32, 32, 3)))
+        ... except keras_mixer.ModelNotFoundError as error:
+        ...     print(error)
+        REST server http://127.0.0.1:...: Servable not found for request: Specific(mixer, 7)
+        >>> server.stop()
+    """
 
     def __init__(self, address="localhost:8500", model="mixer", version=None, version_label=None,
                  timeout=10.0):
@@ -235,7 +353,28 @@ class GrpcClient(_Client):
 
 
 class RestClient(_Client):
-    """TF Serving REST client (default port 8501): ``POST /v1/models/NAME:predict``."""
+    """TF Serving REST client (default port 8501): ``POST /v1/models/NAME:predict``.
+
+    The same methods as :class:`GrpcClient` (whose example serves a model and
+    asks both clients); ``model_url()`` is the URL that the requests go to.
+
+    Args:
+        address: ``http://host:port`` (or ``host:port``) of the server's REST port.
+        model: the served model's name (TF Serving's ``model_name``).
+        version: ask this version (an integer) instead of the newest.
+        version_label: ask the version with this label (TF Serving's model config).
+        timeout: seconds to wait for each answer.
+
+    Raises:
+        ValueError: both ``version`` and ``version_label``, an address without a
+            valid port, or a model name that is not one path component.
+
+    Examples:
+        >>> keras_mixer.RestClient("localhost:8501", model="mixer").model_url()
+        'http://localhost:8501/v1/models/mixer'
+        >>> keras_mixer.RestClient("http://serving:8501", version_label="stable").model_url()
+        'http://serving:8501/v1/models/mixer/labels/stable'
+    """
 
     def __init__(self, address="http://localhost:8501", model="mixer", version=None,
                  version_label=None, timeout=10.0):
@@ -331,7 +470,28 @@ def _describe_signatures(signature_defs):
 
 
 def make_client(address, protocol="grpc", **kwargs):
-    """A :class:`GrpcClient` or :class:`RestClient` for ``address``."""
+    """A :class:`GrpcClient` or :class:`RestClient` for ``address``.
+
+    Args:
+        address: the server's address (``host:port``; ``http://`` optional for REST).
+        protocol: ``"grpc"`` or ``"rest"``.
+        **kwargs: the client's other arguments (``model``, ``version``,
+            ``version_label``, ``timeout``).
+
+    Returns:
+        The client; no connection is made until its first request.
+
+    Raises:
+        ValueError: an unknown protocol, or arguments the client refuses.
+
+    Examples:
+        >>> client = keras_mixer.make_client("localhost:8501", protocol="rest", version=2)
+        >>> type(client).__name__, client.model_url()
+        ('RestClient', 'http://localhost:8501/v1/models/mixer/versions/2')
+        >>> with keras_mixer.make_client("localhost:8500", model="mixer") as client:
+        ...     type(client).__name__
+        'GrpcClient'
+    """
     if protocol == "grpc":
         return GrpcClient(address, **kwargs)
     if protocol == "rest":

@@ -16,12 +16,31 @@ def export_onnx(model, export_dir="saved_models", name="mixer", tolerance=1e-4):
     0-255 at the model size in, probabilities out. Needs the ``onnx`` extra
     (``onnx``, ``tf2onnx``; ``onnxruntime`` for the check).
 
-    ``name`` is one path component of letters, digits, ``_``, ``-`` and ``.``
-    (:func:`keras_mixer.files.check_name`).
+    Args:
+        model: a ``.keras`` file (or an ``MlpMixer`` under TensorFlow).
+        export_dir: output directory.
+        name: file name without ``.onnx``: one path component of letters, digits,
+            ``_``, ``-`` and ``.`` (:func:`keras_mixer.files.check_name`).
+        tolerance: largest accepted difference between onnxruntime's and Keras'
+            probabilities on sample images.
 
     Returns:
         ``{"path", "size_bytes", "max_abs_diff"}`` (``max_abs_diff`` is ``None``
         without onnxruntime).
+
+    Raises:
+        ImportError: ``tf2onnx`` is not installed (the ``onnx`` extra).
+        RuntimeError: the ONNX model differs from Keras by more than ``tolerance``.
+        ValueError: a bad name, or a model whose outputs are not finite.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=3)
+        >>> folder = tempfile.mkdtemp()
+        >>> model.save(os.path.join(folder, "tiny.keras"))
+        >>> result = keras_mixer.export_onnx(os.path.join(folder, "tiny.keras"), folder, name="tiny")
+        >>> os.path.basename(result["path"]), result["max_abs_diff"] < 1e-4
+        ('tiny.onnx', True)
     """
     check_name(name)
     with disk_full_errors("the ONNX file", "nothing was published: free some space and export again"):

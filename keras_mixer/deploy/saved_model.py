@@ -61,6 +61,10 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
             ``name`` serves another task (other classes, image size or
             architecture); by default that is a ``ValueError``, since every
             client of ``name`` would get the new model's answers.
+        training_data: what the model trained on (an image folder or a dataset
+            name), recorded in the report for ``keras-mixer evaluate``'s overlap
+            warning; default: the run directory's record, when ``model`` is a
+            ``.keras`` file in one.
         max_image_pixels: both signatures refuse an image of more than this many
             pixels (``height * width``; encoded images are measured from their
             header, before decoding), so that TF Serving cannot be made to decode
@@ -70,9 +74,29 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
         The path of the new version directory. The check's numbers are in its
         ``assets.extra/export_report.json`` (ignored by TF Serving).
 
-    Example:
-        >>> export_saved_model("runs/main/model.keras", "saved_models", name="mixer")
-        'saved_models/mixer/1'
+    Raises:
+        ValueError: a bad name, dtype or ``max_image_pixels``; ``name`` serves
+            another task (without ``allow_new_task``); the model's outputs are
+            not finite; the reloaded SavedModel differs by more than ``tolerance``.
+        FileExistsError: ``version`` is already published.
+        TypeError: an ``MlpMixer`` object under a backend other than TensorFlow
+            (save it and pass the ``.keras`` file).
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=3)
+        >>> folder = tempfile.mkdtemp()
+        >>> model.save(os.path.join(folder, "tiny.keras"))
+        >>> version_dir = keras_mixer.export_saved_model(
+        ...     os.path.join(folder, "tiny.keras"), os.path.join(folder, "models"), name="tiny",
+        ...     labels=["cat", "dog", "fox"])
+        >>> os.path.relpath(version_dir, folder)
+        'models/tiny/1'
+        >>> sorted(os.listdir(version_dir))
+        ['assets', 'assets.extra', 'fingerprint.pb', 'saved_model.pb', 'variables']
+
+        TF Serving (``--model_base_path`` the ``models/tiny`` folder) or
+        ``keras-mixer serve`` serves it; :class:`~keras_mixer.GrpcClient` asks it.
     """
     check_name(name)
     if dtype not in DTYPES:

@@ -101,6 +101,10 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
             images, else random pixels). A labelled folder (``class/*.jpg``, or
             its ``test/`` split) also gives top-1 accuracy.
         num_threads: interpreter threads for ``latency_ms``.
+        max_calibration_images: at most this many images are drawn from a
+            folder of ``representative_images`` (seeded, at random).
+        max_eval_images: at most this many images are drawn from an
+            ``eval_images`` folder.
         labels: class names (list or text file) written to ``NAME.labels.txt``
             (default: the run directory's ``labels.txt`` when ``model`` is a
             ``.keras`` file in one, else a labelled ``eval_images`` folder's class names).
@@ -123,6 +127,22 @@ def export_tflite(model, export_dir="saved_models", name="mixer", modes=TFLITE_M
         ``latency_ms_<n>t`` (median single-image ``invoke``), ``integer_ops`` of
         ``ops`` and ``integer_macs`` of ``macs`` (:func:`layer_report.integer_coverage`),
         ``float_layers`` (``mixed``) and ``report`` (quantized modes: the per-layer JSON).
+
+    Raises:
+        ValueError: an unknown mode or name, settings out of range, or a
+            calibrated mode without ``representative_images``.
+        TypeError: an ``MlpMixer`` object under a backend other than TensorFlow
+            (save it and pass the ``.keras`` file).
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3),
+        ...                              num_classes=3)
+        >>> folder = tempfile.mkdtemp()
+        >>> model.save(os.path.join(folder, "tiny.keras"))
+        >>> results = keras_mixer.export_tflite(os.path.join(folder, "tiny.keras"), folder,
+        ...                                     name="tiny", modes=("float32",))
+        >>> [(r["mode"], os.path.basename(r["path"]), r["top1_agreement"]) for r in results]
+        [('float32', 'tiny.float32.tflite', 1.0)]
     """
     check_name(name)
     unknown = set(modes) - set(TFLITE_MODES)

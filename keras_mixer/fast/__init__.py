@@ -34,18 +34,56 @@ _INFERENCE = contextvars.ContextVar("keras_mixer_fast_inference", default=False)
 
 
 def set_enabled(enabled):
-    """Switch every fast path on or off (for this context: thread, task)."""
+    """Switch every fast path on or off (for this context: thread, task).
+
+    The start value is on, unless the environment variable ``KERAS_MIXER_FAST=0``.
+    :func:`disabled` switches them off for a ``with`` block only.
+
+    Args:
+        enabled: ``True`` lets layers take their backend's fast paths; ``False``
+            runs the plain layers only.
+
+    Examples:
+        >>> keras_mixer.fast.set_enabled(False)
+        >>> keras_mixer.fast.is_enabled()
+        False
+        >>> keras_mixer.fast.set_enabled(True)
+    """
     _ENABLED.set(bool(enabled))
 
 
 def is_enabled():
-    """Whether fast paths may be used."""
+    """Whether fast paths may be used.
+
+    Returns:
+        ``False`` after ``set_enabled(False)``, inside :func:`disabled` or with
+        ``KERAS_MIXER_FAST=0``; else ``True``.
+
+    Examples:
+        >>> with keras_mixer.fast.disabled():
+        ...     keras_mixer.fast.is_enabled()
+        False
+    """
     return _ENABLED.get()
 
 
 @contextlib.contextmanager
 def disabled():
-    """``with fast.disabled():`` the plain layers only (parity tests, debugging)."""
+    """``with fast.disabled():`` the plain layers only (parity tests, debugging).
+
+    Returns:
+        A context manager: inside its ``with`` block no fast path applies; on
+        leaving it, the previous setting comes back.
+
+    Examples:
+        >>> model = keras_mixer.MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3))
+        >>> images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+        >>> fast = model.predict(images, verbose=0)
+        >>> with keras_mixer.fast.disabled():
+        ...     plain = model.predict(images, verbose=0)
+        >>> bool(np.allclose(fast, plain, atol=1e-5))
+        True
+    """
     token = _ENABLED.set(False)
     try:
         yield
@@ -55,7 +93,23 @@ def disabled():
 
 @contextlib.contextmanager
 def inference():
-    """The context of ``MlpMixer.predict_step`` / ``test_step``: inference-only fast paths apply."""
+    """The context of ``MlpMixer.predict_step`` / ``test_step``: inference-only fast paths apply.
+
+    ``model.predict`` and ``model.evaluate`` enter it themselves; a custom
+    inference loop that calls the model directly may enter it too.
+
+    Returns:
+        A context manager: inside its ``with`` block, :func:`path_for` may pick
+        paths that are only worth it for inference.
+
+    Examples:
+        >>> block = keras_mixer.MixerBlock(16, 64)
+        >>> tokens = np.zeros((2, 16, 32), "float32")
+        >>> with keras_mixer.fast.inference():
+        ...     y = block(tokens)
+        >>> tuple(y.shape)
+        (2, 16, 32)
+    """
     token = _INFERENCE.set(True)
     try:
         yield
@@ -66,7 +120,23 @@ def inference():
 def path_for(layer, training=False):
     """The fast implementation of ``layer.call`` to run now, or ``None`` for the plain layer.
 
-    Returns a function with ``layer.call``'s signature (``layer`` first).
+    Layers call it at the top of their ``call``; which paths exist depends on the
+    backend (and on :func:`inference`).
+
+    Args:
+        layer: a layer of :mod:`keras_mixer.layers`.
+        training: whether the call is a training step.
+
+    Returns:
+        A function with ``layer.call``'s signature (``layer`` first), or ``None``
+        (fast paths switched off, none for this layer and backend, or the layer
+        quantized or with LoRA).
+
+    Examples:
+        >>> block = keras_mixer.MixerBlock(16, 64)
+        >>> with keras_mixer.fast.disabled():
+        ...     keras_mixer.fast.path_for(block) is None
+        True
     """
     if not _ENABLED.get():
         return None

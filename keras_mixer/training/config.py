@@ -45,7 +45,87 @@ def _field(default, help):
 class TrainConfig:
     """Every setting of a training run (``scripts/train.py`` has one flag per field).
 
-    The defaults are the main job: a small Mixer on the offline digits data.
+    The defaults are the main job: a small Mixer on the offline digits data. Each
+    argument is also a ``keras-mixer train`` flag (``batch_size``:
+    ``--batch-size``), whose ``--help`` gives the defaults. The settings are
+    checked when the object is made (and again by :func:`keras_mixer.train`).
+
+    Args:
+        data: ``"digits"`` (offline), an image folder (``root/<class>/<image>``,
+            or with ``train``/``test`` split folders) or a TFDS name.
+        data_dir: TFDS data directory.
+        image_size: input side in pixels, a multiple of the patch size; default
+            16 for the digits, 64 for other data, 224 with a paper ``variant``.
+        crop_fraction: evaluation center crop of the shorter side, in ``(0, 1]``
+            (1: resize only); kept in the model's config for its exports.
+        variant: a paper variant (``"S/32"``, ``"B/16"``, ...) or ``"custom"``
+            (the five sizes below).
+        patch_size: custom Mixer: patch side ``P``.
+        num_blocks: custom Mixer: number of blocks.
+        hidden_dim: custom Mixer: token width ``C``.
+        tokens_mlp_dim: custom Mixer: ``D_S``.
+        channels_mlp_dim: custom Mixer: ``D_C``.
+        drop_path_rate: stochastic depth of the last block (paper: 0.1).
+        init: start from a ``.keras`` model, a weights file, or a preset name,
+            folder or ``hf://`` / ``kaggle://`` handle (the layers that match).
+        recipe: ``"pretrain"`` (AdamW, linear warmup and decay) or
+            ``"finetune"`` (SGD with momentum, cosine decay).
+        epochs: training epochs.
+        batch_size: global batch size (all devices together).
+        learning_rate: peak learning rate, after the warmup (at most 10).
+        weight_decay: AdamW's decoupled weight decay (pretrain only; never on
+            LayerNorm or biases).
+        warmup_epochs: linear warmup length in epochs (may be fractional).
+        decay: ``"linear"`` or ``"cosine"``; default: linear (pretrain),
+            cosine (finetune).
+        clipnorm: global-norm gradient clipping (0: off).
+        momentum: SGD momentum (finetune).
+        label_smoothing: label smoothing of the loss, in ``[0, 1)``.
+        grad_accum_steps: each optimizer step accumulates this many batches (1: off).
+        mixed_precision: train under ``mixed_bfloat16``.
+        ema: EMA momentum of the weights (0: off), e.g. 0.999.
+        inception_crop: random-area crop while training (else a plain resize).
+        crop_min_area: inception crop's smallest area fraction (paper: 0.08).
+        flip: random horizontal flips (off: digits are not mirror-symmetric).
+        randaug_ops: RandAugment operations per image.
+        randaug_magnitude: RandAugment magnitude (0: off; paper 10-20).
+        mixup_alpha: MixUp's ``Beta(a, a)`` (0: off).
+        cutmix_alpha: CutMix's ``Beta(a, a)`` (0: off).
+        mix_prob: probability that a batch is mixed.
+        strategy: the distribution: ``"auto"``; ``"default"``, ``"mirrored"``,
+            ``"multi_worker"``, ``"tpu"`` (TensorFlow); ``"data_parallel"``,
+            ``"model_parallel"`` (JAX); ``"torch_ddp"`` (PyTorch, under torchrun).
+        cpu_devices: split the CPU into this many devices (TensorFlow, JAX; 0: don't).
+        model_parallel: JAX: size of the model axis of the device mesh.
+        run_dir: the run directory; running the same settings again resumes it.
+        seed: seed of the initialisation, shuffling and augmentation.
+        steps_per_epoch: optimizer steps per epoch; default: training examples
+            // ``batch_size``.
+        progress: Keras' progress display: ``"auto"``, ``"0"`` (none), ``"1"``
+            (a bar), ``"2"`` (a line per epoch).
+        export: export the final model as a TF Serving SavedModel.
+        export_dir: the export's base directory.
+        export_name: the served model's name (``export_dir/NAME/VERSION``);
+            default ``"mixer"`` for the main job's ``runs/main``, else the run
+            directory's name.
+        allow_new_task: let the export publish a model with other classes, image
+            size or architecture as a new version of a served name.
+        re_export: export a finished run again, as a new version.
+        bad_images: image folders: ``"skip"`` undecodable images (listed in the
+            log and ``results.json``) or ``"fail"``, listing them.
+
+    Raises:
+        ValueError: the first setting that cannot work (named with its flag).
+
+    Examples:
+        >>> config = keras_mixer.TrainConfig(run_dir=os.path.join(tempfile.mkdtemp(), "digits"),
+        ...                                  epochs=2, batch_size=32)
+        >>> config.data, config.image_size, config.export_name
+        ('digits', 16, 'digits')
+        >>> keras_mixer.TrainConfig(image_size=30)
+        Traceback (most recent call last):
+            ...
+        ValueError: image_size (--image-size) must be a multiple of the patch size 4, got 30.
     """
 
     # data

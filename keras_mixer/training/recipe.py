@@ -16,7 +16,28 @@ NO_WEIGHT_DECAY = ["gamma", "beta", "bias"]
 
 
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then linear decay to ``end``."""
+    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then linear decay to ``end``.
+
+    The paper's pre-training schedule; after ``total_steps`` it stays at ``end``.
+
+    Args:
+        peak: the learning rate at the end of the warmup.
+        warmup_steps: optimizer steps of the warmup (0: none).
+        total_steps: the step at which the decay reaches ``end``.
+        end: the final learning rate.
+
+    Call arguments:
+        - step: the optimizer's step (``optimizer.iterations``), a scalar.
+
+    Returns:
+        Called on a step: the learning rate at that step, a float32 scalar.
+
+    Examples:
+        >>> schedule = keras_mixer.WarmupLinearDecay(peak=1e-3, warmup_steps=10, total_steps=110)
+        >>> [round(float(schedule(step)), 6) for step in (0, 5, 10, 60, 110, 200)]
+        [0.0, 0.0005, 0.001, 0.0005, 0.0, 0.0]
+        >>> optimizer = keras.optimizers.AdamW(learning_rate=schedule)
+    """
 
     def __init__(self, peak, warmup_steps, total_steps, end=0.0):
         self.peak = float(peak)
