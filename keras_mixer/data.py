@@ -1,12 +1,19 @@
 """Input pipelines: tf.data feeding Keras on JAX, TensorFlow and PyTorch.
 
-Three sources, all yielding ``(uint8 image (H, W, 3), int label)``:
+Four sources, all yielding ``(uint8 image (H, W, 3), int label)`` (:class:`Source`):
 
 - ``"digits"`` (the offline default): scikit-learn's bundled 8x8 handwritten
   digits (1,797 real images, no download), split 80/20 with a fixed seed;
 - an image folder: ``root/class_name/*.jpg`` (or ``root/train/class_name/...``
-  and ``root/test/class_name/...``);
+  and ``root/test/class_name/...``), its files checked once for images the
+  decoder cannot read (:mod:`keras_mixer.image_check`);
+- a folder of TFRecord shards that ``keras-mixer prepare`` wrote from an image
+  folder (a TFDS dataset: :mod:`keras_mixer.records`);
 - any TFDS dataset by name (``cifar10``, ``imagenet2012``, ...) with ``data_dir``.
+
+In a job of several processes each process reads and decodes only its own shard
+of the data (``shard`` of :func:`load_source`; :mod:`keras_mixer.distribute`
+says which shard is whose).
 
 :func:`make_dataset` turns a source into batches of ``(float32 images in
 [0, 255], one-hot float32 labels)``: the model rescales pixels itself. Training
@@ -23,7 +30,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_mixer import images
+from keras_mixer import image_check, images
 from keras_mixer.images import IMAGE_EXTENSIONS
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -35,8 +42,15 @@ BAD_IMAGES = ("skip", "fail")
 
 @dataclasses.dataclass
 class Source:
-    """A split of a dataset: an unbatched ``(uint8 image, label)`` dataset plus metadata.
+    """A split of a dataset (this process's shard of it): unbatched examples plus metadata.
 
+    ``dataset`` yields ``(element, label)``: the element is a uint8 image, or, where
+    ``decode`` is given, what ``decode`` turns into one (an image file's path, a
+    record's encoded bytes), so that a pipeline decodes only the examples it keeps
+    (:func:`make_dataset` decodes after shuffling; :meth:`images` decodes at once).
+
+    ``shard`` is ``(num_shards, index)`` of this process's part of the split and
+    ``total_examples`` the examples of all shards (see :func:`load_source`).
     ``unreadable`` lists the ``(path, reason)`` of image files left out because
     the pipeline's decoder cannot read them (image folders, ``bad_images="skip"``).
     """
@@ -45,10 +59,25 @@ class Source:
     num_examples: int
     class_names: list
     unreadable: list = dataclasses.field(default_factory=list)
+    decode: object = None
+    shard: tuple = (1, 0)
+    total_examples: int = None
+
+    def __post_init__(self):
+        if self.total_examples is None:
+            self.total_examples = self.num_examples * self.shard[0]
 
     @property
     def num_classes(self):
         return len(self.class_names)
+
+    def images(self):
+        """``(uint8 image (H, W, 3), label)`` examples, decoded in parallel, in order."""
+        if self.decode is None:
+            return self.dataset
+        decode = self.decode
+        return self.dataset.map(lambda element, label: (decode(element), label),
+                                num_parallel_calls=AUTOTUNE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,28 +95,43 @@ class Augmentation:
 
 
 def load_source(name="digits", split="train", data_dir=None, shard=(1, 0), class_names=None,
-                bad_images="skip"):
-    """Load one split of a dataset by name: ``"digits"``, an image-folder path, or a TFDS name.
+                bad_images="skip", exact_shards=False, log=None):
+    """Load one split of a dataset by name: ``"digits"``, an image folder, a folder written by
+    ``keras-mixer prepare``, or a TFDS name.
 
     Args:
-        name: ``"digits"``, a directory, or a TFDS dataset name (``"cifar10"``).
+        name: ``"digits"``, a directory (image folder, or prepared records), or a
+            TFDS dataset name (``"cifar10"``).
         split: ``"train"`` or ``"test"`` (TFDS: any split spec, ``"test"``
             falls back to ``"validation"`` when the dataset has no test split).
         data_dir: TFDS data directory.
-        shard: ``(num_shards, index)``: keep every ``num_shards``-th example
-            starting at ``index`` (one shard per process).
+        shard: ``(num_shards, index)``: this process's part of the split (one shard
+            per process); it reads and decodes only that part. Image folders: every
+            ``num_shards``-th file starting at ``index``, taken before the bad-image
+            check, so that each process checks only its own files (unless
+            ``exact_shards``); records and TFDS: the ``index``-th of ``num_shards``
+            even parts (``tfds.even_splits``), of which each process reads only its own.
         class_names: the classes this split must have (those of the training
             split): a ``ValueError`` names the classes that differ.
         bad_images: image folders: ``"skip"`` files the decoder cannot read
             (listed in ``Source.unreadable``) or ``"fail"`` with a ``ValueError``
-            listing all of them. Either way before any batch is made.
+            listing all of them. Either way before any batch is made. Each file is
+            decoded for this check once: the result is remembered
+            (:mod:`keras_mixer.image_check`).
+        exact_shards: image folders: check every file of the split, then shard, so
+            that every process knows the exact number of examples of the split
+            (evaluation); otherwise ``Source.total_examples`` counts the files found
+            before the check.
+        log: called with progress lines of a long check (``None``: quiet).
     """
     if bad_images not in BAD_IMAGES:
         raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGES)}, got {bad_images!r}.")
     if name == "digits":
         source = digits_source(split, shard)
+    elif os.path.isdir(name) and is_prepared(name):
+        source = tfds_source(name, split, shard=shard)
     elif os.path.isdir(name):
-        source = folder_source(name, split, shard, class_names, bad_images)
+        source = folder_source(name, split, shard, class_names, bad_images, exact_shards, log)
     elif os.sep in name or name.startswith("."):
         raise FileNotFoundError(f"Image folder {name!r} does not exist.")
     else:
@@ -97,16 +141,21 @@ def load_source(name="digits", split="train", data_dir=None, shard=(1, 0), class
     return source
 
 
-def load_splits(name="digits", data_dir=None, shard=(1, 0), bad_images="skip"):
+def load_splits(name="digits", data_dir=None, shard=(1, 0), bad_images="skip", eval_shard=(1, 0),
+                log=None):
     """``(train, test)`` sources for training: the classes come from the training split, the
-    test split must have the same ones, and there must be at least two."""
-    train = load_source(name, "train", data_dir, shard, bad_images=bad_images)
+    test split must have the same ones, and there must be at least two.
+
+    ``shard`` is this process's part of the training split, ``eval_shard`` of the test
+    split (exact: every process checks the whole test split of an image folder).
+    """
+    train = load_source(name, "train", data_dir, shard, bad_images=bad_images, log=log)
     if train.num_classes < 2:
         raise ValueError(
             f"Training data {name!r} has {train.num_classes} class ({', '.join(train.class_names)}): "
             f"a classifier needs at least 2 classes.")
-    test = load_source(name, "test", data_dir, class_names=train.class_names,
-                       bad_images=bad_images)
+    test = load_source(name, "test", data_dir, eval_shard, class_names=train.class_names,
+                       bad_images=bad_images, exact_shards=True, log=log)
     return train, test
 
 
@@ -154,7 +203,8 @@ def digits_source(split="train", shard=(1, 0), test_fraction=0.2, seed=0):
     images = np.repeat(images[..., None], 3, axis=-1)
     labels = digits.target[indices].astype("int64")
     dataset = _shard(tf.data.Dataset.from_tensor_slices((images, labels)), shard)
-    return Source(dataset, _shard_count(len(labels), shard), [str(i) for i in range(10)])
+    return Source(dataset, _shard_count(len(labels), shard), [str(i) for i in range(10)],
+                  shard=tuple(shard), total_examples=len(labels))
 
 
 def split_root(root, split):
@@ -200,42 +250,15 @@ def scan_folder(root, class_names=None):
     return paths, labels, found
 
 
-def find_unreadable(paths):
-    """``[(path, reason)]`` of the files that :func:`keras_mixer.images.decode` cannot read.
+def folder_files(root, split="train", shard=(1, 0), class_names=None, bad_images="skip",
+                 exact_shards=False, log=None):
+    """The image files of one split of a folder, in the order a pipeline reads them.
 
-    Every file is read and decoded in parallel with the pipeline's own decoder, so
-    a file that passes never stops an epoch (a valid header with a corrupt body does
-    not pass).
-    """
-    if not len(paths):
-        return []
-
-    def check(index, path):
-        image = images.decode(tf.io.read_file(path))
-        return index, tf.shape(image)  # uses the decoded image, so decoding runs
-
-    checked = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    checked = checked.map(check, num_parallel_calls=AUTOTUNE).ignore_errors()
-    readable = {int(index) for index, _ in checked.as_numpy_iterator()}
-    unreadable = []
-    for index, path in enumerate(paths):
-        if index not in readable:
-            try:
-                images.decode(tf.io.read_file(path))
-                reason = "unreadable"
-            except (tf.errors.OpError, ValueError) as error:
-                message = getattr(error, "message", str(error))
-                reason = message.split("}}")[-1].strip().splitlines()[0] if message else "unreadable"
-            unreadable.append((path, reason))
-    return unreadable
-
-
-def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_images="skip"):
-    """Images in ``root/[split/]class_name/*``, decoded in parallel (RGB, uint8).
-
-    Every file of the split is decoded once first (:func:`find_unreadable`):
-    ``bad_images="skip"`` leaves unreadable files out (``Source.unreadable``),
-    ``"fail"`` raises a ``ValueError`` listing all of them.
+    Returns ``(folder, paths, labels, class_names, unreadable, total)``: this shard's
+    readable files and their labels, the ``(path, reason)`` of its unreadable ones, and
+    the number of examples of all shards (see :func:`load_source`). The training split
+    is mixed once (a fixed permutation of all files found), so that a shuffle buffer
+    sees every class; then sharded and checked (or checked and sharded, ``exact_shards``).
     """
     folder, held_out = split_root(root, split)
     paths, labels, class_names = scan_folder(folder, class_names)
@@ -243,7 +266,15 @@ def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_image
         keep = [(i % 10 == 9) == (split != "train") for i in range(len(paths))]
         paths = [p for p, k in zip(paths, keep) if k]
         labels = [label for label, k in zip(labels, keep) if k]
-    unreadable = find_unreadable(paths)
+    if split == "train":  # class-sorted files: mix them once, so a shuffle buffer sees every class
+        order = np.random.default_rng(0).permutation(len(paths))
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
+    num_shards, index = shard
+    found = len(paths)
+    if not exact_shards:
+        paths, labels = paths[index::num_shards], labels[index::num_shards]
+    key = f"{split}-{index}-of-{num_shards}" if not exact_shards else f"{split}-all"
+    unreadable = image_check.check_files(paths, folder, key, log=log)
     if unreadable and bad_images == "fail":
         listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable)
         raise ValueError(
@@ -256,24 +287,42 @@ def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_image
         paths = [path for path in paths if path not in bad]
         if not paths:
             raise ValueError(f"No readable images in {folder!r}.")
-    if split == "train":  # class-sorted files: mix them once, so a shuffle buffer sees every class
-        order = np.random.default_rng(0).permutation(len(paths))
-        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
-    return files_source(paths, labels, class_names, shard, unreadable)
+    if exact_shards:
+        found = len(paths)
+        paths, labels = paths[index::num_shards], labels[index::num_shards]
+    return folder, paths, labels, class_names, unreadable, found
+
+
+def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_images="skip",
+                  exact_shards=False, log=None):
+    """Images in ``root/[split/]class_name/*``, decoded in parallel (RGB, uint8).
+
+    Every file of the shard is checked with the pipeline's decoder first
+    (:func:`keras_mixer.image_check.check_files`: decoded once, the result
+    remembered): ``bad_images="skip"`` leaves unreadable files out
+    (``Source.unreadable``), ``"fail"`` raises a ``ValueError`` listing all of them.
+    """
+    _, paths, labels, class_names, unreadable, total = folder_files(
+        root, split, shard, class_names, bad_images, exact_shards, log)
+    source = files_source(paths, labels, class_names, unreadable=unreadable)
+    source.shard, source.total_examples = tuple(shard), total
+    return source
+
+
+def read_image(path):
+    """The uint8 ``(H, W, 3)`` image of a file path (a string tensor), by the image policy."""
+    return images.decode(tf.io.read_file(path))
 
 
 def files_source(paths, labels, class_names, shard=(1, 0), unreadable=()):
-    """Image files with their labels (indices into ``class_names``), decoded in parallel, in order.
+    """Image files with their labels (indices into ``class_names``), in order; decoded by
+    the pipeline (:attr:`Source.decode`).
 
     ``unreadable``: ``(path, reason)`` of the files left out, reported by training.
     """
     files = _shard(tf.data.Dataset.from_tensor_slices((list(paths), list(labels))), shard)
-
-    def decode(path, label):
-        return images.decode(tf.io.read_file(path)), label
-
-    return Source(files.map(decode, num_parallel_calls=AUTOTUNE),
-                  _shard_count(len(paths), shard), list(class_names), list(unreadable))
+    return Source(files, _shard_count(len(paths), shard), list(class_names), list(unreadable),
+                  decode=read_image, shard=tuple(shard), total_examples=len(paths))
 
 
 def prepare_command(name, data_dir="DIR"):
@@ -286,10 +335,20 @@ def prepare_command(name, data_dir="DIR"):
     return f'python -c "{code}"'
 
 
-def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
-    """A TFDS dataset by name; prepares it when it is not there yet, with a clear error if it can't."""
+PREPARED_FILES = ("dataset_info.json", "features.json")
+
+
+def is_prepared(folder):
+    """Whether ``folder`` holds a TFDS dataset (``keras-mixer prepare`` writes one): its metadata."""
+    return all(os.path.isfile(os.path.join(folder, name)) for name in PREPARED_FILES)
+
+
+def _tfds_builder(name, data_dir=None):
+    """The TFDS builder of a dataset name (prepared when it is not there yet), or of a prepared folder."""
     import tensorflow_datasets as tfds
 
+    if os.path.isdir(name):
+        return tfds.builder_from_directory(name)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -310,20 +369,46 @@ def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
                 f"download_config=tfds.download.DownloadConfig(manual_dir=...)); copy DIR here "
                 f"and pass --data-dir DIR. Or use an image folder or the offline 'digits' data."
             ) from error
+    return builder
+
+
+def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
+    """A TFDS dataset by name (prepared when it is not there yet, with a clear error if it
+    can't), or a folder that ``keras-mixer prepare`` wrote.
+
+    Each process reads only its part of the split (``tfds.even_splits``), and images stay
+    encoded until the pipeline decodes them (:attr:`Source.decode`). A prepared folder is
+    read in the order it was written: the order of the image folder it came from.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(name, data_dir)
     splits = builder.info.splits
     if split == "test" and splits and "test" not in splits:
         split = "validation"
-    dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    if os.path.isdir(name) and split not in splits:
+        raise ValueError(f"Prepared data {name!r} has no {split!r} split (it has "
+                         f"{', '.join(splits) or 'none'}); run keras-mixer prepare again.")
+    image_key, label_key = builder.info.supervised_keys or ("image", "label")
+    num_shards, index = shard
+    part = tfds.even_splits(split, num_shards)[index] if num_shards > 1 else split
+    image_feature = builder.info.features[image_key]
+    encoded = isinstance(image_feature, tfds.features.Image) and image_feature.dtype == tf.uint8
+    read_config = (tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
+                   if os.path.isdir(name) else None)  # prepared: the order it was written in
+    dataset = builder.as_dataset(
+        split=part, as_supervised=True, shuffle_files=False, read_config=read_config,
+        decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
     try:
-        num_examples = splits[split].num_examples
+        num_examples, total = splits[part].num_examples, splits[split].num_examples
     except KeyError:  # no split metadata (e.g. mocked data): count
         num_examples = int(dataset.reduce(0, lambda count, _: count + 1))
-    dataset = _shard(dataset, shard)
-    image_feature = builder.info.features["image"]
-    if image_feature.shape[-1] == 1:
+        total = num_examples * num_shards
+    if not encoded and image_feature.shape[-1] == 1:
         dataset = dataset.map(lambda x, y: (tf.image.grayscale_to_rgb(x), y))
-    class_names = list(builder.info.features["label"].names)
-    return Source(dataset, _shard_count(num_examples, shard), class_names)
+    class_names = list(builder.info.features[label_key].names)
+    return Source(dataset, num_examples, class_names, decode=images.decode if encoded else None,
+                  shard=tuple(shard), total_examples=total)
 
 
 # --- augmentation ---------------------------------------------------------------------------
@@ -430,12 +515,14 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
     """Batches of ``(float32 images in [0, 255] (B, height, width, 3), one-hot labels (B, K))``.
 
     Args:
-        source: a :class:`Source` (see :func:`load_source`).
+        source: a :class:`Source` (see :func:`load_source`); a shard of a split
+            (one per process) makes this process's part of every global batch.
         batch_size: batch size of this pipeline (per process).
         image_size: output side in pixels, or ``(height, width)``.
         training: shuffle and augment (else resize / center-crop only).
         augment: an :class:`Augmentation`.
-        seed: fixes shuffling and every augmentation.
+        seed: fixes shuffling and every augmentation (each shard of a sharded
+            source draws from a seed of its own, derived from ``seed`` and its index).
         crop_fraction: eval center crop (1.0 = resize only).
         shuffle_buffer: shuffle buffer size (capped at the split size).
         repeat: repeat forever (for a fixed number of steps).
@@ -446,18 +533,27 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         pad_to_batch: (eval) add a third element, sample weights, and pad the last batch
             to full size with weight-0 blanks, so that every batch splits evenly over
             data-parallel devices while the loss and the metrics average over the real
-            examples only (real examples weigh ``padded / real``, see below).
+            examples only (real examples weigh ``padded / real``, see below). Every
+            shard of a source pads to the same number of batches.
     """
     num_classes = source.num_classes
     size = _size_pair(image_size)
+    num_shards, shard_index = source.shard
+    if num_shards > 1:  # each process's shard draws its own shuffle and augmentations
+        seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0] >> 1)
     dataset = source.dataset
-    if cache if cache is not None else source.num_examples < 60_000:
-        dataset = dataset.cache()
+    cache = cache if cache is not None else source.num_examples < 60_000
+    if cache:  # decoded once, kept in memory
+        dataset = source.images().cache()
     if training:
         dataset = dataset.shuffle(min(shuffle_buffer, max(source.num_examples, 1)), seed=seed,
                                   reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+    if not cache and source.decode is not None:  # decoded after the shuffle: only what is read
+        decode = source.decode
+        dataset = dataset.map(lambda element, label: (decode(element), label),
+                              num_parallel_calls=AUTOTUNE)
 
     def preprocess(element, example_seed):
         image, label = element
@@ -481,8 +577,11 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         # and averages batches by their size, i.e. divides by the padded count: weighing
         # every real example padded / real makes it the mean over the real examples
         # (and weighted metrics, which divide by the weights' sum, are unchanged).
-        blanks = -source.num_examples % batch_size
-        weight = (source.num_examples + blanks) / max(source.num_examples, 1)
+        # Sharded (one shard per process): every shard pads to the same number of batches,
+        # those of the whole split at the global batch size (``batch_size * num_shards``).
+        batches = -(-source.total_examples // (batch_size * num_shards))
+        blanks = batches * batch_size - source.num_examples
+        weight = batches * batch_size * num_shards / max(source.total_examples, 1)
         blank = (tf.zeros(size + (3,)), tf.one_hot(0, num_classes), 0.0)
         dataset = dataset.map(lambda x, y: (x, y, weight)).concatenate(
             tf.data.Dataset.from_tensors(blank).repeat(blanks))

@@ -156,7 +156,7 @@ def test_undecodable_images_are_skipped_or_refused_before_any_batch(tmp_path):
     assert train.num_examples == 6
     assert sorted(os.path.basename(p) for p, _ in train.unreadable) == ["corrupt.jpg", "truncated.png"]
     assert all(reason for _, reason in train.unreadable)
-    assert sum(1 for _ in train.dataset) == 6  # the pipeline reads every file it kept
+    assert sum(1 for _ in train.images()) == 6  # the pipeline reads every file it kept
     test = data.load_source(str(root), "test", class_names=train.class_names)
     assert test.num_examples == 4 and [os.path.basename(p) for p, _ in test.unreadable] == ["text.jpg"]
     with pytest.raises(ValueError, match="2 of 8 images") as error:
