@@ -287,7 +287,7 @@ def folder_files(root, split="train", shard=(1, 0), class_names=None, bad_images
         paths = [path for path in paths if path not in bad]
         if not paths:
             raise ValueError(f"No readable images in {folder!r}.")
-    if exact_shards:
+    if exact_shards or num_shards == 1:
         found = len(paths)
         paths, labels = paths[index::num_shards], labels[index::num_shards]
     return folder, paths, labels, class_names, unreadable, found

@@ -15,13 +15,15 @@ import warnings
 
 from keras_mixer.backend import BackendCallError
 from keras_mixer.checkpoints import CheckpointError, DownloadError
-from keras_mixer.cli import benchmark, convert, evaluate, export, predict, serve, train, visualize
+from keras_mixer.cli import (benchmark, convert, evaluate, export, predict, prepare, serve, train,
+                             visualize)
 from keras_mixer.deploy import ServingError
 from keras_mixer.distribute import PeerLost
 from keras_mixer.training import RunError
 
 COMMANDS = {
     "train": train,
+    "prepare": prepare,
     "evaluate": evaluate,
     "export": export,
     "serve": serve,

@@ -5,7 +5,9 @@ reference GEMMs measured in the same run, in the row's dtype (the backend's best
 shape, and the best across backends: the machine's limit); beside keras-cv's
 legacy MLPMixer (and timm on torch); the report names the CPU and its matrix units. Writes PREFIX.json and
 PREFIX.md (--out) and prints the table. `keras-mixer benchmark training --help`:
-the training suite (training img/s, tf.data pipelines, CIFAR-10 accuracy).
+the training suite (training img/s, tf.data pipelines, CIFAR-10 accuracy);
+`keras-mixer benchmark data --help`: the data suite (starts, check, pipelines, records
+at 10k-1M images).
 Examples:
 
   keras-mixer benchmark --quick                            # B/16, batch 2, all backends
@@ -13,12 +15,15 @@ Examples:
   keras-mixer benchmark --variant L/16 --dtypes float32 bfloat16 --batch-sizes 64
   keras-mixer benchmark training --backends jax tensorflow torch --image-size 32 \\
       --batch-size 64 --cifar-steps 300                    # = scripts/benchmark_training.py
+  keras-mixer benchmark data --sizes 10000 100000          # writes benchmarks/DATE-data.md
 """
 
 import argparse
+import datetime
+import os
 
 from keras_mixer import benchmark
-from keras_mixer.benchmark import training
+from keras_mixer.benchmark import data, training
 from keras_mixer.config import VARIANTS, MixerConfig, canonical_variant
 
 TRAINING_HELP = """Training benchmark: training img/s per backend (ratios against the first listed),
@@ -65,10 +70,40 @@ def add_arguments(parser):
                         help="laptop mode: batch 2, 2 repeats, no peers")
     _add_out(parser, "benchmark_results")
     suites = parser.add_subparsers(dest="suite", metavar="SUITE",
-                                   help="training: the training benchmark (see its --help)")
+                                   help="training, data: the training and data benchmarks "
+                                        "(see their --help)")
     _add_training_arguments(suites.add_parser(
         "training", help="training img/s, input pipelines, CIFAR-10 accuracy",
         description=TRAINING_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
+    _add_data_arguments(suites.add_parser(
+        "data", help="data starts, bad-image check, pipelines and records at 10k-1M images",
+        description=data.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def _add_data_arguments(parser):
+    spec = data.DataSpec
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(spec.sizes),
+                        help="images per synthetic folder (default: %(default)s)")
+    for flag, field, help_text in (
+            ("--image-side", "image_side", "side of the synthetic JPEGs"),
+            ("--classes", "classes", "class folders"),
+            ("--image-size", "image_size", "model input side"),
+            ("--batch-size", "batch_size", "batch size"),
+            ("--pipeline-batches", "pipeline_batches", "timed batches per pipeline"),
+            ("--model-steps", "model_steps", "timed training steps per model (0: skip)")):
+        parser.add_argument(flag, type=int, default=getattr(spec, field),
+                            help=f"{help_text} (default: {getattr(spec, field)})")
+    parser.add_argument("--variants", nargs="+", default=list(spec.variants),
+                        help="models whose training step rate the pipeline is compared with "
+                             "(default: %(default)s)")
+    parser.add_argument("--model-backend", choices=benchmark.BACKENDS, default=spec.backend,
+                        help="backend of the model steps (default: %(default)s)")
+    parser.add_argument("--no-records", action="store_true", help="skip keras-mixer prepare")
+    parser.add_argument("--work-dir", default=spec.work_dir,
+                        help="where the folders are written (and deleted) (default: %(default)s)")
+    parser.add_argument("--min-free-gb", type=float, default=spec.min_free_gb,
+                        help="skip a size that would leave less free disk (default: %(default)s)")
+    _add_out(parser, os.path.join("benchmarks", f"{datetime.date.today().isoformat()}-data"))
 
 
 def _add_training_arguments(parser):
@@ -108,6 +143,13 @@ def _add_out(parser, default):
 
 def spec_from_args(args):
     """The :class:`~keras_mixer.benchmark.BenchmarkSpec` or ``TrainingSpec`` of parsed arguments."""
+    if args.suite == "data":
+        return data.DataSpec(
+            sizes=args.sizes, image_side=args.image_side, classes=args.classes,
+            image_size=args.image_size, batch_size=args.batch_size,
+            pipeline_batches=args.pipeline_batches, variants=args.variants,
+            model_steps=args.model_steps, backend=args.model_backend,
+            records=not args.no_records, work_dir=args.work_dir, min_free_gb=args.min_free_gb)
     if args.suite == "training":
         return training.TrainingSpec(
             variant=args.variant, image_size=args.image_size, patch_size=args.patch_size,
@@ -136,6 +178,10 @@ def spec_from_args(args):
 
 def run(args):
     """Run the suite; exit status 1 when anything asked for was not measured."""
+    if args.suite == "data":
+        report = data.run(spec_from_args(args), json_path=args.out + ".json",
+                          markdown_path=args.out + ".md")
+        return 1 if report["notes"] or any("error" in row for row in report["sizes"]) else 0
     report = benchmark.run(spec_from_args(args), backends=args.backends,
                            json_path=args.out + ".json", markdown_path=args.out + ".md")
     print()

@@ -44,7 +44,7 @@ def random_classes(num_images, num_classes=10, size=32, seed=0):
 
 @contextlib.contextmanager
 def count_decodes():
-    """Count the images that :func:`keras_mixer.images.decode` decodes (in tf.data maps too).
+    """Count the images :func:`keras_mixer.images.decode` is given to decode (in tf.data maps too).
 
     Yields a list whose first item is the count so far.
     """
@@ -55,10 +55,9 @@ def count_decodes():
         count[0] += 1
         return np.int64(0)
 
-    def counting(data):
-        image = decode(data)
+    def counting(data):  # counts every attempt, before the decoder runs (or fails)
         with tf.control_dependencies([tf.py_function(tick, [], tf.int64)]):
-            return tf.identity(image)
+            return decode(tf.identity(data))
 
     images.decode = counting
     try:
