@@ -26,6 +26,7 @@ files are checked again.
 
 import hashlib
 import json
+import operator
 import os
 import time
 
@@ -111,56 +112,127 @@ def _writable_cache_folder(folder):
     return user
 
 
+def _cache_files(folder):
+    """Every cache file of ``folder`` (both places)."""
+    found = []
+    for cache in cache_folders(folder):
+        try:
+            names = os.listdir(cache)
+        except OSError:
+            continue
+        found += [os.path.join(cache, n) for n in sorted(names)
+                  if n.endswith(".json") and not n.startswith(".")]
+    return found
+
+
 def read_cache(folder):
     """``{relative path: (size, mtime_ns, reason or None)}`` from every readable cache file of ``folder``."""
     known = {}
-    for cache in cache_folders(folder):
-        try:
-            names = sorted(n for n in os.listdir(cache) if n.endswith(".json") and not n.startswith("."))
-        except OSError:
-            continue
-        for name in names:
-            known.update(_read_cache_file(os.path.join(cache, name)))
+    for path in _cache_files(folder):
+        columns = _read_cache_file(path)
+        if columns is not None:
+            names, sizes, mtimes, unreadable = columns
+            known.update({name: (size, mtime, unreadable.get(name))
+                          for name, size, mtime in zip(names, sizes, mtimes)})
     return known
 
 
 def _read_cache_file(path):
-    """The entries of one cache file; ``{}`` for a file that is torn, foreign or of another version."""
+    """``(paths, sizes, mtimes, {path: reason})`` of one cache file; ``None`` for a file that is
+    torn, foreign or of another version."""
     try:
         with open(path, "rb") as f:
             content = json.loads(f.read())
         if (content.get("format"), content.get("version"), content.get("decoder")) != (
                 FORMAT, VERSION, DECODER):
-            return {}
-        names, sizes, mtimes = content["paths"], content["sizes"], content["mtimes"]
-        unreadable = content["unreadable"]
-        if not (len(names) == len(sizes) == len(mtimes)) or not isinstance(unreadable, dict):
-            return {}
-        return {name: (size, mtime, unreadable.get(name))
-                for name, size, mtime in zip(names, sizes, mtimes)}
+            return None
+        columns = content["paths"], content["sizes"], content["mtimes"], content["unreadable"]
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}
+        return None
+    names, sizes, mtimes, unreadable = columns
+    if not (isinstance(names, list) and isinstance(sizes, list) and isinstance(mtimes, list)
+            and isinstance(unreadable, dict) and len(names) == len(sizes) == len(mtimes)):
+        return None
+    return columns
 
 
-def _write_cache(path, names, stats, reasons):
-    """Write the results of ``names`` (those with a stat) to ``path`` atomically."""
-    kept = [i for i, stat in enumerate(stats) if stat is not None and i in reasons]
-    content = {"format": FORMAT, "version": VERSION, "decoder": DECODER,
-               "paths": [names[i] for i in kept],
-               "sizes": [stats[i][0] for i in kept], "mtimes": [stats[i][1] for i in kept],
-               "unreadable": {names[i]: reasons[i] for i in kept if reasons[i] is not None}}
+class _Results:
+    """What is known of each of ``names`` (relative paths) as they are now (``sizes``, ``mtimes``):
+    ``known[i]``, and the reason of each unreadable one (``bad``: index -> reason)."""
+
+    def __init__(self, names, sizes, mtimes):
+        self.names, self.sizes, self.mtimes = names, sizes, mtimes
+        self.size_array = np.asarray(sizes, np.int64)
+        self.mtime_array = np.asarray(mtimes, np.int64)
+        self.known = np.zeros(len(names), dtype=bool)
+        self.bad = {}
+        self._index = None
+
+    def index(self, name):
+        if self._index is None:
+            self._index = {n: i for i, n in enumerate(self.names)}
+        return self._index.get(name)
+
+    def take(self, columns):
+        """Take the results of a cache file's ``columns`` for the files it holds unchanged."""
+        cached_names, cached_sizes, cached_mtimes, unreadable = columns
+        if cached_names == self.names:  # the usual case: the same files as last time, at once
+            same = ((np.asarray(cached_sizes, np.int64) == self.size_array)
+                    & (np.asarray(cached_mtimes, np.int64) == self.mtime_array))
+        else:
+            same = np.zeros(len(self.names), dtype=bool)
+            for j, name in enumerate(cached_names):
+                i = self.index(name)
+                if (i is not None and cached_sizes[j] == self.sizes[i]
+                        and cached_mtimes[j] == self.mtimes[i]):
+                    same[i] = True
+        new = same & ~self.known & (self.size_array >= 0)
+        self.known |= new
+        for name, reason in unreadable.items():
+            i = self.index(name)
+            if i is not None and new[i]:
+                self.bad[i] = reason
+
+    def write(self, path):
+        """Write the known results (of files with a stat) to ``path`` atomically."""
+        kept = self.known & (self.size_array >= 0)
+        if kept.all():
+            names, sizes, mtimes = self.names, self.sizes, self.mtimes
+        else:
+            where = np.flatnonzero(kept)
+            names = [self.names[i] for i in where]
+            sizes, mtimes = self.size_array[where].tolist(), self.mtime_array[where].tolist()
+        content = {"format": FORMAT, "version": VERSION, "decoder": DECODER,
+                   "paths": names, "sizes": sizes, "mtimes": mtimes,
+                   "unreadable": {self.names[i]: reason for i, reason in self.bad.items()
+                                  if kept[i]}}
+        try:
+            write_text(path, json.dumps(content, separators=(",", ":")))
+        except OSError:
+            pass  # a cache that cannot be written costs a check next time, nothing else
+
+
+def _stats(paths):
+    """``(sizes, mtimes)``; -1 where a file cannot be stat'ed (gone: its check says why)."""
     try:
-        write_text(path, json.dumps(content, separators=(",", ":")))
+        stats = list(map(os.stat, paths))  # a loop in C: a million files, 4 s less than in Python
     except OSError:
-        pass  # a cache that cannot be written costs a check next time, nothing else
+        return _stats_one_by_one(paths)
+    return [s.st_size for s in stats], [s.st_mtime_ns for s in stats]
 
 
-def _stat(path):
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None  # gone or unreadable: the decoder says why, and nothing is remembered
-    return stat.st_size, stat.st_mtime_ns
+def _stats_one_by_one(paths):
+    sizes, mtimes = [], []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            sizes.append(-1)
+            mtimes.append(-1)
+            continue
+        sizes.append(stat.st_size)
+        mtimes.append(stat.st_mtime_ns)
+    return sizes, mtimes
 
 
 def check_files(paths, folder, key, log=None):
@@ -181,35 +253,37 @@ def check_files(paths, folder, key, log=None):
     """
     paths = list(paths)
     prefix = os.path.join(folder, "")
-    names = [p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, folder) for p in paths]
-    stats = [_stat(p) for p in paths]
-    known = read_cache(folder)
-    reasons = {}
-    todo = []
-    for i, (name, stat) in enumerate(zip(names, stats)):
-        entry = known.get(name)
-        if stat is not None and entry is not None and (entry[0], entry[1]) == stat:
-            reasons[i] = entry[2]
-        else:
-            todo.append(i)
+    if all(map(operator.methodcaller("startswith", prefix), paths)):  # C loops: 1M paths in 0.2 s
+        names = list(map(operator.itemgetter(slice(len(prefix), None)), paths))
+    else:
+        names = [os.path.relpath(p, folder) for p in paths]
+    results = _Results(names, *_stats(paths))
     target = os.path.join(_writable_cache_folder(folder), f"{key}.json")
-    if todo:
+    # This writer's own file first (usually it holds everything), then the others'.
+    for path in sorted(_cache_files(folder), key=lambda p: os.path.basename(p) != f"{key}.json"):
+        if results.known.all():
+            break
+        columns = _read_cache_file(path)
+        if columns is not None:
+            results.take(columns)
+    todo = np.flatnonzero(~results.known)
+    if len(todo):
         if log is not None:
             log(f"checking {len(todo):,} of {len(paths):,} images in {folder} with the pipeline's "
                 f"decoder (once: results are kept in {os.path.dirname(target)})")
         saved = time.monotonic()
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start:start + CHUNK]
-            bad = dict(find_unreadable([paths[i] for i in chunk]))
-            for i in chunk:
-                reasons[i] = bad.get(paths[i])
+            position = {paths[i]: i for i in chunk}
+            for path, reason in find_unreadable([paths[i] for i in chunk]):
+                results.bad[position[path]] = reason
+            results.known[chunk] = True
             done = start + len(chunk)
             if done < len(todo):
                 if log is not None:
                     log(f"  checked {done:,} of {len(todo):,} images")
                 if time.monotonic() - saved > SAVE_EVERY_S:
-                    _write_cache(target, names, stats, reasons)
+                    results.write(target)
                     saved = time.monotonic()
-    if todo:
-        _write_cache(target, names, stats, reasons)
-    return [(paths[i], reasons[i]) for i in range(len(paths)) if reasons[i] is not None]
+        results.write(target)
+    return [(paths[i], results.bad[i]) for i in sorted(results.bad)]
