@@ -292,10 +292,11 @@ def folder_files(root, split="train", shard=(1, 0), class_names=None, bad_images
         order = np.random.default_rng(0).permutation(len(paths)).tolist()
         paths, labels = [paths[i] for i in order], [labels[i] for i in order]
     num_shards, index = shard
+    check_all = exact_shards or num_shards == 1
     found = len(paths)
-    if not exact_shards:
+    if not check_all:  # this process checks (and reads) only its own files
         paths, labels = paths[index::num_shards], labels[index::num_shards]
-    key = f"{split}-{index}-of-{num_shards}" if not exact_shards else f"{split}-all"
+    key = f"{split}-all" if check_all else f"{split}-{index}-of-{num_shards}"
     unreadable = image_check.check_files(paths, folder, key, log=log)
     if unreadable and bad_images == "fail":
         listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable)
@@ -309,7 +310,7 @@ def folder_files(root, split="train", shard=(1, 0), class_names=None, bad_images
         paths = [path for path in paths if path not in bad]
         if not paths:
             raise ValueError(f"No readable images in {folder!r}.")
-    if exact_shards or num_shards == 1:
+    if check_all:
         found = len(paths)
         paths, labels = paths[index::num_shards], labels[index::num_shards]
     return folder, paths, labels, class_names, unreadable, found

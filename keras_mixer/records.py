@@ -155,8 +155,12 @@ def prepare(folder, out, bad_images="skip", shard_bytes=SHARD_BYTES, log=print):
                 f"{out!r} exists and does not hold records of these images (the folder changed, "
                 f"or it is something else): remove it or choose another output folder.")
     partial = out + PARTIAL_SUFFIX
-    if not _same_files(read_plan(partial), wanted):  # a run of other files (or none) left it
+    left = read_plan(partial)
+    if left is not None and not _same_files(left, wanted):  # a killed run of other files left it
         shutil.rmtree(partial, ignore_errors=True)
+    elif left is None and os.path.isdir(partial) and os.listdir(partial):
+        raise FileExistsError(f"{partial!r} exists and was not left by keras-mixer prepare: "
+                              f"remove it or choose another output folder.")
     os.makedirs(partial, exist_ok=True)
     remove_stale_temps(partial)
     write_text(os.path.join(partial, PLAN_FILE), json.dumps(wanted, indent=1))

@@ -131,3 +131,26 @@ def test_find_unreadable_reads_every_file_once_in_order(tmp_path):
         found = image_check.find_unreadable(paths)
     assert [p for p, _ in found] == [paths[2]] and decoded[0] == 5 + 1
     assert np.all([reason for _, reason in found])
+
+
+def test_a_killed_check_keeps_what_it_had_found(folder, monkeypatch):
+    """A long check saves as it goes: killed half way, the next start decodes only the rest."""
+    monkeypatch.setattr(image_check, "SAVE_EVERY_S", -1.0)  # save after every batch
+    monkeypatch.setattr(image_check, "BATCH", 2)
+    decode_all = image_check.decode_all
+
+    def killed_after_two_batches(paths, readable):
+        for batch, done in enumerate(decode_all(paths, readable)):
+            if batch == 2:
+                raise KeyboardInterrupt
+            yield done
+
+    monkeypatch.setattr(image_check, "decode_all", killed_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        load(folder)
+    monkeypatch.setattr(image_check, "decode_all", decode_all)
+    source, decoded = load(folder)
+    assert decoded <= 9 - 3 + 1  # at least 3 of the first 4 files were readable, and kept
+    assert source.num_examples == 8
+    assert [os.path.basename(p) for p, _ in source.unreadable] == ["corrupt.jpg"]
+    assert load(folder)[1] == 0

@@ -84,15 +84,14 @@ def _add_data_arguments(parser):
     spec = data.DataSpec
     parser.add_argument("--sizes", type=int, nargs="+", default=list(spec.sizes),
                         help="images per synthetic folder (default: %(default)s)")
-    for flag, field, help_text in (
-            ("--image-side", "image_side", "side of the synthetic JPEGs"),
-            ("--classes", "classes", "class folders"),
-            ("--image-size", "image_size", "model input side"),
-            ("--batch-size", "batch_size", "batch size"),
-            ("--pipeline-batches", "pipeline_batches", "timed batches per pipeline"),
-            ("--model-steps", "model_steps", "timed training steps per model (0: skip)")):
-        parser.add_argument(flag, type=int, default=getattr(spec, field),
-                            help=f"{help_text} (default: {getattr(spec, field)})")
+    _add_integers(parser, spec, (
+        ("--image-side", "image_side", "side of the synthetic JPEGs"),
+        ("--classes", "classes", "class folders"),
+        ("--image-size", "image_size", "model input side"),
+        ("--batch-size", "batch_size", "batch size"),
+        ("--pipeline-batches", "pipeline_batches", "timed batches per pipeline"),
+        ("--model-steps", "model_steps", "timed training steps per model (0: skip)"),
+        ("--repeats", "repeats", "attempts at the first start and the decode pass (the best)")))
     parser.add_argument("--variants", nargs="+", default=list(spec.variants),
                         help="models whose training step rate the pipeline is compared with "
                              "(default: %(default)s)")
@@ -111,17 +110,15 @@ def _add_training_arguments(parser):
     _add_backends(parser)
     parser.add_argument("--variant", default=spec.variant,
                         help="paper variant, or custom: the three sizes below (D_S = C/2, D_C = 4C)")
-    for flag, field, help_text in (
-            ("--image-size", "image_size", "input side in pixels"),
-            ("--patch-size", "patch_size", "custom: patch side P"),
-            ("--hidden-dim", "hidden_dim", "custom: token width C"),
-            ("--num-blocks", "num_blocks", "custom: number of blocks"),
-            ("--batch-size", "batch_size", "batch size"),
-            ("--steps", "steps", "timed training steps"),
-            ("--pipeline-batches", "pipeline_batches", "timed batches per input pipeline (0: skip)"),
-            ("--cifar-steps", "cifar_steps", "accuracy budget: training steps on CIFAR-10 (0: skip)")):
-        parser.add_argument(flag, type=int, default=getattr(spec, field),
-                            help=f"{help_text} (default: {getattr(spec, field)})")
+    _add_integers(parser, spec, (
+        ("--image-size", "image_size", "input side in pixels"),
+        ("--patch-size", "patch_size", "custom: patch side P"),
+        ("--hidden-dim", "hidden_dim", "custom: token width C"),
+        ("--num-blocks", "num_blocks", "custom: number of blocks"),
+        ("--batch-size", "batch_size", "batch size"),
+        ("--steps", "steps", "timed training steps"),
+        ("--pipeline-batches", "pipeline_batches", "timed batches per input pipeline (0: skip)"),
+        ("--cifar-steps", "cifar_steps", "accuracy budget: training steps on CIFAR-10 (0: skip)")))
     parser.add_argument("--cifar-data", default=spec.cifar_data,
                         help="the cifar10-jpg tarball, or an image folder with train/ and test/ "
                              "(default: %(default)s)")
@@ -129,6 +126,13 @@ def _add_training_arguments(parser):
                         help="where the tarball is extracted, once (default: %(default)s)")
     _add_out(parser, "benchmark_results_training")
     # --backend and --verbose come from the dispatcher (keras_mixer.cli.add_common_arguments).
+
+
+def _add_integers(parser, spec, options):
+    """``--flag N`` for each ``(flag, spec field, help)``, its default the spec's."""
+    for flag, field, help_text in options:
+        parser.add_argument(flag, type=int, default=getattr(spec, field),
+                            help=f"{help_text} (default: {getattr(spec, field)})")
 
 
 def _add_backends(parser):
@@ -148,7 +152,7 @@ def spec_from_args(args):
             sizes=args.sizes, image_side=args.image_side, classes=args.classes,
             image_size=args.image_size, batch_size=args.batch_size,
             pipeline_batches=args.pipeline_batches, variants=args.variants,
-            model_steps=args.model_steps, backend=args.model_backend,
+            model_steps=args.model_steps, repeats=args.repeats, backend=args.model_backend,
             records=not args.no_records, work_dir=args.work_dir, min_free_gb=args.min_free_gb)
     if args.suite == "training":
         return training.TrainingSpec(
