@@ -71,13 +71,17 @@ class Source:
     def num_classes(self):
         return len(self.class_names)
 
-    def images(self):
-        """``(uint8 image (H, W, 3), label)`` examples, decoded in parallel, in order."""
+    def images(self, dataset=None):
+        """``(uint8 image (H, W, 3), label)`` examples, decoded in parallel, in order.
+
+        ``dataset``: examples of this source to decode (default: all of them, in order).
+        """
+        dataset = self.dataset if dataset is None else dataset
         if self.decode is None:
-            return self.dataset
+            return dataset
         decode = self.decode
-        return self.dataset.map(lambda element, label: (decode(element), label),
-                                num_parallel_calls=AUTOTUNE)
+        return dataset.map(lambda element, label: (decode(element), label),
+                           num_parallel_calls=AUTOTUNE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,10 +586,8 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
                                   reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    if not cache and source.decode is not None:  # decoded after the shuffle: only what is read
-        decode = source.decode
-        dataset = dataset.map(lambda element, label: (decode(element), label),
-                              num_parallel_calls=AUTOTUNE)
+    if not cache:  # decoded after the shuffle (same order): only what is read
+        dataset = source.images(dataset)
 
     def preprocess(element, example_seed):
         image, label = element

@@ -342,5 +342,31 @@ def markdown(report):
                       f"{spec['image_size']}px, batch {spec['batch_size']}, in-memory batches):", "",
                   "| model | train img/s |", "|---|---|"]
         lines += [f"| {name} | {rate:.2f} |" for name, rate in report["models"].items()]
+    lines += targets(report)
     notes = list(report["notes"])
     return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else [])) + "\n"
+
+
+def targets(report):
+    """Markdown lines: each target of the data path, met or not, by the report's numbers."""
+    rows = [r for r in report["sizes"] if "first_start" in r]
+    if not rows:
+        return []
+    largest = max(rows, key=lambda r: r["images"])
+    second = largest["second_start"]["load_splits_s"]
+    lines = ["", "Targets:", "",
+             f"- second start of the {largest['images']:,}-image folder within 30 s: "
+             f"{second:.1f} s ({'met' if second <= 30 else 'NOT met'}; the process, "
+             f"imports included: {largest['second_start']['process_s']:.1f} s)"]
+    for row in rows:
+        ratio = row["first_start"]["load_splits_s"] / row["decode_pass_s"]
+        lines.append(f"- first start no slower than one decoding pass, {row['images']:,} images: "
+                     f"{ratio:.2f} x the pass")
+    model = report["models"].get("B/16")
+    if model:
+        slowest = min(min(r["pipeline_img_s"], r.get("records_pipeline_img_s") or np.inf)
+                      for r in rows)
+        lines.append(f"- pipeline faster than the B/16 training step: slowest pipeline "
+                     f"{slowest:.0f} img/s vs {model:.2f} img/s "
+                     f"({'met' if slowest > model else 'NOT met'}, {slowest / model:.0f} x)")
+    return lines
