@@ -2,12 +2,16 @@
 by training as the folder itself: the same images, labels and order."""
 
 import os
+import re
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.folders import count_decodes, random_classes, write_image_folder
+from helpers.processes import ROOT, worker_env
 
 from keras_mixer import data, records, training
 from keras_mixer.cli import main
@@ -142,3 +146,20 @@ def test_training_on_records_equals_training_on_the_folder(folder, tmp_path):
     assert records_run["loss"] == pytest.approx(folder_run["loss"], abs=1e-6)
     for a, b in zip(records_weights, folder_weights):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_guide_examples_run_as_written(tmp_path):
+    """The `docs: run` blocks of docs/guides/large-data.md, in order, in a folder with photos/."""
+    with open(os.path.join(ROOT, "docs", "guides", "large-data.md"), encoding="utf-8") as f:
+        text = f.read()
+    blocks = re.findall(r"<!-- docs: run[^>]*-->\n```bash\n(.*?)```", text, re.S)
+    assert blocks
+    write_image_folder(str(tmp_path / "photos"), random_classes(20, num_classes=4, size=32),
+                       extension="jpg")
+    env = worker_env(keras.backend.backend())
+    env["PATH"] = os.path.dirname(os.path.abspath(sys.executable)) + os.pathsep + env["PATH"]
+    for command in (line for block in blocks for line in block.splitlines() if line.strip()):
+        done = subprocess.run(["bash", "-c", command], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, f"{command}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+    assert os.path.isfile(tmp_path / "runs" / "photos" / "model.keras")
