@@ -1,12 +1,19 @@
 """Input pipelines: tf.data feeding Keras on JAX, TensorFlow and PyTorch.
 
-Three sources, all yielding ``(uint8 image (H, W, 3), int label)``:
+Four sources, all yielding ``(uint8 image (H, W, 3), int label)`` (:class:`Source`):
 
 - ``"digits"`` (the offline default): scikit-learn's bundled 8x8 handwritten
   digits (1,797 real images, no download), split 80/20 with a fixed seed;
 - an image folder: ``root/class_name/*.jpg`` (or ``root/train/class_name/...``
-  and ``root/test/class_name/...``);
+  and ``root/test/class_name/...``), its files checked once for images the
+  decoder cannot read (:mod:`keras_mixer.image_check`);
+- a folder of TFRecord shards that ``keras-mixer prepare`` wrote from an image
+  folder (a TFDS dataset: :mod:`keras_mixer.records`);
 - any TFDS dataset by name (``cifar10``, ``imagenet2012``, ...) with ``data_dir``.
+
+In a job of several processes each process reads and decodes only its own shard
+of the data (``shard`` of :func:`load_source`; :mod:`keras_mixer.distribute`
+says which shard is whose).
 
 :func:`make_dataset` turns a source into batches of ``(float32 images in
 [0, 255], one-hot float32 labels)``: the model rescales pixels itself. Training
@@ -29,7 +36,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from keras_mixer import compat, images
+from keras_mixer import compat, image_check, images
 from keras_mixer.images import IMAGE_EXTENSIONS
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -49,8 +56,15 @@ class DatasetUnavailableError(FileNotFoundError):
 
 @dataclasses.dataclass
 class Source:
-    """A split of a dataset: an unbatched ``(uint8 image, label)`` dataset plus metadata.
+    """A split of a dataset (this process's shard of it): unbatched examples plus metadata.
 
+    ``dataset`` yields ``(element, label)``: the element is a uint8 image, or, where
+    ``decode`` is given, what ``decode`` turns into one (an image file's path, a
+    record's encoded bytes), so that a pipeline decodes only the examples it keeps
+    (:func:`make_dataset` decodes after shuffling; :meth:`images` decodes at once).
+
+    ``shard`` is ``(num_shards, index)`` of this process's part of the split and
+    ``total_examples`` the examples of all shards (see :func:`load_source`).
     ``unreadable`` lists the ``(path, reason)`` of image files left out because
     the pipeline's decoder cannot read them (image folders, ``bad_images="skip"``).
     """
@@ -59,10 +73,29 @@ class Source:
     num_examples: int
     class_names: list
     unreadable: list = dataclasses.field(default_factory=list)
+    decode: object = None
+    shard: tuple = (1, 0)
+    total_examples: int = None
+
+    def __post_init__(self):
+        if self.total_examples is None:
+            self.total_examples = self.num_examples * self.shard[0]
 
     @property
     def num_classes(self):
         return len(self.class_names)
+
+    def images(self, dataset=None):
+        """``(uint8 image (H, W, 3), label)`` examples, decoded in parallel, in order.
+
+        ``dataset``: examples of this source to decode (default: all of them, in order).
+        """
+        dataset = self.dataset if dataset is None else dataset
+        if self.decode is None:
+            return dataset
+        decode = self.decode
+        return dataset.map(lambda element, label: (decode(element), label),
+                           num_parallel_calls=AUTOTUNE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,28 +113,43 @@ class Augmentation:
 
 
 def load_source(name="digits", split="train", data_dir=None, shard=(1, 0), class_names=None,
-                bad_images="skip"):
-    """Load one split of a dataset by name: ``"digits"``, an image-folder path, or a TFDS name.
+                bad_images="skip", exact_shards=False, log=None):
+    """Load one split of a dataset by name: ``"digits"``, an image folder, a folder written by
+    ``keras-mixer prepare``, or a TFDS name.
 
     Args:
-        name: ``"digits"``, a directory, or a TFDS dataset name (``"cifar10"``).
+        name: ``"digits"``, a directory (image folder, or prepared records), or a
+            TFDS dataset name (``"cifar10"``).
         split: ``"train"`` or ``"test"`` (TFDS: any split spec, ``"test"``
             falls back to ``"validation"`` when the dataset has no test split).
         data_dir: TFDS data directory.
-        shard: ``(num_shards, index)``: keep every ``num_shards``-th example
-            starting at ``index`` (one shard per process).
+        shard: ``(num_shards, index)``: this process's part of the split (one shard
+            per process); it reads and decodes only that part. Image folders: every
+            ``num_shards``-th file starting at ``index``, taken before the bad-image
+            check, so that each process checks only its own files (unless
+            ``exact_shards``); records and TFDS: the ``index``-th of ``num_shards``
+            even parts (``tfds.even_splits``), of which each process reads only its own.
         class_names: the classes this split must have (those of the training
             split): a ``ValueError`` names the classes that differ.
         bad_images: image folders: ``"skip"`` files the decoder cannot read
             (listed in ``Source.unreadable``) or ``"fail"`` with a ``ValueError``
-            listing all of them. Either way before any batch is made.
+            listing all of them. Either way before any batch is made. Each file is
+            decoded for this check once: the result is remembered
+            (:mod:`keras_mixer.image_check`).
+        exact_shards: image folders: check every file of the split, then shard, so
+            that every process knows the exact number of examples of the split
+            (evaluation); otherwise ``Source.total_examples`` counts the files found
+            before the check.
+        log: called with progress lines of a long check (``None``: quiet).
     """
     if bad_images not in BAD_IMAGES:
         raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGES)}, got {bad_images!r}.")
     if name == "digits":
         source = digits_source(split, shard)
+    elif os.path.isdir(name) and is_prepared(name):
+        source = tfds_source(name, split, shard=shard)
     elif os.path.isdir(name):
-        source = folder_source(name, split, shard, class_names, bad_images)
+        source = folder_source(name, split, shard, class_names, bad_images, exact_shards, log)
     elif os.path.exists(name):
         raise NotADirectoryError(f"--data {name!r} is a file: give an image folder "
                                  f"({name}/<class_name>/<image>), 'digits' or a TFDS name.")
@@ -114,16 +162,21 @@ def load_source(name="digits", split="train", data_dir=None, shard=(1, 0), class
     return source
 
 
-def load_splits(name="digits", data_dir=None, shard=(1, 0), bad_images="skip"):
+def load_splits(name="digits", data_dir=None, shard=(1, 0), bad_images="skip", eval_shard=(1, 0),
+                log=None):
     """``(train, test)`` sources for training: the classes come from the training split, the
-    test split must have the same ones, and there must be at least two."""
-    train = load_source(name, "train", data_dir, shard, bad_images=bad_images)
+    test split must have the same ones, and there must be at least two.
+
+    ``shard`` is this process's part of the training split, ``eval_shard`` of the test
+    split (exact: every process checks the whole test split of an image folder).
+    """
+    train = load_source(name, "train", data_dir, shard, bad_images=bad_images, log=log)
     if train.num_classes < 2:
         raise ValueError(
             f"Training data {name!r} has {train.num_classes} class ({', '.join(train.class_names)}): "
             f"a classifier needs at least 2 classes.")
-    test = load_source(name, "test", data_dir, class_names=train.class_names,
-                       bad_images=bad_images)
+    test = load_source(name, "test", data_dir, eval_shard, class_names=train.class_names,
+                       bad_images=bad_images, exact_shards=True, log=log)
     return train, test
 
 
@@ -171,7 +224,8 @@ def digits_source(split="train", shard=(1, 0), test_fraction=0.2, seed=0):
     images = np.repeat(images[..., None], 3, axis=-1)
     labels = digits.target[indices].astype("int64")
     dataset = _shard(tf.data.Dataset.from_tensor_slices((images, labels)), shard)
-    return Source(dataset, _shard_count(len(labels), shard), [str(i) for i in range(10)])
+    return Source(dataset, _shard_count(len(labels), shard), [str(i) for i in range(10)],
+                  shard=tuple(shard), total_examples=len(labels))
 
 
 def split_root(root, split):
@@ -204,14 +258,14 @@ def split_files(root, split="train", class_names=None):
         if any(os.path.isdir(os.path.join(root, s)) for a in SPLIT_ALIASES.values() for s in a):
             raise ValueError(f"Image folder {root!r} has split folders: name one split (train or "
                              f"test), not all.")
-        paths, labels, class_names = scan_folder(root, class_names)
+        paths, labels, class_names = _scan_once(root, class_names)
         return root, paths, labels, class_names, False
     folder, held_out = split_root(root, split)
-    paths, labels, class_names = scan_folder(folder, class_names)
-    if held_out:
-        keep = [(i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == (split != "train") for i in range(len(paths))]
-        paths = [p for p, k in zip(paths, keep) if k]
-        labels = [label for label, k in zip(labels, keep) if k]
+    paths, labels, class_names = _scan_once(folder, class_names)
+    if held_out and split == "train":
+        del paths[HELD_OUT_EVERY - 1::HELD_OUT_EVERY], labels[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
+    elif held_out:
+        paths, labels = paths[HELD_OUT_EVERY - 1::HELD_OUT_EVERY], labels[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
     return folder, paths, labels, class_names, held_out
 
 
@@ -234,7 +288,8 @@ def scan_folder(root, class_names=None):
         _check_utf8(class_dir, files)
         if not files:
             empty.append(class_dir)
-        paths.extend(os.path.join(class_dir, f) for f in files)
+        prefix = os.path.join(class_dir, "")
+        paths.extend([prefix + f for f in files])
         labels.extend([label] * len(files))
     if not paths:
         raise ValueError(
@@ -251,6 +306,11 @@ def scan_folder(root, class_names=None):
 
 def _check_utf8(folder, names):
     """Refuse names that are not UTF-8 (TensorFlow's strings are): a ``ValueError`` naming them."""
+    try:
+        "".join([folder, *names]).encode("utf-8")  # one call for a folder of a million names
+        return
+    except UnicodeEncodeError:
+        pass
     bad = []
     for name in names:
         path = os.path.join(folder, name)
@@ -269,45 +329,48 @@ def describe_unreadable(unreadable, total, folder):
     return f"{len(unreadable)} of {total} images in {folder!r} cannot be decoded:\n{listing}"
 
 
-def find_unreadable(paths):
-    """``[(path, reason)]`` of the files that :func:`keras_mixer.images.decode` cannot read.
-
-    Every file is read and decoded in parallel with the pipeline's own decoder, so
-    a file that passes never stops an epoch (a valid header with a corrupt body does
-    not pass).
-    """
-    if not len(paths):
-        return []
-
-    def check(index, path):
-        image = images.decode(tf.io.read_file(path))
-        return index, tf.shape(image)  # uses the decoded image, so decoding runs
-
-    checked = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    checked = checked.map(check, num_parallel_calls=AUTOTUNE).ignore_errors()
-    readable = {int(index) for index, _ in checked.as_numpy_iterator()}
-    unreadable = []
-    for index, path in enumerate(paths):
-        if index not in readable:
-            try:
-                images.decode(tf.io.read_file(path))
-                reason = "unreadable"
-            except (tf.errors.OpError, ValueError) as error:
-                message = getattr(error, "message", str(error))
-                reason = message.split("}}")[-1].strip().splitlines()[0] if message else "unreadable"
-            unreadable.append((path, reason))
-    return unreadable
+_LAST_SCAN = {}
 
 
-def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_images="skip"):
-    """Images in ``root/[split/]class_name/*``, decoded in parallel (RGB, uint8).
+def _scan_once(folder, class_names=None):
+    """:func:`scan_folder`, reusing this process's last scan of ``folder`` while no file was
+    added, removed or renamed in it (no folder's modification time changed): the training
+    and the test split of a folder without split folders are the same folder."""
+    try:
+        key = (os.path.abspath(folder),) + tuple(
+            (entry.name, entry.stat().st_mtime_ns) for entry in os.scandir(folder)
+            if entry.is_dir()) + ((".", os.stat(folder).st_mtime_ns),)
+    except OSError:
+        key = None
+    last = _LAST_SCAN.get("scan")
+    if key is None or last is None or last[0] != key or (
+            class_names is not None and list(class_names) != last[1][2]):
+        _LAST_SCAN["scan"] = last = (key, scan_folder(folder, class_names))
+    paths, labels, found = last[1]
+    return list(paths), list(labels), list(found)
 
-    Every file of the split is decoded once first (:func:`find_unreadable`):
-    ``bad_images="skip"`` leaves unreadable files out (``Source.unreadable``),
-    ``"fail"`` raises a ``ValueError`` listing all of them.
+
+def folder_files(root, split="train", shard=(1, 0), class_names=None, bad_images="skip",
+                 exact_shards=False, log=None):
+    """The image files of one split of a folder, in the order a pipeline reads them.
+
+    Returns ``(folder, paths, labels, class_names, unreadable, total)``: this shard's
+    readable files and their labels, the ``(path, reason)`` of its unreadable ones, and
+    the number of examples of all shards (see :func:`load_source`). The training split
+    is mixed once (a fixed permutation of all files found), so that a shuffle buffer
+    sees every class; then sharded and checked (or checked and sharded, ``exact_shards``).
     """
     folder, paths, labels, class_names, _ = split_files(root, split, class_names)
-    unreadable = find_unreadable(paths)
+    if split == "train":  # class-sorted files: mix them once, so a shuffle buffer sees every class
+        order = np.random.default_rng(0).permutation(len(paths)).tolist()
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
+    num_shards, index = shard
+    check_all = exact_shards or num_shards == 1
+    found = len(paths)
+    if not check_all:  # this process checks (and reads) only its own files
+        paths, labels = paths[index::num_shards], labels[index::num_shards]
+    key = f"{split}-all" if check_all else f"{split}-{index}-of-{num_shards}"
+    unreadable = image_check.check_files(paths, folder, key, log=log)
     if unreadable and bad_images == "fail":
         raise ValueError(
             f"{describe_unreadable(unreadable, len(paths), folder)}\nRemove or replace them, or "
@@ -320,30 +383,52 @@ def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_image
         if not paths:
             raise ValueError(f"No readable images in {folder!r}.")
         emptied = [os.path.join(folder, class_names[index]) for index in sorted(had - set(labels))]
-        if emptied:  # a class without examples would be trained (or scored) as never seen
+        if emptied and check_all:  # a class without examples would be trained (or scored) as
+            # never seen (a shard without a class's examples is fine: the other shards have them)
             raise ValueError(
                 f"Every image of class folder(s) {', '.join(emptied)} is undecodable (skipped), "
                 f"so the class would have no examples:\n"
                 f"{describe_unreadable(unreadable, len(bad) + len(paths), folder)}\n"
                 "Replace the images, or remove the folder(s).")
-    if split == "train":  # class-sorted files: mix them once, so a shuffle buffer sees every class
-        order = np.random.default_rng(0).permutation(len(paths))
-        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
-    return files_source(paths, labels, class_names, shard, unreadable)
+    if check_all:
+        found = len(paths)
+        paths, labels = paths[index::num_shards], labels[index::num_shards]
+    return folder, paths, labels, class_names, unreadable, found
+
+
+def folder_source(root, split="train", shard=(1, 0), class_names=None, bad_images="skip",
+                  exact_shards=False, log=None):
+    """Images in ``root/[split/]class_name/*``, decoded in parallel (RGB, uint8).
+
+    Every file of the shard is checked with the pipeline's decoder first
+    (:func:`keras_mixer.image_check.check_files`: decoded once, the result
+    remembered): ``bad_images="skip"`` leaves unreadable files out
+    (``Source.unreadable``), ``"fail"`` raises a ``ValueError`` listing all of them.
+    """
+    _, paths, labels, class_names, unreadable, total = folder_files(
+        root, split, shard, class_names, bad_images, exact_shards, log)
+    source = files_source(paths, labels, class_names, unreadable=unreadable)
+    source.shard, source.total_examples = tuple(shard), total
+    return source
+
+
+def read_image(path):
+    """The uint8 ``(H, W, 3)`` image of a file path (a string tensor), by the image policy."""
+    return images.decode(tf.io.read_file(path))
 
 
 def files_source(paths, labels, class_names, shard=(1, 0), unreadable=()):
-    """Image files with their labels (indices into ``class_names``), decoded in parallel, in order.
+    """Image files with their labels (indices into ``class_names``), in order; decoded by
+    the pipeline (:attr:`Source.decode`).
 
     ``unreadable``: ``(path, reason)`` of the files left out, reported by training.
     """
-    files = _shard(tf.data.Dataset.from_tensor_slices((list(paths), list(labels))), shard)
-
-    def decode(path, label):
-        return images.decode(tf.io.read_file(path)), label
-
-    return Source(files.map(decode, num_parallel_calls=AUTOTUNE),
-                  _shard_count(len(paths), shard), list(class_names), list(unreadable))
+    # tf.constant: a list of a million paths converts in 0.3 s (from_tensor_slices: 10 s).
+    paths = tf.constant(list(paths), dtype=tf.string)
+    files = _shard(tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int64))), shard)
+    count = int(paths.shape[0])
+    return Source(files, _shard_count(count, shard), list(class_names), list(unreadable),
+                  decode=read_image, shard=tuple(shard), total_examples=count)
 
 
 def prepare_command(name, data_dir="DIR"):
@@ -387,10 +472,26 @@ def _unprepared(name, builder, reason):
             f"and pass --data-dir DIR. Or use an image folder or the offline 'digits' data.")
 
 
-def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
-    """A TFDS dataset by name; prepares it when it is not there yet, with a clear error if it can't."""
+PREPARED_FILES = ("dataset_info.json", "features.json")
+
+
+def is_prepared(folder):
+    """Whether ``folder`` holds a TFDS dataset (``keras-mixer prepare`` writes one): its metadata."""
+    return all(os.path.isfile(os.path.join(folder, name)) for name in PREPARED_FILES)
+
+
+def _tfds_builder(name, data_dir=None):
+    """The TFDS builder of a dataset name (prepared when it is not there yet), or of a prepared folder."""
     import tensorflow_datasets as tfds
 
+    if os.path.isdir(name):
+        try:
+            return tfds.builder_from_directory(name)
+        except Exception as error:  # TFDS raises many kinds for unreadable metadata
+            raise ValueError(
+                f"{name!r} holds TFDS metadata (dataset_info.json) that cannot be read "
+                f"({type(error).__name__}: {error}). If keras-mixer prepare wrote it, run it "
+                f"again into a new folder.") from error
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -409,20 +510,46 @@ def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
         except Exception as error:
             raise DatasetUnavailableError(_unprepared(
                 name, builder, f"could not be downloaded ({type(error).__name__}: {error})")) from error
+    return builder
+
+
+def tfds_source(name, split="train", data_dir=None, shard=(1, 0)):
+    """A TFDS dataset by name (prepared when it is not there yet, with a clear error if it
+    can't), or a folder that ``keras-mixer prepare`` wrote.
+
+    Each process reads only its part of the split (``tfds.even_splits``), and images stay
+    encoded until the pipeline decodes them (:attr:`Source.decode`). A prepared folder is
+    read in the order it was written: the order of the image folder it came from.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(name, data_dir)
     splits = builder.info.splits
     if split == "test" and splits and "test" not in splits:
         split = "validation"
-    dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    if os.path.isdir(name) and split not in splits:
+        raise ValueError(f"Prepared data {name!r} has no {split!r} split (it has "
+                         f"{', '.join(splits) or 'none'}); run keras-mixer prepare again.")
+    image_key, label_key = builder.info.supervised_keys or ("image", "label")
+    num_shards, index = shard
+    part = tfds.even_splits(split, num_shards)[index] if num_shards > 1 else split
+    image_feature = builder.info.features[image_key]
+    encoded = isinstance(image_feature, tfds.features.Image) and image_feature.dtype == tf.uint8
+    read_config = (tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
+                   if os.path.isdir(name) else None)  # prepared: the order it was written in
+    dataset = builder.as_dataset(
+        split=part, as_supervised=True, shuffle_files=False, read_config=read_config,
+        decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
     try:
-        num_examples = splits[split].num_examples
+        num_examples, total = splits[part].num_examples, splits[split].num_examples
     except KeyError:  # no split metadata (e.g. mocked data): count
         num_examples = int(dataset.reduce(0, lambda count, _: count + 1))
-    dataset = _shard(dataset, shard)
-    image_feature = builder.info.features["image"]
-    if image_feature.shape[-1] == 1:
+        total = num_examples * num_shards
+    if not encoded and image_feature.shape[-1] == 1:
         dataset = dataset.map(lambda x, y: (tf.image.grayscale_to_rgb(x), y))
-    class_names = list(builder.info.features["label"].names)
-    return Source(dataset, _shard_count(num_examples, shard), class_names)
+    class_names = list(builder.info.features[label_key].names)
+    return Source(dataset, num_examples, class_names, decode=images.decode if encoded else None,
+                  shard=tuple(shard), total_examples=total)
 
 
 # --- augmentation ---------------------------------------------------------------------------
@@ -580,12 +707,14 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
     """Batches of ``(float32 images in [0, 255] (B, height, width, 3), one-hot labels (B, K))``.
 
     Args:
-        source: a :class:`Source` (see :func:`load_source`).
+        source: a :class:`Source` (see :func:`load_source`); a shard of a split
+            (one per process) makes this process's part of every global batch.
         batch_size: batch size of this pipeline (per process).
         image_size: output side in pixels, or ``(height, width)``.
         training: shuffle and augment (else resize / center-crop only).
         augment: an :class:`Augmentation`.
-        seed: fixes shuffling and every augmentation.
+        seed: fixes shuffling and every augmentation (each shard of a sharded
+            source draws from a seed of its own, derived from ``seed`` and its index).
         crop_fraction: eval center crop (1.0 = resize only).
         shuffle_buffer: shuffle buffer size (capped at the split size).
         repeat: repeat forever (for a fixed number of steps). Training: then the
@@ -600,16 +729,21 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         pad_to_batch: (eval) add a third element, sample weights, and pad the last batch
             to full size with weight-0 blanks, so that every batch splits evenly over
             data-parallel devices while the loss and the metrics average over the real
-            examples only (real examples weigh ``padded / real``, see below).
+            examples only (real examples weigh ``padded / real``, see below). Every
+            shard of a source pads to the same number of batches.
         interpolation: the eval resize filter (the model's ``config.interpolation``).
         start_batch: (training with ``repeat``) begin with this batch of the stream,
             exactly as if that many batches had been read (a resumed run).
     """
     num_classes = source.num_classes
     size = _size_pair(image_size)
+    num_shards, shard_index = source.shard
+    if num_shards > 1:  # each process's shard draws its own shuffle and augmentations
+        seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0] >> 1)
     dataset = source.dataset
-    if cache if cache is not None else source.num_examples < 60_000:
-        dataset = dataset.cache()
+    cache = cache if cache is not None else source.num_examples < 60_000
+    if cache:  # decoded once, kept in memory
+        dataset = source.images().cache()
     buffer = min(shuffle_buffer, max(source.num_examples, 1))
     indexed = training and repeat  # every random choice a pure function of seed and position
     if indexed:
@@ -625,6 +759,8 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         if repeat:
             dataset = dataset.repeat()
         example_seeds, batch_seeds = _seeds(seed), _seeds(seed + 1)
+    if not cache:  # decoded after the shuffle (same order): only what is read
+        dataset = source.images(dataset)
 
     def preprocess(element, example_seed):
         image, label = element
@@ -648,8 +784,11 @@ def make_dataset(source, batch_size, image_size, training, augment=Augmentation(
         # and averages batches by their size, i.e. divides by the padded count: weighing
         # every real example padded / real makes it the mean over the real examples
         # (and weighted metrics, which divide by the weights' sum, are unchanged).
-        blanks = -source.num_examples % batch_size
-        weight = (source.num_examples + blanks) / max(source.num_examples, 1)
+        # Sharded (one shard per process): every shard pads to the same number of batches,
+        # those of the whole split at the global batch size (``batch_size * num_shards``).
+        batches = -(-source.total_examples // (batch_size * num_shards))
+        blanks = batches * batch_size - source.num_examples
+        weight = batches * batch_size * num_shards / max(source.total_examples, 1)
         blank = (tf.zeros(size + (3,)), tf.one_hot(0, num_classes), 0.0)
         dataset = dataset.map(lambda x, y: (x, y, weight)).concatenate(
             tf.data.Dataset.from_tensors(blank).repeat(blanks))

@@ -12,8 +12,18 @@
   kernels over a ``model`` mesh axis;
 - torch: one process per device launched by ``torchrun``; gradients are
   averaged over processes (gloo on CPU, nccl on GPU) by hooks on every
-  trainable parameter while ``model.fit`` runs unchanged, and each process
-  reads its own shard of the data.
+  trainable parameter while ``model.fit`` runs unchanged.
+
+Data: in a job of several processes each process reads and decodes only its own
+shard of the data (:attr:`Distribution.shard`), and its pipeline makes its own part
+of every global batch (``global batch / processes``) -- tensorflow multi-worker:
+through ``distribute_datasets_from_function`` (:meth:`Distribution.distribute_dataset`);
+jax: ``keras.distribution`` with ``auto_shard_dataset=False`` (Keras assembles the
+global batch from each process's part); torch: each process trains on its own batches.
+Without this, TensorFlow and JAX would have every process read and decode the whole
+global batch and drop the others' parts. Evaluation is sharded the same way on
+tensorflow and jax (:attr:`Distribution.eval_shard`); on torch every process
+evaluates the whole test split (Keras does not combine metrics across torch processes).
 
 A process whose peer dies does not wait forever. A peer whose process dies is noticed at
 once where its connections are reset (TF: "Collective ops is aborted", torch: gloo's
@@ -57,8 +67,9 @@ class Distribution:
     """How one process takes part in training.
 
     ``replicas`` counts data-parallel replicas over all processes; ``shard``
-    is ``(num_shards, index)`` of the data this process reads itself (torch:
-    one shard per process; tensorflow/jax: Keras splits the global batch).
+    is ``(num_shards, index)`` of the training data this process reads itself (one
+    shard per process, or per model replica of a model spanning processes), and
+    ``eval_shard`` that of the test data.
     ``collective_saves``: saving a model is a collective operation (TF multi-worker,
     multi-process JAX: reading a variable's global array), so every process saves in
     step with the chief (the others into scratch files).
@@ -71,6 +82,7 @@ class Distribution:
     shard: tuple = (1, 0)
     strategy: object = None
     collective_saves: bool = False
+    eval_shard: tuple = (1, 0)
 
     @property
     def is_chief(self):
@@ -89,6 +101,20 @@ class Distribution:
                 f"{max(self.replicas, num_shards)} data-parallel replicas."
             )
         return global_batch_size // num_shards
+
+    def distribute_dataset(self, dataset, global_batch_size):
+        """What ``model.fit`` / ``evaluate`` get from this process's pipeline (its own shard).
+
+        TensorFlow multi-worker: a ``tf.distribute`` dataset whose batches are this
+        worker's (``distribute_datasets_from_function``: no re-sharding, each local
+        replica taking ``global_batch_size / replicas``); any other engine: ``dataset``.
+        """
+        if self.name != "multi_worker":
+            return dataset
+        per_replica = global_batch_size // self.replicas
+        if per_replica != self.pipeline_batch_size(global_batch_size):
+            dataset = dataset.rebatch(per_replica, drop_remainder=True)
+        return self.strategy.distribute_datasets_from_function(lambda context: dataset)
 
     @contextlib.contextmanager
     def peer_errors(self):
@@ -189,9 +215,11 @@ def _tensorflow(strategy, cpu_devices=0, **_):
                 timeout_seconds=timeout))
         _patch_keras_for_multi_worker()
         task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+        index = int(task.get("index", 0))
         return Distribution("multi_worker", tf_strategy.num_replicas_in_sync,
-                            process_index=int(task.get("index", 0)), process_count=workers,
-                            strategy=tf_strategy, collective_saves=True)
+                            process_index=index, process_count=workers, shard=(workers, index),
+                            eval_shard=(workers, index), strategy=tf_strategy,
+                            collective_saves=True)
     if strategy == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -309,9 +337,11 @@ def _jax(strategy, model_parallel=0, **_):
     if strategy == "default":
         return Distribution("default", 1, **info)
     if strategy == "data_parallel":
-        distribution = keras.distribution.DataParallel(devices=devices)
+        distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
         keras.distribution.set_distribution(distribution)
-        return Distribution("data_parallel", len(devices), **info, strategy=None)
+        shard = _jax_data_shard(distribution)
+        return Distribution("data_parallel", len(devices), **info, shard=shard, eval_shard=shard,
+                            strategy=None)
     model_size = model_parallel or 2
     if len(devices) % model_size:
         raise ValueError(
@@ -320,10 +350,25 @@ def _jax(strategy, model_parallel=0, **_):
     mesh = keras.distribution.DeviceMesh(
         (len(devices) // model_size, model_size), ("batch", "model"), devices
     )
-    keras.distribution.set_distribution(
-        keras.distribution.ModelParallel(layout_map=mixer_layout_map(mesh), batch_dim_name="batch")
-    )
-    return Distribution("model_parallel", len(devices) // model_size, **info)
+    distribution = keras.distribution.ModelParallel(
+        layout_map=mixer_layout_map(mesh), batch_dim_name="batch", auto_shard_dataset=False)
+    keras.distribution.set_distribution(distribution)
+    shard = _jax_data_shard(distribution)
+    return Distribution("model_parallel", len(devices) // model_size, **info, shard=shard,
+                        eval_shard=shard)
+
+
+def _jax_data_shard(distribution):
+    """``(num_shards, index)`` of the data this process feeds to a ``keras.distribution``.
+
+    What Keras' own ``distribute_tf_dataset`` would keep of every global batch, read by
+    this process alone: one shard per process, or per model replica when a replica
+    spans processes (its processes feed the same data); one when there is one replica.
+    """
+    processes, replicas = distribution.num_processes, distribution.num_model_replicas
+    if processes == 1 or replicas == 1:
+        return 1, 0
+    return min(processes, replicas), distribution.data_shard_id
 
 
 def mixer_layout_map(mesh):

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mixer import data as datasets
-from keras_mixer import fast, images, models
+from keras_mixer import fast, image_check, images, models
 from keras_mixer.config import INTERPOLATIONS
 from keras_mixer.deploy import litert, saved_model, signatures, tflite
 from keras_mixer.files import write_text
@@ -140,7 +140,7 @@ def evaluate(artifact, data, crop_fraction=None, out=None, batch_size=32, log=pr
 
 def _refused_images(kind, path, paths, folder, error):
     """A ``ValueError`` naming the images that cannot be decoded, else quoting ``error``."""
-    unreadable = datasets.find_unreadable(paths)
+    unreadable = image_check.find_unreadable(paths)
     if unreadable:
         return ValueError(f"{datasets.describe_unreadable(unreadable, len(paths), folder)}\n"
                           "Remove or replace them to evaluate the folder.")

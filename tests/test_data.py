@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers.folders import count_decodes, random_classes, write_image_folder
 from helpers.tiny import SHARED_DATA
 from keras_mixer import data
 from keras_mixer import images as image_policy
@@ -118,6 +119,41 @@ def test_shards_partition_the_data():
     assert labels[0] == full[0::2] and labels[1] == full[1::2]
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_each_process_decodes_only_its_share_of_every_batch(tmp_path, cache):
+    """Two shards (processes): each checks and decodes only its own 8 of the 16 images, and
+    together they make the batches of the whole split."""
+    write_image_folder(str(tmp_path / "f" / "train"), random_classes(16, num_classes=2, size=8))
+    root = str(tmp_path / "f")
+    shards = []
+    for index in range(2):
+        with count_decodes() as decoded:
+            shard = data.load_source(root, "train", shard=(2, index))
+        assert decoded[0] == 8 and shard.num_examples == 8 and shard.total_examples == 16
+        with count_decodes() as decoded:
+            batches = list(data.make_dataset(shard, 4, 8, True, data.Augmentation(), cache=cache))
+            list(data.make_dataset(shard, 4, 8, False, cache=cache))
+        assert decoded[0] == 8 + 8 and len(batches) == 2  # an epoch of each pipeline: its 8
+        shards.append(shard)
+    everything = data.load_source(root, "train")
+    pixels = [np.stack([x.numpy() for x, _ in s.images()]) for s in [everything] + shards]
+    np.testing.assert_array_equal(np.sort(pixels[0], axis=0),
+                                  np.sort(np.concatenate(pixels[1:]), axis=0))
+
+
+def test_eval_shards_pad_to_the_same_batches_and_weigh_like_one_device():
+    shards = [data.load_source("digits", "test", shard=(2, i)) for i in range(2)]
+    assert [s.total_examples for s in shards] == [359, 359]
+    weights = []
+    for shard in shards:
+        batches = list(data.make_dataset(shard, 8, 8, training=False, pad_to_batch=True))
+        assert len(batches) == 23  # ceil(359 / 16) global batches of 16: 2 x 8
+        weights.append(np.concatenate([w.numpy() for _, _, w in batches]))
+    weights = np.concatenate(weights)
+    assert (weights > 0).sum() == 359
+    np.testing.assert_allclose(weights[weights > 0], 368 / 359, rtol=1e-6)  # as one device
+
+
 def write_folder(root, classes=("cat", "dog"), per_class=3, size=20):
     rng = np.random.default_rng(0)
     for name in classes:
@@ -176,7 +212,7 @@ def test_undecodable_images_are_skipped_or_refused_before_any_batch(tmp_path):
     assert train.num_examples == 6
     assert sorted(os.path.basename(p) for p, _ in train.unreadable) == ["corrupt.jpg", "truncated.png"]
     assert all(reason for _, reason in train.unreadable)
-    assert sum(1 for _ in train.dataset) == 6  # the pipeline reads every file it kept
+    assert sum(1 for _ in train.images()) == 6  # the pipeline reads every file it kept
     test = data.load_source(str(root), "test", class_names=train.class_names)
     assert test.num_examples == 4 and [os.path.basename(p) for p, _ in test.unreadable] == ["text.jpg"]
     with pytest.raises(ValueError, match="2 of 8 images") as error:

@@ -111,7 +111,8 @@ def single_device(tmp_path_factory):
     def get(recipe):
         if recipe not in cache:
             out = str(tmp_path_factory.mktemp("single") / "w.npz")
-            run_workers(["default", "0", recipe, out], [worker_env()])
+            output = run_workers(["default", "0", recipe, out], [worker_env()])[0]
+            assert "decoded=48" in output, output[-500:]  # 24 images: checked, then read
             cache[recipe] = weights(out)
         return cache[recipe]
 
@@ -171,7 +172,7 @@ def test_torch_two_gloo_processes(tmp_path, single_device, recipe="finetune"):
 
 def test_two_processes_over_loopback(tmp_path, single_device, recipe="finetune"):
     """tensorflow: 2 TF_CONFIG workers; jax: 2 processes by KERAS_DISTRIBUTION_*; torch: 2
-    torchrun nodes; == 1 device."""
+    torchrun nodes; == 1 device, each process decoding only its own share of the images."""
     out = str(tmp_path / "w.npz")
     strategy = {"tensorflow": "multi_worker", "jax": "data_parallel",
                 "torch": "torch_ddp"}[keras.backend.backend()]
@@ -179,6 +180,10 @@ def test_two_processes_over_loopback(tmp_path, single_device, recipe="finetune")
         ["-m", "workers.training_worker", strategy, "0", recipe, out]))
     assert all(f"done {strategy} replicas=2" in o for o in outputs), outputs[0][-2000:]
     assert_same_weights(weights(out), single_device(recipe), recipe)
+    # Each process read and decoded only its own 12 of the 24 images: checked once, then
+    # decoded once by its pipeline (one device decodes all 24 twice).
+    assert [re.search(r"decoded=(\d+)", o).group(1) for o in outputs] == ["24", "24"], \
+        [o[-500:] for o in outputs]
 
 
 # What the surviving process says when its peer dies: one error line (keras_mixer.distribute

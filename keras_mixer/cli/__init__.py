@@ -21,6 +21,7 @@ from keras_mixer import startup
 # name -> the first line of the command module's docstring (tests/test_cli.py keeps them equal).
 COMMANDS = {
     "train": "Train an MLP-Mixer with model.fit on JAX, TensorFlow or PyTorch (one flag per setting).",
+    "prepare": "Write an image folder once as TFRecord shards (a TFDS dataset) for fast training starts.",
     "evaluate": "Evaluate a .keras model, a SavedModel or a .tflite file on a labelled image folder.",
     "export": "Export a Mixer to a TF Serving SavedModel, TFLite files or ONNX (built under TensorFlow).",
     "serve": "Serve exported SavedModels locally over TF Serving's gRPC and REST APIs (development only).",
@@ -45,8 +46,9 @@ OWN_USER_ERRORS = {
 }
 # What each command needs beyond the base install and a backend (setup.cfg's extras), and the
 # extra that provides a module some commands import (a missing one is named in the error).
-COMMAND_EXTRAS = {"train": "data", "evaluate": "data", "export": "export", "serve": "serving",
-                  "predict": "serving", "convert": None, "visualize": "plots", "benchmark": "data"}
+COMMAND_EXTRAS = {"train": "data", "prepare": "data", "evaluate": "data", "export": "export",
+                  "serve": "serving", "predict": "serving", "convert": None, "visualize": "plots",
+                  "benchmark": "data"}
 MODULE_EXTRAS = {"tensorflow_datasets": "data", "keras_cv": "data", "sklearn": "data",
                  "tensorflow_serving": "serving", "grpc": "serving", "requests": "serving",
                  "ai_edge_litert": "mobile", "matplotlib": "plots", "keras_hub": "hub",

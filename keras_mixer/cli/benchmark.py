@@ -5,7 +5,9 @@ reference GEMMs measured in the same run, in the row's dtype (the backend's best
 shape, and the best across backends: the machine's limit); beside keras-cv's
 legacy MLPMixer (and timm on torch); the report names the CPU and its matrix units. Writes PREFIX.json and
 PREFIX.md (--out) and prints the table. `keras-mixer benchmark training --help`:
-the training suite (training img/s, tf.data pipelines, CIFAR-10 accuracy).
+the training suite (training img/s, tf.data pipelines, CIFAR-10 accuracy);
+`keras-mixer benchmark data --help`: the data suite (starts, check, pipelines, records
+at 10k-1M images).
 Examples:
 
   keras-mixer benchmark --quick                            # B/16, batch 2, all backends
@@ -14,12 +16,15 @@ Examples:
   keras-mixer benchmark --baseline ../keras-mixer-0.2 --rounds 5 --no-peers   # before/after
   keras-mixer benchmark training --backends jax tensorflow torch --image-size 32 \\
       --batch-size 64 --cifar-steps 300                    # = scripts/benchmark_training.py
+  keras-mixer benchmark data --sizes 10000 100000          # writes benchmarks/DATE-data.md
 """
 
 import argparse
+import datetime
+import os
 
 from keras_mixer import benchmark
-from keras_mixer.benchmark import compare, training
+from keras_mixer.benchmark import compare, data, training
 from keras_mixer.cli.arguments import non_negative_int, positive_int
 from keras_mixer.config import VARIANTS, MixerConfig, canonical_variant
 
@@ -74,10 +79,39 @@ def add_arguments(parser):
                         help="with --baseline: rounds per backend, each running both (default: 3)")
     _add_out(parser, "benchmark_results")
     suites = parser.add_subparsers(dest="suite", metavar="SUITE",
-                                   help="training: the training benchmark (see its --help)")
+                                   help="training, data: the training and data benchmarks "
+                                        "(see their --help)")
     _add_training_arguments(suites.add_parser(
         "training", help="training img/s, input pipelines, CIFAR-10 accuracy",
         description=TRAINING_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
+    _add_data_arguments(suites.add_parser(
+        "data", help="data starts, bad-image check, pipelines and records at 10k-1M images",
+        description=data.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def _add_data_arguments(parser):
+    spec = data.DataSpec
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(spec.sizes),
+                        help="images per synthetic folder (default: %(default)s)")
+    _add_integers(parser, spec, (
+        ("--image-side", "image_side", "side of the synthetic JPEGs"),
+        ("--classes", "classes", "class folders"),
+        ("--image-size", "image_size", "model input side"),
+        ("--batch-size", "batch_size", "batch size"),
+        ("--pipeline-batches", "pipeline_batches", "timed batches per pipeline"),
+        ("--model-steps", "model_steps", "timed training steps per model (0: skip)"),
+        ("--repeats", "repeats", "attempts at the first start and the decode pass (the best)")))
+    parser.add_argument("--variants", nargs="+", default=list(spec.variants),
+                        help="models whose training step rate the pipeline is compared with "
+                             "(default: %(default)s)")
+    parser.add_argument("--model-backend", choices=benchmark.BACKENDS, default=spec.backend,
+                        help="backend of the model steps (default: %(default)s)")
+    parser.add_argument("--no-records", action="store_true", help="skip keras-mixer prepare")
+    parser.add_argument("--work-dir", default=spec.work_dir,
+                        help="where the folders are written (and deleted) (default: %(default)s)")
+    parser.add_argument("--min-free-gb", type=float, default=spec.min_free_gb,
+                        help="skip a size that would leave less free disk (default: %(default)s)")
+    _add_out(parser, os.path.join("benchmarks", f"{datetime.date.today().isoformat()}-data"))
 
 
 def _add_training_arguments(parser):
@@ -85,17 +119,15 @@ def _add_training_arguments(parser):
     _add_backends(parser)
     parser.add_argument("--variant", default=spec.variant,
                         help="paper variant, or custom: the three sizes below (D_S = C/2, D_C = 4C)")
-    for flag, field, help_text in (
-            ("--image-size", "image_size", "input side in pixels"),
-            ("--patch-size", "patch_size", "custom: patch side P"),
-            ("--hidden-dim", "hidden_dim", "custom: token width C"),
-            ("--num-blocks", "num_blocks", "custom: number of blocks"),
-            ("--batch-size", "batch_size", "batch size"),
-            ("--steps", "steps", "timed training steps"),
-            ("--pipeline-batches", "pipeline_batches", "timed batches per input pipeline (0: skip)"),
-            ("--cifar-steps", "cifar_steps", "accuracy budget: training steps on CIFAR-10 (0: skip)")):
-        parser.add_argument(flag, type=int, default=getattr(spec, field),
-                            help=f"{help_text} (default: {getattr(spec, field)})")
+    _add_integers(parser, spec, (
+        ("--image-size", "image_size", "input side in pixels"),
+        ("--patch-size", "patch_size", "custom: patch side P"),
+        ("--hidden-dim", "hidden_dim", "custom: token width C"),
+        ("--num-blocks", "num_blocks", "custom: number of blocks"),
+        ("--batch-size", "batch_size", "batch size"),
+        ("--steps", "steps", "timed training steps"),
+        ("--pipeline-batches", "pipeline_batches", "timed batches per input pipeline (0: skip)"),
+        ("--cifar-steps", "cifar_steps", "accuracy budget: training steps on CIFAR-10 (0: skip)")))
     parser.add_argument("--cifar-data", default=spec.cifar_data,
                         help="the cifar10-jpg tarball, or an image folder with train/ and test/ "
                              "(default: %(default)s)")
@@ -103,6 +135,13 @@ def _add_training_arguments(parser):
                         help="where the tarball is extracted, once (default: %(default)s)")
     _add_out(parser, "benchmark_results_training")
     # --backend and --verbose come from the dispatcher (keras_mixer.cli.add_common_arguments).
+
+
+def _add_integers(parser, spec, options):
+    """``--flag N`` for each ``(flag, spec field, help)``, its default the spec's."""
+    for flag, field, help_text in options:
+        parser.add_argument(flag, type=int, default=getattr(spec, field),
+                            help=f"{help_text} (default: {getattr(spec, field)})")
 
 
 def _add_backends(parser):
@@ -117,6 +156,13 @@ def _add_out(parser, default):
 
 def spec_from_args(args):
     """The :class:`~keras_mixer.benchmark.BenchmarkSpec` or ``TrainingSpec`` of parsed arguments."""
+    if args.suite == "data":
+        return data.DataSpec(
+            sizes=args.sizes, image_side=args.image_side, classes=args.classes,
+            image_size=args.image_size, batch_size=args.batch_size,
+            pipeline_batches=args.pipeline_batches, variants=args.variants,
+            model_steps=args.model_steps, repeats=args.repeats, backend=args.model_backend,
+            records=not args.no_records, work_dir=args.work_dir, min_free_gb=args.min_free_gb)
     if args.suite == "training":
         return training.TrainingSpec(
             variant=args.variant, image_size=args.image_size, patch_size=args.patch_size,
@@ -145,7 +191,13 @@ def spec_from_args(args):
 
 def run(args):
     """Run the suite; exit status 1 when anything asked for was not measured."""
+    if getattr(args, "baseline", None) and args.suite:
+        raise ValueError(f"--baseline compares the model suite (keras-mixer benchmark without a "
+                         f"suite), not the {args.suite} suite.")
     spec = spec_from_args(args)
+    if args.suite == "data":
+        report = data.run(spec, json_path=args.out + ".json", markdown_path=args.out + ".md")
+        return 1 if report["notes"] or any("error" in row for row in report["sizes"]) else 0
     if args.suite == "training" and spec.cifar_steps and not training.has_cifar(spec):
         raise ValueError(
             f"no CIFAR-10 data at {spec.cifar_data} for --cifar-steps {spec.cifar_steps}: give the "

@@ -114,12 +114,20 @@ def _check_finite_weights(model):
             f"a new --run-dir.")
 
 
-def _report_unreadable(sources):
-    """``[{"split", "path", "reason"}]`` of the images left out, printed one per line."""
+def _report_unreadable(sources, other_process=None):
+    """``[{"split", "path", "reason"}]`` of the images left out, printed one per line.
+
+    ``other_process``: the distribution of a process other than the chief, which reports
+    only what it found in its own shard of the training split.
+    """
+    if other_process is not None:
+        sources = {"train": sources["train"]}
     found = [{"split": split, "path": path, "reason": reason}
              for split, source in sources.items() for path, reason in source.unreadable]
     if found:
-        print(f"skipped {len(found)} undecodable images (--bad-images fail refuses them instead):")
+        who = (f"process {other_process.process_index} of {other_process.process_count}: "
+               if other_process is not None else "")
+        print(f"{who}skipped {len(found)} undecodable images (--bad-images fail refuses them instead):")
         for item in found:
             print(f"  {item['split']}: {item['path']}: {item['reason']}")
     return found
@@ -193,14 +201,18 @@ def train(config, callbacks=(), distribution=None):
     if config.mixed_precision:
         keras.config.set_dtype_policy("mixed_bfloat16")
     train_source, test_source = data.load_splits(config.data, config.data_dir, shard=dist.shard,
-                                                 bad_images=config.bad_images)
-    unreadable = _report_unreadable({"train": train_source, "test": test_source}) if chief else []
-    global_examples = train_source.num_examples * dist.shard[0]
+                                                 bad_images=config.bad_images,
+                                                 eval_shard=dist.eval_shard,
+                                                 log=print if chief else None)
+    # Each process checked its own shard of the training images: each reports its own.
+    unreadable = _report_unreadable({"train": train_source, "test": test_source},
+                                    dist if not chief else None)
+    global_examples = train_source.total_examples
     if chief:
         if config.image_size_notice():
             print(config.image_size_notice())
         print(f"training {config.architecture_description()} at {config.image_size}px on "
-              f"{config.data}: {global_examples} training / {test_source.num_examples} test images, "
+              f"{config.data}: {global_examples} training / {test_source.total_examples} test images, "
               f"{train_source.num_classes} classes; {keras.backend.backend()} backend, "
               f"{dist.name} x{dist.replicas}; run directory {run_dir}")
     steps = config.steps_per_epoch or global_examples // config.batch_size
@@ -212,6 +224,7 @@ def train(config, callbacks=(), distribution=None):
     pad = dist.replicas > 1
     test_data = data.make_dataset(test_source, batch_size, config.image_size, training=False,
                                   crop_fraction=config.crop_fraction, pad_to_batch=pad)
+    test_data = dist.distribute_dataset(test_data, config.batch_size)
     total_steps = steps * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps))
 
@@ -234,12 +247,14 @@ def train(config, callbacks=(), distribution=None):
             write_json(os.path.join(run_dir, STATE_FILE), state)
     with dist.scope():
         done, restored_from, problems = restore_training_state(model, run_dir, steps, config)
-    # The training stream is a pure function of the seed and the batch index (the same order
-    # in every process, and in a resumed run from the batch where it stopped).
+    # The training stream is a pure function of the seed and the batch index (of this process's
+    # shard: each shard has a seed of its own), and in a resumed run starts at the batch where
+    # it stopped.
     train_data = data.make_dataset(
         train_source, batch_size, config.image_size, training=True,
         augment=config.augmentation(), seed=config.seed, repeat=True, start_batch=done * steps,
     )
+    train_data = dist.distribute_dataset(train_data, config.batch_size)
     if chief:
         trim_history(os.path.join(run_dir, "history.csv"), done)
         for problem in problems:
@@ -292,7 +307,7 @@ def train(config, callbacks=(), distribution=None):
         # "top5" keeps its name in results.json: the top-k accuracy, k = "top_k" (5, or fewer classes).
         results = {"top1": float(results["accuracy"]), "top5": float(results[f"top{top_k}"]),
                    "top_k": top_k,
-                   "loss": float(results["loss"]), "test_examples": test_source.num_examples,
+                   "loss": float(results["loss"]), "test_examples": test_source.total_examples,
                    "epochs": config.epochs, "backend": keras.backend.backend(),
                    "strategy": dist.name, "replicas": dist.replicas,
                    "unreadable_count": len(unreadable), "unreadable_images": unreadable,
@@ -308,7 +323,7 @@ def train(config, callbacks=(), distribution=None):
             deploy.write_labels(os.path.join(run_dir, "labels.txt"), train_source.class_names)
             if not plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png")):
                 print("curves.png skipped: matplotlib is not installed (pip install 'keras-mixer[plots]')")
-            print(f"final eval on {test_source.num_examples} test images: "
+            print(f"final eval on {test_source.total_examples} test images: "
                   f"top-1 {results['top1']:.4f}, top-{top_k} {results['top5']:.4f}, loss {results['loss']:.4f} "
                   f"({results['backend']}, {dist.name} x{dist.replicas}, {results['seconds']} s); "
                   f"model: {model_path}")
