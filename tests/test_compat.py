@@ -85,3 +85,19 @@ def test_keras_cv_randaugment_is_a_pure_function_of_the_reseed():
     np.testing.assert_array_equal(augment(tf.constant([3, 4], tf.int64)).numpy(), first)
     assert not np.array_equal(augment(tf.constant([3, 5], tf.int64)).numpy(), first)
     assert not np.array_equal(first, images.numpy())
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's trainer")
+def test_keras_still_needs_the_multi_worker_patch():
+    """Fails once Keras changes the lines compat.patch_keras_for_multi_worker works around:
+    then check keras-team/keras#20585 and remove the patch (or adapt it)."""
+    assert compat.keras_multi_worker_bugs() == list(compat.KERAS_MULTI_WORKER_BUGS)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's distribution library")
+def test_keras_jax_rng_initializer_is_still_there():
+    """compat.jax_initialize_rng calls Keras' private initialize_rng, taking no argument."""
+    from keras.src.backend.jax import distribution_lib
+
+    assert not inspect.signature(distribution_lib.initialize_rng).parameters
+    assert "initialize_rng" in inspect.getsource(distribution_lib.initialize)
