@@ -11,6 +11,7 @@ looked at again (and :data:`VERIFIED` moved) with each upgrade.
 import contextlib
 import functools
 import importlib
+import inspect
 import warnings
 
 import keras
@@ -63,6 +64,95 @@ def backend_optimizer_class(public_class):
     if keras.backend.backend() != "torch":
         return public_class
     return type(public_class(learning_rate=0.0))
+
+
+# ----------------------------------------------------------------------------- TensorFlow multi-worker
+
+
+# The lines of keras/src/backend/tensorflow/trainer.py that patch_keras_for_multi_worker
+# works around, by the function that holds them.
+KERAS_MULTI_WORKER_BUGS = {
+    "_maybe_symbolic_build": "self.distribute_strategy.reduce(",
+    "reduce_per_replica": 'strategy.reduce("MEAN", v, axis=0)',
+}
+
+
+def keras_multi_worker_bugs():
+    """The functions of :data:`KERAS_MULTI_WORKER_BUGS` that the installed Keras still has."""
+    from keras.src.backend.tensorflow import trainer
+
+    functions = {"_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
+                 "reduce_per_replica": trainer.reduce_per_replica}
+    return [name for name, line in KERAS_MULTI_WORKER_BUGS.items()
+            if line in inspect.getsource(functions[name])]
+
+
+@functools.cache
+def patch_keras_for_multi_worker():
+    """Let Keras 3's ``model.fit`` / ``evaluate`` run under ``MultiWorkerMirroredStrategy``.
+
+    Two bugs in ``keras/src/backend/tensorflow/trainer.py`` (Keras 3.15 and master;
+    keras-team/keras#20585, tensorflow/tensorflow#72388), each patched only while its
+    offending line is still in the installed Keras, and only in multi-worker mode:
+
+    - ``_maybe_symbolic_build`` all-reduces the first input batch (a tuple of
+      ``PerReplica``) to learn its shapes, which the collective ops reject ("Attempt to
+      convert a value (PerReplica...) to a Tensor"). Here: the first local replica's batch,
+      which has the same shapes, and no collective.
+    - ``reduce_per_replica`` reduces the scalar losses and metrics that a step returns with
+      ``strategy.reduce("MEAN", v, axis=0)``, invalid on a scalar ("Invalid reduction
+      dimension 0 for input with 0 dimensions"). Here: the mean over replicas
+      (``axis=None``) for scalars.
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    bugs = keras_multi_worker_bugs()
+    multi_worker = trainer._collective_all_reduce_multi_worker
+
+    build = trainer.TensorFlowTrainer._maybe_symbolic_build
+    if "_maybe_symbolic_build" in bugs:
+        def maybe_symbolic_build(self, iterator=None, data_batch=None):
+            strategy = self.distribute_strategy
+            if self._distribute_strategy is None or iterator is None or not multi_worker(strategy):
+                return build(self, iterator=iterator, data_batch=data_batch)
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0], next(it))
+                break
+            with strategy.scope():
+                self._symbolic_build(data_batch=data_batch)
+
+        trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+
+    reduce = trainer.reduce_per_replica
+    if "reduce_per_replica" in bugs:
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction not in ("auto", "mean") or not multi_worker(strategy):
+                return reduce(values, strategy, reduction)
+            return tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None)
+                if strategy.experimental_local_results(v)[0].shape.rank == 0
+                else reduce(v, strategy, reduction), values)
+
+        trainer.reduce_per_replica = reduce_per_replica
+
+
+
+# ----------------------------------------------------------------------------- JAX
+
+
+def jax_initialize_rng():
+    """Seed Keras' global RNG the same in every process of a multi-process JAX job.
+
+    What ``keras.distribution.initialize`` does after ``jax.distributed.initialize``
+    (``keras/src/backend/jax/distribution_lib.py``, ``initialize_rng``); called by
+    :mod:`keras_mixer.distribute`, which calls ``jax.distributed.initialize`` itself to
+    pass a heartbeat timeout that Keras' public function does not take.
+    """
+    from keras.src.backend.jax.distribution_lib import initialize_rng
+
+    initialize_rng()
 
 
 # ----------------------------------------------------------------------------- torch

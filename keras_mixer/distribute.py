@@ -47,6 +47,8 @@ import os
 
 import keras
 
+from keras_mixer import compat
+
 COLLECTIVE_TIMEOUT_ENV = "KERAS_MIXER_COLLECTIVE_TIMEOUT"
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "data_parallel",
               "model_parallel", "torch_ddp")
@@ -213,7 +215,7 @@ def _tensorflow(strategy, cpu_devices=0, **_):
         tf_strategy = tf.distribute.MultiWorkerMirroredStrategy(
             communication_options=tf.distribute.experimental.CommunicationOptions(
                 timeout_seconds=timeout))
-        _patch_keras_for_multi_worker()
+        compat.patch_keras_for_multi_worker()
         task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
         index = int(task.get("index", 0))
         return Distribution("multi_worker", tf_strategy.num_replicas_in_sync,
@@ -226,79 +228,6 @@ def _tensorflow(strategy, cpu_devices=0, **_):
         tf_strategy = tf.distribute.MirroredStrategy(devices)
         return Distribution("mirrored", tf_strategy.num_replicas_in_sync, strategy=tf_strategy)
     return Distribution("default", 1, strategy=tf.distribute.get_strategy())
-
-
-# The lines of keras/src/backend/tensorflow/trainer.py that _patch_keras_for_multi_worker
-# works around, by the function that holds them.
-KERAS_MULTI_WORKER_BUGS = {
-    "_maybe_symbolic_build": "self.distribute_strategy.reduce(",
-    "reduce_per_replica": 'strategy.reduce("MEAN", v, axis=0)',
-}
-
-
-def keras_multi_worker_bugs():
-    """The functions of :data:`KERAS_MULTI_WORKER_BUGS` that the installed Keras still has."""
-    import inspect
-
-    from keras.src.backend.tensorflow import trainer
-
-    functions = {"_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
-                 "reduce_per_replica": trainer.reduce_per_replica}
-    return [name for name, line in KERAS_MULTI_WORKER_BUGS.items()
-            if line in inspect.getsource(functions[name])]
-
-
-def _patch_keras_for_multi_worker():
-    """Let Keras 3's ``model.fit`` / ``evaluate`` run under ``MultiWorkerMirroredStrategy``.
-
-    Two bugs in ``keras/src/backend/tensorflow/trainer.py`` (Keras 3.15 and master;
-    keras-team/keras#20585, tensorflow/tensorflow#72388), each patched only while its
-    offending line is still in the installed Keras, and only in multi-worker mode:
-
-    - ``_maybe_symbolic_build`` all-reduces the first input batch (a tuple of
-      ``PerReplica``) to learn its shapes, which the collective ops reject ("Attempt to
-      convert a value (PerReplica...) to a Tensor"). Here: the first local replica's batch,
-      which has the same shapes, and no collective.
-    - ``reduce_per_replica`` reduces the scalar losses and metrics that a step returns with
-      ``strategy.reduce("MEAN", v, axis=0)``, invalid on a scalar ("Invalid reduction
-      dimension 0 for input with 0 dimensions"). Here: the mean over replicas
-      (``axis=None``) for scalars.
-    """
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer
-
-    if getattr(trainer, "_keras_mixer_patched", False):
-        return
-    bugs = keras_multi_worker_bugs()
-    trainer._keras_mixer_patched = True
-    multi_worker = trainer._collective_all_reduce_multi_worker
-
-    build = trainer.TensorFlowTrainer._maybe_symbolic_build
-    if "_maybe_symbolic_build" in bugs:
-        def maybe_symbolic_build(self, iterator=None, data_batch=None):
-            strategy = self.distribute_strategy
-            if self._distribute_strategy is None or iterator is None or not multi_worker(strategy):
-                return build(self, iterator=iterator, data_batch=data_batch)
-            for _, _, it in iterator:
-                data_batch = tree.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0], next(it))
-                break
-            with strategy.scope():
-                self._symbolic_build(data_batch=data_batch)
-
-        trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
-
-    reduce = trainer.reduce_per_replica
-    if "reduce_per_replica" in bugs:
-        def reduce_per_replica(values, strategy, reduction):
-            if reduction not in ("auto", "mean") or not multi_worker(strategy):
-                return reduce(values, strategy, reduction)
-            return tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None)
-                if strategy.experimental_local_results(v)[0].shape.rank == 0
-                else reduce(v, strategy, reduction), values)
-
-        trainer.reduce_per_replica = reduce_per_replica
 
 
 def _tf_config_workers():
@@ -320,14 +249,12 @@ def _jax(strategy, model_parallel=0, **_):
         if timeout is None:
             keras.distribution.initialize()  # jax.distributed.initialize from KERAS_DISTRIBUTION_*
         else:  # what keras.distribution.initialize does, with the heartbeat timeout
-            from keras.src.backend.jax.distribution_lib import initialize_rng
-
             jax.distributed.initialize(
                 coordinator_address=os.environ["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",")[0],
                 num_processes=int(os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
                 process_id=int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"]),
                 heartbeat_timeout_seconds=max(1, round(timeout)))
-            initialize_rng()
+            compat.jax_initialize_rng()
     devices = jax.devices()
     if strategy == "auto":
         strategy = "model_parallel" if model_parallel > 1 else (

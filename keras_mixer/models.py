@@ -11,6 +11,7 @@ downstream reads. After ``import keras_mixer``, ``keras.saving.load_model`` load
 the ``.keras`` files this release writes.
 """
 
+import importlib
 import inspect
 import os
 import re
@@ -929,6 +930,14 @@ def load_keras_file(path, compile=True):
         model = from_config(_saved_model_config(saved_config, path))
         checkpoints.load_params(model, formats.read_keras_archive(path), verbose=False)
         return model
+    for module in sorted(_own_modules_named(saved_config)):
+        # `import keras_mixer` is lazy: the module that registers a saved class (the recipe's
+        # AdamW, its schedule) may not be imported yet, and Keras finds a registered class
+        # only once its module has run. Only this package's own modules are imported.
+        try:
+            importlib.import_module(module)
+        except ImportError:  # not a module of this release: Keras' own check names the class
+            pass
     try:
         model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:
@@ -939,6 +948,21 @@ def load_keras_file(path, compile=True):
     if not isinstance(model, MlpMixer):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a keras_mixer.MlpMixer.")
     return model
+
+
+def _own_modules_named(config):
+    """The ``keras_mixer`` modules that a saved Keras config names (``"module"`` entries)."""
+    found = set()
+    if isinstance(config, dict):
+        module = config.get("module")
+        if isinstance(module, str) and (module == PACKAGE or module.startswith(PACKAGE + ".")):
+            found.add(module)
+        for value in config.values():
+            found |= _own_modules_named(value)
+    elif isinstance(config, list):
+        for value in config:
+            found |= _own_modules_named(value)
+    return found
 
 
 def _damaged_member(path):

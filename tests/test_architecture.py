@@ -192,3 +192,20 @@ def test_top_level_help_loads_no_command_and_lists_every_command():
         source = open(os.path.join(PACKAGE_DIR, "cli", f"{name}.py"), encoding="utf-8").read()
         assert ast.get_docstring(ast.parse(source)).splitlines()[0] == summary, name
         assert summary in result.stdout.replace("\n", " ").replace("  ", " ") or name in result.stdout
+
+
+def test_private_apis_of_other_libraries_only_in_compat():
+    """``keras.src`` (Keras' private modules) is imported by keras_mixer.compat alone, where
+    each use has a version guard and a test (tests/test_compat.py)."""
+    offenders = []
+    for module, path in MODULES.items():
+        if module == f"{PACKAGE}.compat":
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{module}:{node.lineno} {name}" for name in names
+                          if name == "keras.src" or name.startswith("keras.src.")]
+    assert not offenders, offenders

@@ -242,13 +242,6 @@ def test_train_script_two_processes_killed_peer_and_resume(tmp_path):
     np.testing.assert_allclose(results["top1"], accuracy, atol=1e-6)
 
 
-@only("tensorflow")
-def test_keras_still_needs_the_multi_worker_patch():
-    """Fails once Keras changes the lines keras_mixer.distribute patches for TF multi-worker:
-    then check keras-team/keras#20585 and remove the patch (or adapt it)."""
-    assert distribute.keras_multi_worker_bugs() == list(distribute.KERAS_MULTI_WORKER_BUGS)
-
-
 def test_jax_layout_map_targets_channel_mixing_kernels():
     """The ModelParallel layout names real variable paths of the Mixer."""
     assert callable(distribute.mixer_layout_map)
