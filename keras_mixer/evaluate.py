@@ -210,6 +210,9 @@ def labelled_files(root, split="test"):
                        f"splits a folder without train/ and test/; --split all scores every image)")
     else:
         description = f"the {split} split of {root}"
+    if not paths:
+        raise ValueError(f"No images to evaluate: {description} holds none"
+                         + ("; --split all scores every image." if split != "all" else "."))
     return folder, paths, labels, class_names, description
 
 

@@ -10,6 +10,9 @@ import sys
 import pytest
 from helpers.processes import ROOT
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 PACKAGE = "keras_mixer"
 PACKAGE_DIR = os.path.join(ROOT, PACKAGE)
 # The import order, bottom first: a module may import modules of lower layers, and

@@ -16,6 +16,9 @@ from keras_mixer.cli import command_parser, parse_args
 from keras_mixer.cli import benchmark as benchmark_cli
 from keras_mixer.config import MixerConfig
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 TINY_CONFIG = MixerConfig(**TINY)
 TINY_ARGS = ",".join(str(TINY[k]) for k in ("patch_size", "num_blocks", "hidden_dim",
                                             "tokens_mlp_dim", "channels_mlp_dim"))
@@ -145,6 +148,7 @@ def test_training_rows_use_the_recipes_optimizer_or_keras_adamw():
     assert isinstance(plain, keras.optimizers.AdamW) and not isinstance(plain, training.AdamW)
 
 
+@pytest.mark.every_backend  # each backend's own timing and GEMM code
 def test_run_backend_in_process_reports_every_case():
     spec = tiny_spec(batch_sizes=(2,), dtypes=("float32", "bfloat16"), repeats=1, warmup=1,
                      peers=True)
@@ -273,7 +277,6 @@ def test_max_isa_caps_every_backend_and_says_so(monkeypatch, tmp_path):
     assert envs[-1] == {}  # no cap unless asked
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="one subprocess is enough")
 def test_max_isa_reaches_the_kernel_library():
     from keras_mixer.backend import run_under
 

@@ -12,6 +12,9 @@ from helpers.tiny import LABELS
 from keras_mixer import checkpoints, cli
 from keras_mixer.cli import export
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 # TensorFlow / absl / CUDA start-up lines that must not reach a user's first screen.
 NOISE = ("cuInit", "absl::InitializeLog", "oneDNN", "cpu_feature_guard", "Unable to register")
 

@@ -12,6 +12,9 @@ from helpers.tiny import SHARED_DATA
 from keras_mixer import data
 from keras_mixer import images as image_policy
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 CIFAR_TAR = os.path.join(SHARED_DATA, "cifar10-jpg", "cifar10-jpg.tar.gz")
 
 

@@ -47,6 +47,9 @@ import numpy as np
 import pytest
 from helpers.processes import ROOT, worker_env
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 README = "README.md"
 README_MAX_LINES = 250
 KINDS = ("run", "skip", "covered-by", "layout")

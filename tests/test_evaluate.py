@@ -220,9 +220,12 @@ def test_undecodable_images_are_named(trained, tmp_path, capsys):
                                        modes=["float32"])[0]["path"]
     for artifact in (trained.keras_path, trained.version_dir, tflite_path):
         with pytest.raises(ValueError, match="3 of 8 images in .* cannot be decoded") as error:
-            evaluate(artifact, str(folder), log=None)
+            evaluate(artifact, str(folder), split="all", log=None)
         assert all(str(folder / "zero" / name) in str(error.value) for name in bad), error.value
-    assert cli.main(["evaluate", trained.keras_path, "--data", str(folder)]) == 2
+    with pytest.raises(ValueError, match=r"No images to evaluate: the test split of .* holds none; "
+                                         r"--split all scores every image"):
+        evaluate(trained.keras_path, str(folder), log=None)  # 1-4 images a class: none held out
+    assert cli.main(["evaluate", trained.keras_path, "--data", str(folder), "--split", "all"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: 3 of 8 images in ") and "Traceback" not in err
     assert all(str(folder / "zero" / name) in err for name in bad)

@@ -23,6 +23,9 @@ import keras_mixer
 from keras_mixer import deploy, files, images
 from keras_mixer.deploy import saved_model, signatures
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 CIFAR_TAR = os.path.join(SHARED_DATA, "cifar10-jpg", "cifar10-jpg.tar.gz")
 
 
@@ -31,6 +34,7 @@ def softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
+@pytest.mark.every_backend  # the exported_mixer fixture trains its model on this backend
 def test_saved_model_layout_and_signatures(exported_mixer):
     version_dir = exported_mixer.version_dir
     assert os.path.basename(version_dir) == "1"
@@ -100,8 +104,6 @@ def test_export_of_model_trained_on_other_backends(source_backend, tmp_path):
     backend = keras.backend.backend()
     if source_backend == backend:
         pytest.skip("the exported_mixer fixture covers a model trained on this backend")
-    if backend == "tensorflow" and source_backend == "jax":
-        pytest.skip("a jax-trained model is exported in the torch suite (saves CI time)")
     plain = source_backend == "torch"  # also covers models without preprocessing, with logits
     images, expected = run_worker(source_backend, "workers.export_worker:train_and_save",
                                   str(tmp_path), plain)

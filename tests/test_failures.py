@@ -28,6 +28,9 @@ from keras_mixer.deploy import client as serving
 from keras_mixer.deploy.devserver import ModelRepository
 from keras_mixer.training import TrainConfig
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 # A run that trains in seconds when it runs at all.
 QUICK_RUN = ["--epochs", "1", "--steps-per-epoch", "1", "--num-blocks", "1", "--hidden-dim", "8",
              "--tokens-mlp-dim", "8", "--channels-mlp-dim", "8", "--batch-size", "8",

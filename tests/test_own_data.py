@@ -18,6 +18,9 @@ from helpers.tiny import tiny_classifier
 from keras_mixer import cli, deploy, evaluate, visualize
 from keras_mixer.training import TrainConfig, train
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 CLASSES = ("circle", "square")
 TINY_RUN = dict(image_size=16, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8, channels_mlp_dim=16,
                 epochs=1, batch_size=6, progress="0")

@@ -22,6 +22,9 @@ from keras_mixer import cli
 from keras_mixer.deploy import client as serving
 from keras_mixer.deploy.devserver import DevServer, ModelRepository, ServerLimits
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 
 @pytest.fixture(scope="module")
 def server(exported_mixer):

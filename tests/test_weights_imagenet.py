@@ -7,6 +7,9 @@ import pytest
 import keras_mixer
 from keras_mixer import imagenet
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 def run(model, inputs):
     """Inference outputs as NumPy (a direct call: no per-shape compilation as in predict)."""
     return keras.ops.convert_to_numpy(model(inputs, training=False))

@@ -16,6 +16,9 @@ import keras_mixer
 from keras_mixer import MixerS32, checkpoints, files
 from keras_mixer.checkpoints import presets
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 GCS = "https://storage.googleapis.com/mixer_models/"
 TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-tresnet/"
 # Written out by hand from the vision_transformer README (gs://mixer_models) and timm's mlp_mixer.py.

@@ -11,6 +11,9 @@ from PIL import Image
 import keras_mixer
 from keras_mixer import MlpMixer, checkpoints, cli, visualize
 
+# Tests that behave the same under every Keras backend: scripts/test.sh runs them once.
+BACKEND_INDEPENDENT = True
+
 
 def tiny_model():
     model = MlpMixer(8, 2, 32, 16, 64, input_shape=(32, 32, 3), num_classes=1000)

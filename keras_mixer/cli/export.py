@@ -126,10 +126,11 @@ def export_source(args):
 
 
 def run(args):
+    # A name given is checked as given: an empty one is refused, not replaced by the default.
     if args.model_path is not None:
-        args.name = args.name or deploy.run_export_name(args.model_path)
+        args.name = args.name if args.name is not None else deploy.run_export_name(args.model_path)
         args.labels = args.labels or deploy.labels_beside(args.model_path)
-    args.name = args.name or "mixer"
+    args.name = args.name if args.name is not None else "mixer"
     check_name(args.name, "--name")
     if args.dtype != "float32" and args.artifact not in ("saved-model", "all"):
         raise ValueError(f"--dtype {args.dtype} applies to the SavedModel; TFLite has --modes, "

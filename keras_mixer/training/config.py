@@ -66,6 +66,7 @@ class TrainConfig:
         tokens_mlp_dim: custom Mixer: ``D_S``.
         channels_mlp_dim: custom Mixer: ``D_C``.
         drop_path_rate: stochastic depth of the last block (paper: 0.1).
+        dropout: dropout before the head (0: off; the paper has none).
         init: start from a ``.keras`` model, a weights file, or a preset name,
             folder or ``hf://`` / ``kaggle://`` handle (the layers that match).
         recipe: ``"pretrain"`` (AdamW, linear warmup and decay) or
