@@ -211,8 +211,7 @@ def labelled_files(root, split="test"):
     else:
         description = f"the {split} split of {root}"
     if not paths:
-        raise ValueError(f"No images to evaluate: {description} holds none"
-                         + ("; --split all scores every image." if split != "all" else "."))
+        raise ValueError(f"No images to evaluate: {description} holds none.")
     return folder, paths, labels, class_names, description
 
 

@@ -915,17 +915,7 @@ def load_keras_file(path, compile=True):
     Returns:
         An :class:`MlpMixer`.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Model file not found: {path}")
-    if not zipfile.is_zipfile(path):  # Keras would say "File not found"
-        raise checkpoints.CheckpointError(
-            f"Cannot load {path}: the file {describe_contents(path)}; a .keras model file is "
-            "a zip archive (written by model.save)."
-        )
-    damaged = _damaged_member(path)
-    if damaged is not None:
-        raise checkpoints.CheckpointError(f"Cannot load {path}: the file is corrupt ({damaged}).")
-    saved_config, legacy = formats.inspect_keras_archive(path)
+    saved_config, legacy = _inspect_keras_file(path)
     if legacy or saved_config.get("class_name") == "Functional":
         model = from_config(_saved_model_config(saved_config, path))
         checkpoints.load_params(model, formats.read_keras_archive(path), verbose=False)
@@ -948,6 +938,36 @@ def load_keras_file(path, compile=True):
     if not isinstance(model, MlpMixer):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a keras_mixer.MlpMixer.")
     return model
+
+
+def keras_file_config(path):
+    """The :class:`~keras_mixer.config.ModelConfig` of a ``.keras`` Mixer file of any release,
+    read from its ``config.json``: no model is built and no variable made (so it is safe in one
+    process of a multi-process job, where making a variable is a collective step).
+
+    Args:
+        path: the ``.keras`` file.
+
+    Returns:
+        Its :class:`~keras_mixer.config.ModelConfig`.
+    """
+    return _saved_model_config(_inspect_keras_file(os.fspath(path))[0], path)
+
+
+def _inspect_keras_file(path):
+    """``(config.json as a dict, legacy layout?)`` of a ``.keras`` file, after checking that it
+    is a whole zip archive (else :class:`~keras_mixer.checkpoints.CheckpointError`)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file not found: {path}")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise checkpoints.CheckpointError(
+            f"Cannot load {path}: the file {describe_contents(path)}; a .keras model file is "
+            "a zip archive (written by model.save)."
+        )
+    damaged = _damaged_member(path)
+    if damaged is not None:
+        raise checkpoints.CheckpointError(f"Cannot load {path}: the file is corrupt ({damaged}).")
+    return formats.inspect_keras_archive(path)
 
 
 def _own_modules_named(config):
@@ -982,12 +1002,15 @@ def save_keras_file(model, path):
     return os.fspath(path)
 
 
+# MlpMixer.get_config's entries that are not ModelConfig fields.
+_LAYER_STATE = ("trainable", "dtype", "frozen_layers", "quantized_layers", "lora_layers")
+
+
 def _saved_model_config(saved, path):
-    """The :class:`ModelConfig` of an older release's ``.keras`` file, from its ``config.json``."""
+    """The :class:`ModelConfig` of a ``.keras`` file of any release, from its ``config.json``."""
     config = saved.get("config", {})
-    if saved.get("class_name") == "MlpMixer":  # 0.2
-        fields = {name: value for name, value in config.items()
-                  if name not in ("trainable", "dtype")}
+    if saved.get("class_name") == "MlpMixer":  # 0.2 and later
+        fields = {name: value for name, value in config.items() if name not in _LAYER_STATE}
         return ModelConfig.from_kwargs(**fields)
     layers = {layer["config"]["name"]: layer for layer in config.get("layers", [])}  # 0.1
     blocks = [layer["config"] for layer in layers.values() if layer["class_name"] == "MixerBlock"]

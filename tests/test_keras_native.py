@@ -170,6 +170,9 @@ def test_keras_load_model_reads_our_files_after_import(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, MlpMixer) and loaded.config == model.config
+    model.blocks[0].trainable = False  # the layers' state is not part of the config
+    model.save(path)
+    assert keras_mixer.models.keras_file_config(path) == model.config  # read, not built
     np.testing.assert_array_equal(loaded.predict(tiny_images(2), verbose=0),
                                   model.predict(tiny_images(2), verbose=0))
 
@@ -183,3 +186,11 @@ def test_files_of_release_0_2_load_with_their_answers(name):
              tiny(num_classes=10, weights=path))
     np.testing.assert_allclose(model.predict(expected["images"], verbose=0),
                                expected["probabilities"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mixer_v0_1_0_tiny.keras", "mixer_v0_1_0_headless.keras",
+                                  "mixer_v0_2_0_tiny.keras"])
+def test_config_of_older_files_is_read_as_loading_builds_it(name):
+    path = f"{TESTS_DATA}/{name}"
+    assert keras_mixer.models.keras_file_config(path) == keras_mixer.load_model(path).config
+

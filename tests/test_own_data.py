@@ -64,6 +64,7 @@ def test_a_run_exports_under_its_own_name(own_run):
     assert TrainConfig(run_dir="runs/my photos").export_name == "my_photos"
 
 
+@pytest.mark.every_backend  # under jax and torch the export checks the task in the calling process
 def test_another_task_is_refused_under_a_served_name(own_run, tmp_path):
     run_dir = str(tmp_path / "run")
     config = TrainConfig(data=own_run["folder"], run_dir=run_dir, export_dir=own_run["export_dir"],

@@ -360,6 +360,7 @@ def test_model_config_defaults_keep_todays_models():
     assert gray.config.input_mean == (0.5,)
 
 
+@pytest.mark.backend_independent  # subprocesses; the guide and the install, not the backend
 def test_everything_but_keras_mixer_hub_works_without_keras_hub(tmp_path):
     """keras-hub is an extra: ``import keras_mixer`` does not import it, and presets are saved
     and loaded without it (here made unimportable)."""
@@ -382,6 +383,7 @@ except ImportError:
     assert done.stdout.strip().splitlines()[-1] == "no keras_mixer.hub without keras-hub"
 
 
+@pytest.mark.backend_independent  # subprocesses; the guide and the install, not the backend
 def test_guide_examples_run_as_written(tmp_path):
     """The `docs: run` blocks of docs/guides/presets.md, in order, each in a fresh interpreter."""
     guide = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -111,7 +111,7 @@ def export_saved_model(model, export_dir="saved_models", name="mixer", version=N
         labels = labels_beside(model) if labels is None else labels
         training_data = run_training_data(model) if training_data is None else training_data
         if keras.backend.backend() != "tensorflow":  # refuse here, not in the export's subprocess
-            config = models.load_keras_file(os.fspath(model), compile=False).config
+            config = models.keras_file_config(model)
             check_served_task(os.path.join(export_dir, name), task_of(config, labels), allow_new_task)
     with disk_full_errors("the SavedModel", "nothing was published: free some space and export "
                                             "again"):
