@@ -237,6 +237,8 @@ def test_data_and_run_dir_that_are_files(tmp_path, capsys):
     model = tmp_path / "m.keras"
     model.write_text("the folder is checked first")
     user_error(capsys, ["evaluate", model, "--data", a_file], f"--data '{a_file}' is a file")
+    user_error(capsys, ["export", "saved-model", model, "--export-dir", a_file],
+               f"--export-dir '{a_file}' is a file, not a folder")
 
 
 def test_npz_named_pth_is_read_by_its_content(tmp_path):

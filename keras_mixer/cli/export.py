@@ -126,6 +126,9 @@ def export_source(args):
 
 
 def run(args):
+    if os.path.exists(args.export_dir) and not os.path.isdir(args.export_dir):
+        raise NotADirectoryError(f"--export-dir {args.export_dir!r} is a file, not a folder: pass "
+                                 "a folder (it is created if missing).")
     # A name given is checked as given: an empty one is refused, not replaced by the default.
     if args.model_path is not None:
         args.name = args.name if args.name is not None else deploy.run_export_name(args.model_path)
