@@ -18,7 +18,7 @@ import keras
 
 # The releases (major, minor) each library's entries were verified with.
 VERIFIED = {"keras": ((3, 15),), "torch": ((2, 13),), "tensorflow": ((2, 21),),
-            "keras_cv": ((0, 9),)}
+            "keras_cv": ((0, 9),), "keras_hub": ((0, 32),)}
 
 
 def version(library):
@@ -153,6 +153,51 @@ def jax_initialize_rng():
     from keras.src.backend.jax.distribution_lib import initialize_rng
 
     initialize_rng()
+
+
+# ----------------------------------------------------------------------------- keras-hub
+
+
+def keras_hub_timm_loader_class():
+    """keras-hub's loader of timm Hugging Face repositories, ``TimmPresetLoader``
+    (``keras_hub/src/utils/timm/preset_loader.py``), for a subclass to build on."""
+    from keras_hub.src.utils.timm.preset_loader import TimmPresetLoader
+
+    return TimmPresetLoader
+
+
+def route_timm_architecture(prefix, loader_class):
+    """Have keras-hub hand timm repositories whose ``architecture`` starts with ``prefix`` to
+    ``loader_class`` (a subclass of :func:`keras_hub_timm_loader_class`).
+
+    keras-hub picks a converter by the architecture's name in ``TimmPresetLoader.__init__``,
+    and raises "KerasHub has no converter for timm models" for any other; it has no registry
+    to add one to. Here ``TimmPresetLoader.__new__`` makes a ``loader_class`` instead for those
+    repositories, so that ``keras_hub.models.ImageClassifier.from_preset("hf://timm/...")``
+    reaches it. Only on a verified keras-hub; elsewhere keras-hub's own error stays.
+
+    Returns:
+        Whether the route is in place.
+    """
+    timm_loader = keras_hub_timm_loader_class()
+    if not verified("keras_hub"):
+        _warn_unverified("keras_hub", "route_timm_architecture")
+        return False
+    routes = timm_loader.__dict__.get("_keras_mixer_routes")
+    if routes is None:
+        routes = {}
+
+        def __new__(cls, preset, config, *args, **kwargs):
+            if cls is timm_loader:
+                architecture = str((config or {}).get("architecture", ""))
+                cls = next((routed for start, routed in routes.items()
+                            if architecture.startswith(start)), cls)
+            return object.__new__(cls)
+
+        timm_loader.__new__ = __new__
+        timm_loader._keras_mixer_routes = routes
+    routes[prefix] = loader_class
+    return True
 
 
 # ----------------------------------------------------------------------------- torch

@@ -15,7 +15,10 @@ these classes (the same files). ``MixerBackbone.from_preset`` and
 ``MixerImageClassifier.from_preset`` also take what :func:`keras_mixer.load_model`
 takes beyond keras-hub presets: timm's Hugging Face repositories
 (``"hf://timm/mixer_b16_224.goog_in21k_ft_in1k"``) and keras-mixer's preset names,
-converted on the fly (keras-hub's own timm loader has no Mixer).
+converted on the fly. keras-hub's own ``Backbone.from_preset`` and
+``ImageClassifier.from_preset`` reach them for timm repositories too: keras-hub's timm
+loader has no Mixer converter, so it hands ``mixer_*`` repositories to these classes
+(:func:`keras_mixer.compat.route_timm_architecture`).
 
 One model definition: ``MixerBackbone`` *is* a :class:`keras_mixer.MlpMixer`
 (built without head and pixel scaling, which keras-hub puts in the task and the
@@ -29,7 +32,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from keras_mixer import checkpoints, images, sharing
+from keras_mixer import checkpoints, compat, images, sharing
 from keras_mixer.checkpoints import hub as handles
 from keras_mixer.config import LAYER_NORM_EPSILON
 from keras_mixer.models import MlpMixer, load_model
@@ -365,3 +368,24 @@ def _unloaded(preset, **kwargs):
     """The model ``preset`` describes, with fresh weights."""
     source = checkpoints.read_source(preset)
     return MlpMixer(**checkpoints.source_config(source, **kwargs).to_kwargs())
+
+
+class _TimmMixerLoader(compat.keras_hub_timm_loader_class()):
+    """keras-hub's loader for a timm Mixer repository: the classes above read it (the same
+    conversion as :func:`keras_mixer.load_model`), with the repository's preprocessing."""
+
+    def __init__(self, preset, config):  # keras-hub's picks a converter; it has none for Mixers
+        self.preset, self.config = preset, config
+
+    def check_backbone_class(self):
+        return MixerBackbone
+
+    def load_backbone(self, cls, load_weights, **kwargs):
+        return MixerBackbone.from_preset(self.preset, load_weights=load_weights, **kwargs)
+
+    def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        return MixerImageClassifier.from_preset(self.preset, load_weights=load_weights, **kwargs)
+
+
+compat.route_timm_architecture("mixer_", _TimmMixerLoader)
+
