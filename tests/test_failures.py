@@ -208,7 +208,7 @@ def fake_tflite(tmp_path, sidecar):
 def test_tflite_sidecar_is_checked(tmp_path, capsys, sidecar, fragment):
     path = fake_tflite(tmp_path, sidecar)
     folder = labelled_folder(tmp_path / "photos", classes=("a", "b"))
-    user_error(capsys, ["evaluate", path, "--data", folder], path + ".json", fragment)
+    user_error(capsys, ["evaluate", path, "--data", folder, "--split", "all"], path + ".json", fragment)
 
 
 def test_non_utf8_folder_names_are_named(tmp_path, capsys):
