@@ -337,18 +337,9 @@ def flops(config, image_size=224, num_classes=1000, channels=3):
         >>> keras_mixer.flops(model.config)
         588288
     """
-    if isinstance(config, ModelConfig):
-        image_size = config.image_size
-        num_classes = config.num_classes if config.include_top else 0
-        channels = config.image_shape[2]
-    config = as_architecture(config)
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    patch = config.patch_size
-    if height % patch or width % patch:
-        raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {patch}.")
-    tokens = (height // patch) * (width // patch)
+    config, tokens, num_classes, channels = _counted_sizes(config, image_size, num_classes, channels)
     width_c = config.hidden_dim
-    stem = tokens * patch * patch * channels * width_c
+    stem = tokens * config.patch_size ** 2 * channels * width_c
     token_mixing = 2 * width_c * tokens * config.tokens_mlp_dim
     channel_mixing = 2 * tokens * width_c * config.channels_mlp_dim
     head = width_c * num_classes
@@ -375,13 +366,7 @@ def parameter_count(config, image_size=224, num_classes=1000, channels=3):
         >>> keras_mixer.parameter_count(model.config) == model.count_params()
         True
     """
-    if isinstance(config, ModelConfig):
-        image_size = config.image_size
-        num_classes = config.num_classes if config.include_top else 0
-        channels = config.image_shape[2]
-    config = as_architecture(config)
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    tokens = (height // config.patch_size) * (width // config.patch_size)
+    config, tokens, num_classes, channels = _counted_sizes(config, image_size, num_classes, channels)
     width_c, d_s, d_c = config.hidden_dim, config.tokens_mlp_dim, config.channels_mlp_dim
     stem = config.patch_size ** 2 * channels * width_c + width_c
     block = (4 * width_c                              # two LayerNorms
@@ -389,6 +374,22 @@ def parameter_count(config, image_size=224, num_classes=1000, channels=3):
              + 2 * width_c * d_c + d_c + width_c)     # channel-mixing MLP
     head = (width_c + 1) * num_classes
     return stem + config.num_blocks * block + 2 * width_c + head
+
+
+def _counted_sizes(config, image_size, num_classes, channels):
+    """``(architecture, tokens, num_classes, channels)`` that :func:`flops` and
+    :func:`parameter_count` count with: a :class:`ModelConfig` gives its own image size and
+    head; the image size must be a multiple of the patch size."""
+    if isinstance(config, ModelConfig):
+        image_size = config.image_size
+        num_classes = config.num_classes if config.include_top else 0
+        channels = config.image_shape[2]
+    config = as_architecture(config)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    patch = config.patch_size
+    if height % patch or width % patch:
+        raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {patch}.")
+    return config, (height // patch) * (width // patch), num_classes, channels
 
 
 def as_architecture(config):
